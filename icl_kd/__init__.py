@@ -1,0 +1,28 @@
+"""icl_kd: in-context learning as implicit knowledge distillation, made computable.
+
+One softmax-attention layer reading demonstrations builds the weights of a
+reference model W phi(W^K x) in one distillation step (Li, Liu, Li, 2025,
+"Brewing Knowledge in Context: Distillation Perspectives on In-Context
+Learning", arXiv:2506.11516). This package computes both sides of each of the
+paper's claims exactly; ``proofs_check`` verifies them at scale.
+"""
+
+from icl_kd.attention import (AttentionParams, Decomposition, attention_scores, check_params,
+                              decompose, implicit_learning_rate, init_params, softmax_attention)
+from icl_kd.dual import (DualWeights, aligned_difference, log_softmax_kernel, relative_hs_error,
+                         softmax_kernel)
+from icl_kd.features import (PositiveRandomFeatures, TaylorFeatures, positive_random_features,
+                             taylor_features, taylor_remainder_bound)
+from icl_kd.kd import (LOSS_KINDS, kd_loss, kd_step_dual, kd_step_increment, one_step_kd_weights,
+                       squared_step_residual)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionParams", "Decomposition", "DualWeights", "LOSS_KINDS", "PositiveRandomFeatures",
+    "TaylorFeatures", "aligned_difference", "attention_scores", "check_params", "decompose",
+    "implicit_learning_rate", "init_params", "kd_loss", "kd_step_dual", "kd_step_increment",
+    "log_softmax_kernel", "one_step_kd_weights", "positive_random_features", "relative_hs_error",
+    "softmax_attention", "softmax_kernel", "squared_step_residual", "taylor_features",
+    "taylor_remainder_bound", "__version__",
+]

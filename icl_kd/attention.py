@@ -1,0 +1,243 @@
+"""One softmax-attention layer and its exact reference model (claims C1, C7).
+
+THEORY.md C1 (``thm3.1``): for a context of demonstrations X_D (N, d), a query
+prefix X_Q (M, d) and a query token x',
+
+    h(x') = sum_j softmax_j W^V x_j = (W_0 + dW) phi(W^Q x'),
+    W_0 = (1/D') sum_{i<=N} W^V x_i phi(W^K x_i)^T,
+    dW  = (1/D') sum_{j<=M} W^V x'_j phi(W^K x'_j)^T   (+ x' itself if it attends to itself),
+
+with D' = sum_j exp(<W^K x_j, W^Q x'>/tau) the softmax partition function. The
+implicit learning rate (C2, C7) is eta* = N / (2 D').
+
+Checked by ``proofs_check`` claims ``thm3.1`` and ``lr-proxy``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from icl_kd import _checks
+from icl_kd.dual import HIGHEST, DualWeights
+
+
+class AttentionParams(NamedTuple):
+  """Parameters of one softmax-attention layer (a pytree).
+
+  Attributes:
+    w_q: (d_k, d) query map W^Q.
+    w_k: (d_k, d) key map W^K.
+    w_v: (d_v, d) value map W^V (the teacher f_T(x) = W^V x).
+  """
+  w_q: jax.Array
+  w_k: jax.Array
+  w_v: jax.Array
+
+  @property
+  def d(self) -> int:
+    return self.w_q.shape[1]
+
+  @property
+  def d_k(self) -> int:
+    return self.w_q.shape[0]
+
+  @property
+  def d_v(self) -> int:
+    return self.w_v.shape[0]
+
+
+def init_params(d: int, d_k: int | None = None, d_v: int | None = None, *, key,
+                scale: float = 1.0, dtype=jnp.float32) -> AttentionParams:
+  """Gaussian AttentionParams with entries N(0, scale^2 / d)."""
+  d_k = d if d_k is None else d_k
+  d_v = d if d_v is None else d_v
+  kq, kk, kv = jax.random.split(key, 3)
+  std = scale / jnp.sqrt(d)
+  return AttentionParams(std * jax.random.normal(kq, (d_k, d), dtype),
+                         std * jax.random.normal(kk, (d_k, d), dtype),
+                         std * jax.random.normal(kv, (d_v, d), dtype))
+
+
+def check_params(params) -> AttentionParams:
+  """Validates AttentionParams: rank-2 float arrays with consistent d and d_k."""
+  if not isinstance(params, AttentionParams):
+    raise TypeError(f"params must be an AttentionParams(w_q, w_k, w_v), got {type(params).__name__}")
+  w_q = _checks.as_float_array("params.w_q", params.w_q, ndim=2)
+  w_k = _checks.as_float_array("params.w_k", params.w_k, ndim=2)
+  w_v = _checks.as_float_array("params.w_v", params.w_v, ndim=2)
+  if w_k.shape != w_q.shape:
+    raise ValueError(f"params.w_k must have the shape of params.w_q {w_q.shape} (d_k, d), "
+                     f"got {w_k.shape}")
+  _checks.check_dim("params.w_v", w_v, 1, w_q.shape[1], "d, the token dimension of w_q")
+  _checks.check_same_dtype(w_q=w_q, w_k=w_k, w_v=w_v)
+  return AttentionParams(w_q, w_k, w_v)
+
+
+def _check_tokens(name: str, x, d: int, *, allow_empty: bool) -> jax.Array:
+  x = _checks.as_float_array(name, x, ndim=2)
+  _checks.check_dim(name, x, 1, d, "d, the token dimension of params")
+  if not allow_empty and x.shape[0] == 0:
+    raise ValueError(f"{name} must hold at least one token, got shape {x.shape}")
+  return x
+
+
+def _check_query(query, d: int) -> jax.Array:
+  query = _checks.as_float_array("query", query, ndim=1)
+  if query.shape != (d,):
+    raise ValueError(f"query must have shape ({d},) (d,), got {query.shape}")
+  return query
+
+
+def _scores(params: AttentionParams, context: jax.Array, query: jax.Array, tau) -> jax.Array:
+  keys = jnp.dot(context, params.w_k.T, precision=HIGHEST)                   # (n, d_k)
+  q = jnp.dot(params.w_q, query, precision=HIGHEST)                          # (d_k,)
+  return jnp.dot(keys, q, precision=HIGHEST) / tau                           # (n,)
+
+
+def attention_scores(params: AttentionParams, context, query, *, tau=1.0) -> jax.Array:
+  """Scores s_j = <W^K x_j, W^Q x'> / tau for every context row, shape (n,)."""
+  params = check_params(params)
+  context = _check_tokens("context", context, params.d, allow_empty=False)
+  query = _check_query(query, params.d)
+  dtype = _checks.check_same_dtype(params=params.w_q, context=context, query=query)
+  tau = _checks.scalar_param("tau", tau, dtype)
+  _checks.check_finite(**{"params.w_q": params.w_q, "params.w_k": params.w_k},
+                       context=context, query=query)
+  out = _scores(params, context, query, tau)
+  return _checks.poison_if_nonfinite(out, params.w_q, params.w_k, context, query,
+                                     positive=(tau,))
+
+
+def softmax_attention(params: AttentionParams, context, query, *, tau=1.0) -> jax.Array:
+  """Output of one softmax-attention layer at ``query``, shape (d_v,).
+
+      h(x') = sum_j softmax_j(<W^K x_j, W^Q x'> / tau) W^V x_j
+
+  over every row x_j of ``context`` (n, d); the query attends to itself only
+  if the caller puts it in ``context``. The largest score is subtracted
+  before exponentiating, so scores of +-1e3 do not overflow.
+
+  Args:
+    params: AttentionParams with w_q, w_k (d_k, d) and w_v (d_v, d).
+    context: (n, d) tokens, n >= 1.
+    query: (d,) query token x'.
+    tau: temperature > 0 (the paper uses 1; transformers use sqrt(d_k)).
+
+  Returns:
+    (d_v,) output. Eagerly, non-finite inputs or tau <= 0 raise ValueError;
+    under jit/vmap they give an all-NaN output instead.
+
+  Claim ``thm3.1`` (C1): the left side; see :func:`decompose`.
+  """
+  params = check_params(params)
+  context = _check_tokens("context", context, params.d, allow_empty=False)
+  query = _check_query(query, params.d)
+  dtype = _checks.check_same_dtype(params=params.w_q, context=context, query=query)
+  tau = _checks.scalar_param("tau", tau, dtype)
+  _checks.check_finite(**{"params.w_q": params.w_q, "params.w_k": params.w_k,
+                          "params.w_v": params.w_v}, context=context, query=query)
+  s = _scores(params, context, query, tau)                                   # (n,)
+  p = jax.nn.softmax(s)                                                      # (n,)
+  values = jnp.dot(context, params.w_v.T, precision=HIGHEST)                 # (n, d_v)
+  out = jnp.dot(p, values, precision=HIGHEST)                                # (d_v,)
+  return _checks.poison_if_nonfinite(out, *params, context, query, positive=(tau,))
+
+
+class Decomposition(NamedTuple):
+  """Both sides of C1 and the quantities of C2/C7 for one prompt.
+
+  Attributes:
+    attention: (d_v,) the layer's output h(x') (left side of C1).
+    reference: (d_v,) (W_0 + dW) phi(W^Q x') evaluated in dual form (right side).
+    w0: DualWeights of W_0 (anchors W^K x_i of the N demonstrations).
+    dw: DualWeights of dW (anchors of the M prefix tokens, then x' if included).
+    log_partition: log D'.
+    eta: eta* = N / (2 D') (underflows to 0 for D' > 1e308; use ``log_eta``).
+    log_eta: log eta*.
+    entropy: entropy of the attention distribution (nats).
+    scores: (N + M [+1],) scores <W^K x_j, W^Q x'>/tau, demonstrations first.
+    max_abs_score: max_j |s_j|; the rounding scale of the identity.
+  """
+  attention: jax.Array
+  reference: jax.Array
+  w0: DualWeights
+  dw: DualWeights
+  log_partition: jax.Array
+  eta: jax.Array
+  log_eta: jax.Array
+  entropy: jax.Array
+  scores: jax.Array
+  max_abs_score: jax.Array
+
+
+def decompose(params: AttentionParams, demos, prefix, query, *, tau=1.0,
+              include_query: bool = True) -> Decomposition:
+  """Splits one attention read-out into the distilled weights W_0 and dW (C1).
+
+  The context is ``demos`` (N, d), then ``prefix`` (M, d, M may be 0), then
+  ``query`` (d,) itself when ``include_query`` (the query attends to itself).
+
+      D'  = sum_j exp(s_j),  s_j = <W^K x_j, W^Q x'> / tau
+      W_0 = (1/D') sum_{i<=N} W^V x_i phi(W^K x_i)^T
+      dW  = (1/D') sum_{j>N}  W^V x_j phi(W^K x_j)^T
+      h(x') = (W_0 + dW) phi(W^Q x')
+
+  ``attention`` is computed by :func:`softmax_attention`; ``reference`` by
+  evaluating the dual weights, a separate code path. Their relative error is
+  what ``proofs_check`` claim ``thm3.1`` reports; ``eta``, ``log_partition``
+  and ``entropy`` feed claims ``kd-step`` and ``lr-proxy``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from icl_kd import init_params, decompose
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> params = init_params(4, key=k1)
+    >>> demos, query = jax.random.normal(k2, (8, 4)), jax.random.normal(k3, (4,))
+    >>> out = decompose(params, demos, jnp.zeros((0, 4)), query)
+    >>> bool(jnp.allclose(out.attention, out.reference, rtol=1e-5, atol=1e-6))
+    True
+  """
+  params = check_params(params)
+  demos = _check_tokens("demos", demos, params.d, allow_empty=False)
+  prefix = _check_tokens("prefix", prefix, params.d, allow_empty=True)
+  query = _check_query(query, params.d)
+  dtype = _checks.check_same_dtype(params=params.w_q, demos=demos, prefix=prefix, query=query)
+  tau = _checks.scalar_param("tau", tau, dtype)
+  _checks.check_finite(**{"params.w_q": params.w_q, "params.w_k": params.w_k,
+                          "params.w_v": params.w_v}, demos=demos, prefix=prefix, query=query)
+
+  n = demos.shape[0]
+  tail = jnp.concatenate([prefix, query[None]]) if include_query else prefix  # (M [+1], d)
+  context = jnp.concatenate([demos, tail])                                   # (N + M [+1], d)
+
+  attention = softmax_attention(params, context, query, tau=tau)             # (d_v,)
+
+  s = _scores(params, context, query, tau)                                   # (n_ctx,)
+  log_partition = jax.nn.logsumexp(s)
+  keys = jnp.dot(context, params.w_k.T, precision=HIGHEST)                   # (n_ctx, d_k)
+  values = jnp.dot(context, params.w_v.T, precision=HIGHEST)                 # (n_ctx, d_v)
+  w0 = DualWeights(values[:n], keys[:n], tau, -log_partition)
+  dw = DualWeights(values[n:], keys[n:], tau, -log_partition)
+  q = jnp.dot(params.w_q, query, precision=HIGHEST)                          # (d_k,)
+  reference = (w0 + dw).apply(q)                                             # (d_v,)
+
+  log_p = s - log_partition
+  entropy = -jnp.sum(jnp.exp(log_p) * log_p)
+  log_eta = jnp.log(jnp.asarray(n, dtype)) - jnp.log(jnp.asarray(2.0, dtype)) - log_partition
+  out = Decomposition(attention=attention, reference=reference, w0=w0, dw=dw,
+                      log_partition=log_partition, eta=jnp.exp(log_eta), log_eta=log_eta,
+                      entropy=entropy, scores=s, max_abs_score=jnp.max(jnp.abs(s)))
+  return _checks.poison_if_nonfinite(out, *params, demos, prefix, query, positive=(tau,))
+
+
+def implicit_learning_rate(params: AttentionParams, demos, prefix, query, *, tau=1.0,
+                           include_query: bool = True) -> jax.Array:
+  """eta* = N / (2 D'), the learning rate at which one KD step gives W_0 (C2, C7).
+
+  Same arguments as :func:`decompose`. eta* depends on the query through D'.
+  Claim ``kd-step`` / ``lr-proxy``.
+  """
+  return decompose(params, demos, prefix, query, tau=tau, include_query=include_query).eta

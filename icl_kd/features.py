@@ -1,0 +1,140 @@
+"""Explicit finite feature maps phi_m approximating the softmax kernel.
+
+THEORY.md, "Primal (approximate)". Both maps use the kernel's tau convention,
+<phi_m(a), phi_m(b)> ~ kappa(a, b) = exp(<a, b> / tau):
+
+- positive random features (Choromanski et al., 2021, "Rethinking attention
+  with Performers"): phi(z) = exp(w_r . z / sqrt(tau) - |z|^2 / (2 tau)) / sqrt(m),
+  w_r ~ N(0, I), optionally orthogonal in blocks; unbiased, error ~ 1/sqrt(m).
+- Taylor features: concatenation over n = 0..p of (z / sqrt(tau))^{(x)n} / sqrt(n!);
+  exact up to the tail of exp, of dimension sum_n d_k^n.
+
+Primal weights are for convergence studies and autodiff/optax cross-checks
+(claim ``kd-step``), never the reference of an exact claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from icl_kd import _checks
+from icl_kd.dual import HIGHEST
+
+
+def _check_z(z, d_k: int) -> jax.Array:
+  z = jnp.asarray(z)
+  if z.shape != (d_k,):
+    raise ValueError(f"z must have shape ({d_k},) (d_k,), got {z.shape}")
+  return z
+
+
+@dataclasses.dataclass(frozen=True)
+class PositiveRandomFeatures:
+  """phi(z)_r = exp(w_r . z / sqrt(tau) - |z|^2 / (2 tau)) / sqrt(m); a pytree.
+
+  Attributes:
+    omega: (m, d_k) projection rows w_r.
+    tau: kernel temperature.
+  """
+  omega: jax.Array
+  tau: jax.Array
+
+  @property
+  def num_features(self) -> int:
+    return self.omega.shape[0]
+
+  def log_features(self, z) -> jax.Array:
+    """log phi(z), (m,); finite where phi(z) over/underflows."""
+    z = _check_z(z, self.omega.shape[1])
+    proj = jnp.dot(self.omega, z, precision=HIGHEST) / jnp.sqrt(self.tau)   # (m,)
+    return proj - jnp.sum(z * z) / (2 * self.tau) - 0.5 * jnp.log(self.num_features * 1.0)
+
+  def __call__(self, z) -> jax.Array:
+    return jnp.exp(self.log_features(z))
+
+
+jax.tree_util.register_dataclass(PositiveRandomFeatures, data_fields=["omega", "tau"],
+                                 meta_fields=[])
+
+
+def positive_random_features(d_k: int, num_features: int, *, key, tau=1.0,
+                             orthogonal: bool = False, dtype=jnp.float32) -> PositiveRandomFeatures:
+  """Draws positive random features for exp(<a, b>/tau) on R^{d_k}.
+
+  With ``orthogonal=True`` the rows come in blocks of d_k mutually orthogonal
+  directions with chi(d_k)-distributed norms (each row is still N(0, I)
+  marginally, so the estimator stays unbiased, with lower variance).
+  """
+  if not isinstance(d_k, int) or d_k < 1:
+    raise ValueError(f"d_k must be a positive int, got {d_k!r}")
+  if not isinstance(num_features, int) or num_features < 1:
+    raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+  tau = _checks.scalar_param("tau", tau, dtype)
+  if not orthogonal:
+    omega = jax.random.normal(key, (num_features, d_k), dtype)
+    return PositiveRandomFeatures(omega, tau)
+  blocks = -(-num_features // d_k)
+  k_dir, k_norm = jax.random.split(key)
+  gauss = jax.random.normal(k_dir, (blocks, d_k, d_k), dtype)
+  q, _ = jnp.linalg.qr(gauss)                                                # (blocks, d_k, d_k)
+  rows = jnp.swapaxes(q, 1, 2).reshape(blocks * d_k, d_k)                     # orthonormal rows
+  norms = jnp.linalg.norm(jax.random.normal(k_norm, (blocks * d_k, d_k), dtype), axis=-1)
+  omega = (rows * norms[:, None])[:num_features]
+  return PositiveRandomFeatures(omega, tau)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaylorFeatures:
+  """phi(z) = concat_{n=0..degree} (z / sqrt(tau))^{(x)n} / sqrt(n!); a pytree.
+
+  <phi(a), phi(b)> = sum_{n<=p} t^n / n! with t = <a, b>/tau: the degree-p
+  Taylor polynomial of kappa(a, b) = exp(t). Dimension sum_n d_k^n.
+  """
+  tau: jax.Array
+  degree: int
+  d_k: int
+
+  @property
+  def num_features(self) -> int:
+    return sum(self.d_k ** n for n in range(self.degree + 1))
+
+  def __call__(self, z) -> jax.Array:
+    z = _check_z(z, self.d_k)
+    u = z / jnp.sqrt(self.tau)
+    term = jnp.ones((1,), z.dtype)
+    parts = [term]
+    for n in range(1, self.degree + 1):
+      term = jnp.kron(term, u) / jnp.sqrt(jnp.asarray(n, z.dtype))            # (d_k^n,)
+      parts.append(term)
+    return jnp.concatenate(parts)
+
+
+jax.tree_util.register_dataclass(TaylorFeatures, data_fields=["tau"],
+                                 meta_fields=["degree", "d_k"])
+
+
+def taylor_features(d_k: int, degree: int, *, tau=1.0, dtype=jnp.float32) -> TaylorFeatures:
+  """Taylor features of the given degree for exp(<a, b>/tau) on R^{d_k}."""
+  if not isinstance(degree, int) or degree < 0:
+    raise ValueError(f"degree must be an int >= 0, got {degree!r}")
+  if not isinstance(d_k, int) or d_k < 1:
+    raise ValueError(f"d_k must be a positive int, got {d_k!r}")
+  dim = sum(d_k ** n for n in range(degree + 1))
+  if dim > 10_000_000:
+    raise ValueError(f"Taylor features of degree {degree} on d_k = {d_k} have {dim} dimensions; "
+                     "use degree or d_k small enough for <= 1e7")
+  return TaylorFeatures(_checks.scalar_param("tau", tau, dtype), degree, d_k)
+
+
+def taylor_remainder_bound(a, b, *, degree: int, tau=1.0) -> jax.Array:
+  """Lagrange bound on |exp(t) - sum_{n<=p} t^n/n!|, t = <a, b>/tau.
+
+      |R_p(t)| <= |t|^{p+1} / (p+1)! * max(1, exp(t))
+  """
+  t = jnp.dot(a, b, precision=HIGHEST) / tau
+  log_bound = (degree + 1) * jnp.log(jnp.abs(t)) - math.lgamma(degree + 2) + jnp.maximum(t, 0.0)
+  return jnp.exp(log_bound)
