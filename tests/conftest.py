@@ -1,0 +1,29 @@
+"""Test configuration, set once before any array exists.
+
+float64 is enabled so that identities can be checked to ~1e-12; float32 paths
+are exercised by creating float32 arrays explicitly. Rank promotion raises, so
+an accidental broadcast is a test failure.
+
+Hypothesis profiles (select with HYPOTHESIS_PROFILE=dev|ci|nightly; ci is the
+default and is derandomized, so every run draws the same examples):
+  dev      few examples, for editing loops;
+  ci       the built-in ci profile, derandomized, deadline=None;
+  nightly  many examples, randomized.
+"""
+
+import os
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                      HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=8, derandomize=True, **_COMMON)
+settings.register_profile("ci", settings.get_profile("ci"), max_examples=25, derandomize=True,
+                          print_blob=True, **_COMMON)
+settings.register_profile("nightly", max_examples=1000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
