@@ -119,7 +119,7 @@ class RegressionPrompts(NamedTuple):
 
 
 def sample_regression(n_prompts: int, n_demos: int, d: int, *, key, n_queries: int = 1,
-                      shift: Shift = NO_SHIFT, query_shift: Shift = NO_SHIFT,
+                      shift: Shift = NO_SHIFT, query_shift: Shift | None = NO_SHIFT,
                       noise_std=0.0, x_dist: str = "gaussian",
                       dtype=jnp.float32) -> RegressionPrompts:
   """Linear-regression prompts (Garg et al., 2022), demonstrations shifted by ``shift``.
@@ -128,13 +128,16 @@ def sample_regression(n_prompts: int, n_demos: int, d: int, *, key, n_queries: i
 
   with P_0 = N(0, I_d) (``x_dist="gaussian"``) or U(-1/2, 1/2)^d (``"uniform"``,
   von Oswald et al., 2023). The two shifts draw their random directions and
-  subspaces independently, so equal non-trivial shifts still differ.
+  subspaces independently, so equal non-trivial shifts still differ; with
+  ``query_shift=None`` the queries share the demonstrations' shift, direction
+  and subspace included (prompt and queries from one shifted distribution).
 
   Args:
     n_prompts, n_demos, d: batch size B, demonstrations N, input dimension d.
     key: PRNG key (keyword-only).
     n_queries: M queries per prompt.
-    shift, query_shift: :class:`Shift` of the demonstrations and of the queries.
+    shift, query_shift: :class:`Shift` of the demonstrations and of the queries
+      (None: the demonstrations' shift, with the same random draw).
     noise_std: label noise on the demonstrations (>= 0).
     x_dist: "gaussian" or "uniform".
     dtype: float dtype of the arrays.
@@ -148,14 +151,19 @@ def sample_regression(n_prompts: int, n_demos: int, d: int, *, key, n_queries: i
   if x_dist not in X_DISTS:
     raise ValueError(f"x_dist must be one of {X_DISTS}, got {x_dist!r}")
   _check_shift("shift", shift, d)
-  _check_shift("query_shift", query_shift, d)
+  if query_shift is not None:
+    _check_shift("query_shift", query_shift, d)
   noise_std = _checks.scalar_param("noise_std", noise_std, dtype, allow_zero=True)
 
   def one(k):
     kw, kx, kq, ks, kqs, ke = jax.random.split(k, 6)
     w = jax.random.normal(kw, (d,), dtype)                                  # (d,)
     xs = shift_inputs(_base_inputs(kx, n_demos, d, x_dist, dtype), shift, key=ks)
-    qs = shift_inputs(_base_inputs(kq, n_queries, d, x_dist, dtype), query_shift, key=kqs)
+    q_base = _base_inputs(kq, n_queries, d, x_dist, dtype)
+    if query_shift is None:
+      qs = shift_inputs(q_base, shift, key=ks)
+    else:
+      qs = shift_inputs(q_base, query_shift, key=kqs)
     ys = jnp.dot(xs, w) + noise_std * jax.random.normal(ke, (n_demos,), dtype)
     return RegressionPrompts(xs, ys, qs, jnp.dot(qs, w), w)
 
