@@ -29,6 +29,7 @@ from icl_kd import mmd as _mmd
 from icl_kd.attention import AttentionParams, _check_tokens, check_params
 from icl_kd.dual import HIGHEST, DualWeights, _log_weighted_sum
 from icl_kd.kd import _log_step, one_step_kd_weights
+from icl_kd.mmd import _check_finite
 
 # -- C4: Rademacher complexity and the generalization bound -------------------------
 
@@ -79,7 +80,7 @@ def empirical_rademacher(gram, *, radius, key, num_draws: int = 1000) -> Rademac
   if not isinstance(num_draws, int) or isinstance(num_draws, bool) or num_draws < 2:
     raise ValueError(f"num_draws must be an int >= 2, got {num_draws!r}")
   radius = _checks.scalar_param("radius", radius, gram.dtype)
-  _checks.check_finite(gram=gram)
+  _check_finite(gram=gram)
   sigma = jax.random.rademacher(key, (num_draws, n), dtype=gram.dtype)      # (S, N)
   quad = jnp.sum(jnp.dot(sigma, gram, precision=HIGHEST) * sigma, axis=1)   # (S,)
   # sigma^T K sigma >= 0 for PSD K; rounding can make a tiny value negative.
@@ -176,7 +177,7 @@ def sample_bounds(params: AttentionParams, x, *, tau=1.0) -> SampleBounds:
   x = _check_tokens("x", x, params.d, allow_empty=False)
   dtype = _checks.check_same_dtype(params=params.w_k, x=x)
   tau = _checks.scalar_param("tau", tau, dtype)
-  _checks.check_finite(x=x)
+  _check_finite(x=x)
   keys = jnp.dot(x, params.w_k.T, precision=HIGHEST)                        # (N, d_k)
   values = jnp.dot(x, params.w_v.T, precision=HIGHEST)                      # (N, d_v)
   log_c = jnp.max(jnp.sum(keys * keys, axis=1)) / (2.0 * tau)
@@ -212,7 +213,7 @@ def _sample_pair(params: AttentionParams, x_p, x_q):
   x_p = _check_tokens("x_p", x_p, params.d, allow_empty=False)
   x_q = _check_tokens("x_q", x_q, params.d, allow_empty=False)
   dtype = _checks.check_same_dtype(params=params.w_k, x_p=x_p, x_q=x_q)
-  _checks.check_finite(**{"params.w_k": params.w_k, "params.w_v": params.w_v}, x_p=x_p, x_q=x_q)
+  _check_finite(**{"params.w_k": params.w_k, "params.w_v": params.w_v}, x_p=x_p, x_q=x_q)
   return params, x_p, x_q, dtype
 
 
@@ -381,7 +382,7 @@ def prediction_gap(params: AttentionParams, x_p, x_q, query, *, eta=None, log_et
   if query.shape != (params.d,):
     raise ValueError(f"query must have shape ({params.d},) (d,), got {query.shape}")
   _checks.check_same_dtype(params=params.w_q, query=query)
-  _checks.check_finite(query=query, **{"params.w_q": params.w_q})
+  _check_finite(query=query, **{"params.w_q": params.w_q})
   tau = _checks.scalar_param("tau", tau, dtype)
   log_eta_ = _log_step(dtype, eta, log_eta)
   gap = distilled_weight_gap(params, x_p, x_q, log_eta=log_eta_, tau=tau)
@@ -405,7 +406,7 @@ def kd_risk(weights: DualWeights, params: AttentionParams, x_target) -> jax.Arra
   if weights.d_v != params.d_v or weights.d_k != params.d_k:
     raise ValueError(f"weights act on (d_v, d_k) = ({weights.d_v}, {weights.d_k}); params "
                      f"need ({params.d_v}, {params.d_k})")
-  _checks.check_finite(x_target=x_target)
+  _check_finite(x_target=x_target)
   keys = jnp.dot(x_target, params.w_k.T, precision=HIGHEST)                 # (n, d_k)
   teacher = jnp.dot(x_target, params.w_v.T, precision=HIGHEST)              # (n, d_v)
   student = jax.vmap(weights.apply)(keys)                                   # (n, d_v)
@@ -443,7 +444,7 @@ def risk_bound(params: AttentionParams, x_p, x_q, x_target, *, eta=None, log_eta
   params, x_p, x_q, dtype = _sample_pair(params, x_p, x_q)
   x_target = _check_tokens("x_target", x_target, params.d, allow_empty=False)
   _checks.check_same_dtype(params=params.w_k, x_target=x_target)
-  _checks.check_finite(x_target=x_target)
+  _check_finite(x_target=x_target)
   tau = _checks.scalar_param("tau", tau, dtype)
   log_eta_ = _log_step(dtype, eta, log_eta)
   w_p = one_step_kd_weights(params, x_p, log_eta=log_eta_, tau=tau)
