@@ -39,6 +39,17 @@ ESTIMATORS = ("biased", "unbiased", "linear")
 # -- kernels on one pair --------------------------------------------------------
 
 
+def _check_finite(**arrays: jax.Array) -> None:
+  """``_checks.check_finite`` evaluated eagerly on concrete arrays even while tracing.
+
+  Under ``jit`` a concrete array closed over by the traced function is still
+  checkable; ``ensure_compile_time_eval`` keeps the check's own jnp ops from
+  being staged (which would make its ``bool`` fail).
+  """
+  with jax.ensure_compile_time_eval():
+    _checks.check_finite(**arrays)
+
+
 def _kernel_scalar(name: str, value) -> jax.Array:
   """A bandwidth/temperature: a real scalar, > 0 and finite when concrete.
 
@@ -291,7 +302,7 @@ def _check_samples(x, y, *, min_size: int = 1) -> tuple[jax.Array, jax.Array]:
     if arr.shape[0] < min_size:
       raise ValueError(f"{name} must hold at least {min_size} sample(s) (rows), got shape "
                        f"{arr.shape}")
-  _checks.check_finite(x=x, y=y)
+  _check_finite(x=x, y=y)
   return x, y
 
 
