@@ -143,7 +143,7 @@ def train_regression_model(model, *, key, d: int, n_demos: int, n_queries: int, 
                            optimizer: optax.GradientTransformation | None = None,
                            dataset: tasks.RegressionPrompts | None = None,
                            sampler: Callable | None = None,
-                           progress: bool = True, desc: str = "train"):
+                           progress: bool = True, desc: str = "train", dtype=jnp.float32):
   """Initialises and trains ``model`` on linear-regression prompts; returns (params, losses).
 
   Batches are fresh prompts from :func:`icl_kd.tasks.sample_regression` (x ~ N(0, I)),
@@ -151,7 +151,7 @@ def train_regression_model(model, *, key, d: int, n_demos: int, n_queries: int, 
   ``sampler(key) -> RegressionPrompts`` when given.
   """
   k_init, k_data, k_train = jax.random.split(key, 3)
-  example = tasks.sample_regression(1, n_demos, d, key=k_data)
+  example = tasks.sample_regression(1, n_demos, d, key=k_data, dtype=dtype)
   demos = tasks.regression_tokens(example.xs[0], example.ys[0])
   params = model.init(k_init, demos, tasks.query_token(example.queries[0, 0]))["params"]
   if sampler is not None:
@@ -159,7 +159,7 @@ def train_regression_model(model, *, key, d: int, n_demos: int, n_queries: int, 
   elif dataset is None:
     def sample(k):
       return tasks.sample_regression(batch, n_demos, d, key=k, n_queries=n_queries,
-                                     noise_std=noise_std)
+                                     noise_std=noise_std, dtype=dtype)
   else:
     def sample(k):
       del k
