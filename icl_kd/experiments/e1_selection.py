@@ -63,7 +63,7 @@ class Config(NamedTuple):
   progress: bool = True
 
 
-QUICK = Config(n_pool=64, n_trials=16, n_mixture=4, train_steps=300, n_boot=200)
+QUICK = Config(n_pool=64, n_trials=12, n_mixture=4, train_steps=200, n_boot=200)
 
 
 class Results(NamedTuple):

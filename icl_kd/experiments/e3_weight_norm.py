@@ -52,7 +52,7 @@ class Config(NamedTuple):
   progress: bool = True
 
 
-QUICK = Config(n_test=256, n_c4=32, n_fresh=256, weight_decays=(0.0, 1.0, 10.0), train_steps=300)
+QUICK = Config(n_test=128, n_c4=16, n_fresh=128, weight_decays=(0.0, 1.0, 10.0), train_steps=200)
 
 
 class Results(NamedTuple):

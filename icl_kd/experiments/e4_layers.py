@@ -53,7 +53,7 @@ class Config(NamedTuple):
   progress: bool = True
 
 
-QUICK = Config(train_steps=300, distill_steps=200, n_test=64)
+QUICK = Config(train_steps=200, distill_steps=100, n_test=32)
 
 
 class Results(NamedTuple):
