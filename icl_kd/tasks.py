@@ -82,14 +82,18 @@ def shift_inputs(x: jax.Array, shift: Shift, *, key) -> jax.Array:
   d = x.shape[1]
   shift = _check_shift("shift", shift, d)
   k_sub, k_dir = jax.random.split(key)
+  static = lambda v, value: isinstance(v, (int, float)) and v == value  # a no-op knob
   if shift.subspace is not None and shift.subspace < d:
     basis, _ = jnp.linalg.qr(jax.random.normal(k_sub, (d, shift.subspace), x.dtype))  # (d, k)
     coords = jnp.dot(x, basis)                                              # (n, k)
     x = jnp.dot(coords, basis.T) * jnp.sqrt(d / shift.subspace)             # (n, d)
-  if d > 1:
+  if d > 1 and not static(shift.skew, 0.0):
     pos = jnp.arange(d, dtype=x.dtype) / (d - 1) - 0.5                      # (d,)
     x = x * jnp.exp(jnp.asarray(shift.skew, x.dtype) * pos)[None, :]
-  x = x * jnp.asarray(shift.scale, x.dtype)
+  if not static(shift.scale, 1.0):
+    x = x * jnp.asarray(shift.scale, x.dtype)
+  if static(shift.mean, 0.0):
+    return x
   u = jax.random.normal(k_dir, (d,), x.dtype)
   u = u / jnp.linalg.norm(u)
   return x + jnp.asarray(shift.mean, x.dtype) * u[None, :]

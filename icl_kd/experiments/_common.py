@@ -151,9 +151,10 @@ def train_regression_model(model, *, key, d: int, n_demos: int, n_queries: int, 
   ``sampler(key) -> RegressionPrompts`` when given.
   """
   k_init, k_data, k_train = jax.random.split(key, 3)
-  example = tasks.sample_regression(1, n_demos, d, key=k_data, dtype=dtype)
-  demos = tasks.regression_tokens(example.xs[0], example.ys[0])
-  params = model.init(k_init, demos, tasks.query_token(example.queries[0, 0]))["params"]
+  del k_data
+  # shapes only: the initial parameters do not depend on the example's values.
+  init = jax.jit(model.init)
+  params = init(k_init, jnp.zeros((n_demos, d + 1), dtype), jnp.zeros((d + 1,), dtype))["params"]
   if sampler is not None:
     sample = sampler
   elif dataset is None:

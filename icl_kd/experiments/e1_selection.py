@@ -160,16 +160,20 @@ TRAIN_SHIFTS = (0.0, 1.0, 2.0, 3.0)
 def training_prompts(key, cfg: Config) -> tasks.RegressionPrompts:
   """A training batch: prompts whose demonstrations and queries share one mean shift.
 
-  The batch is split evenly over the shift lengths in ``TRAIN_SHIFTS`` (random
-  directions), so the layer learns in-context regression wherever the prompt
-  and the queries come from the same distribution.
+  Prompt b is shifted by m_b u_b, with u_b a random unit vector and m_b cycling
+  through ``TRAIN_SHIFTS``, so the layer learns in-context regression wherever
+  the prompt and the queries come from the same distribution. Labels are
+  linear, so shifting x by v shifts every label by <w, v>.
   """
-  per = max(1, cfg.batch // len(TRAIN_SHIFTS))
-  parts = [tasks.sample_regression(per, cfg.k, cfg.d, key=k, n_queries=4,
-                                   shift=tasks.Shift(mean=m), query_shift=None,
-                                   noise_std=cfg.noise_std)
-           for k, m in zip(jax.random.split(key, len(TRAIN_SHIFTS)), TRAIN_SHIFTS)]
-  return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+  k_base, k_dir = jax.random.split(key)
+  base = tasks.sample_regression(cfg.batch, cfg.k, cfg.d, key=k_base, n_queries=4,
+                                 noise_std=cfg.noise_std)
+  u = jax.random.normal(k_dir, (cfg.batch, cfg.d), base.xs.dtype)
+  lengths = jnp.resize(jnp.asarray(TRAIN_SHIFTS, base.xs.dtype), (cfg.batch,))
+  v = lengths[:, None] * u / jnp.linalg.norm(u, axis=1, keepdims=True)       # (B, d)
+  dy = jnp.sum(v * base.w, axis=1)                                          # (B,)
+  return base._replace(xs=base.xs + v[:, None, :], ys=base.ys + dy[:, None],
+                       queries=base.queries + v[:, None, :], targets=base.targets + dy[:, None])
 
 
 def run(config: Config = Config()) -> Results:
