@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from icl_kd import mmd, models
+from icl_kd import mmd, models, train
 from icl_kd.experiments import _common, e1_selection, e2_lr_proxy, e3_weight_norm, e4_layers
 from icl_kd.experiments.__main__ import EXPERIMENTS, main as dispatch
 
@@ -96,6 +96,10 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
     data = json.load(f)
   assert data["config"]["seed"] == seed and name == module.NAME
   assert os.path.exists(os.path.join(out, f"{module.NAME}.npz"))
+  loaded, meta = train.load_checkpoint(os.path.join(out, f"{module.NAME}_model.npz"), res.params)
+  assert meta["config"]["seed"] == seed
+  for x, y in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(res.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   return res, printed, data
 
 

@@ -122,9 +122,16 @@ def _jsonable(x):
   return x
 
 
-def save(out_dir: str, name: str, *, arrays: dict, summary: dict) -> tuple[str, str]:
-  """Writes ``<out>/<name>.npz`` (arrays) and ``<out>/<name>.json`` (summary); returns paths."""
+def save(out_dir: str, name: str, *, arrays: dict, summary: dict, params=None) -> tuple[str, str]:
+  """Writes ``<out>/<name>.npz`` (arrays) and ``<out>/<name>.json`` (summary); returns paths.
+
+  With ``params``, the trained parameters also go to ``<out>/<name>_model.npz``
+  (:func:`icl_kd.train.save_checkpoint`).
+  """
   os.makedirs(out_dir, exist_ok=True)
+  if params is not None:
+    train.save_checkpoint(os.path.join(out_dir, f"{name}_model.npz"), params,
+                          config=summary.get("config", {}))
   npz = os.path.join(out_dir, f"{name}.npz")
   js = os.path.join(out_dir, f"{name}.json")
   np.savez(npz, **{k: np.asarray(v) for k, v in arrays.items()})

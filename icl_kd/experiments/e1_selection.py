@@ -77,6 +77,7 @@ class Results(NamedTuple):
     correlation: Spearman(MMD^2, error) over all shared and mixture prompts.
     wins: fraction of trials where mmd_greedy has lower error than retrieval / random.
     train_losses: (train_steps,) training curve of the model.
+    params: the trained layer's parameters.
   """
   error: dict
   mmd2: dict
@@ -87,6 +88,7 @@ class Results(NamedTuple):
   correlation: _common.Correlation
   wins: dict
   train_losses: np.ndarray
+  params: dict
 
 
 def mmd_greedy(pool: jax.Array, queries: jax.Array, k: int, *, kernel) -> jax.Array:
@@ -266,7 +268,8 @@ def run(config: Config = Config()) -> Results:
   wins = {"mmd_greedy<retrieval": float(np.mean(error["mmd_greedy"] < error["retrieval"])),
           "mmd_greedy<random": float(np.mean(error["mmd_greedy"] < error["random"])),
           "mmd_greedy<knn_per_query": float(np.mean(error["mmd_greedy"] < error["knn_per_query"]))}
-  return Results(error, mmd2_, ridge_error, gd_error, mix_err, mix_mmd, corr, wins, losses)
+  return Results(error, mmd2_, ridge_error, gd_error, mix_err, mix_mmd, corr, wins, losses,
+                 params)
 
 
 def summary(res: Results) -> tuple[str, dict]:
@@ -309,6 +312,6 @@ def main(argv=None) -> Results:
   arrays.update(mixture_error=res.mixture_error, mixture_mmd2=res.mixture_mmd2,
                 train_losses=res.train_losses)
   paths = _common.save(args.out, NAME, arrays=arrays,
-                       summary={"config": _common.config_dict(cfg), **data})
+                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
   print(f"saved {paths[0]} and {paths[1]}")
   return res

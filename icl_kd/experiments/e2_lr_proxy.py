@@ -53,7 +53,7 @@ class Config(NamedTuple):
   progress: bool = True
 
 
-QUICK = Config(train_steps=200, n_test=48, n_orders=4, n_perturb=4, n_boot=200)
+QUICK = Config(train_steps=150, n_test=32, n_orders=4, n_perturb=4, n_boot=200)
 
 
 class Results(NamedTuple):
@@ -66,6 +66,7 @@ class Results(NamedTuple):
     perturb_sensitivity: (n_test,) RMS prediction change per unit noise.
     rho_order, rho_perturb: (L, H, 3) Spearman rho(log eta*, sensitivity) and its interval.
     train_losses: (train_steps,).
+    params: the trained transformer's parameters.
   """
   log_eta: np.ndarray
   entropy: np.ndarray
@@ -74,6 +75,7 @@ class Results(NamedTuple):
   rho_order: np.ndarray
   rho_perturb: np.ndarray
   train_losses: np.ndarray
+  params: dict
 
 
 def sensitivities(model, params, xs, ys, query, *, key, n_orders: int, n_perturb: int, eps):
@@ -123,7 +125,7 @@ def run(config: Config = Config()) -> Results:
       rho_o[l, h] = c.rho, c.lo, c.hi
       c = _common.bootstrap_spearman(log_eta[:, l, h], pert, seed=cfg.seed, n_boot=cfg.n_boot)
       rho_p[l, h] = c.rho, c.lo, c.hi
-  return Results(log_eta, ent, order, pert, rho_o, rho_p, losses)
+  return Results(log_eta, ent, order, pert, rho_o, rho_p, losses, params)
 
 
 def summary(res: Results) -> tuple[str, dict]:
@@ -161,7 +163,8 @@ def main(argv=None) -> Results:
   res = run(cfg)
   text, data = summary(res)
   print(text)
-  paths = _common.save(args.out, NAME, arrays=res._asdict(),
-                       summary={"config": _common.config_dict(cfg), **data})
+  arrays = {k: v for k, v in res._asdict().items() if k != "params"}
+  paths = _common.save(args.out, NAME, arrays=arrays,
+                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
   print(f"saved {paths[0]} and {paths[1]}")
   return res

@@ -68,6 +68,7 @@ class Results(NamedTuple):
     bound: the C4 bound (Hoeffding form) with the constants above.
     violations: fraction of prompts with kd_gap > bound.
     train_losses: (n_decays, train_steps).
+    params: dict "wd=<decay>" -> the trained layer's parameters.
   """
   weight_decays: np.ndarray
   norm_q: np.ndarray
@@ -83,6 +84,7 @@ class Results(NamedTuple):
   bound: np.ndarray
   violations: np.ndarray
   train_losses: np.ndarray
+  params: dict
 
 
 def _c4_prompt(params, xs, ys, query, w, key, cfg: Config):
@@ -116,6 +118,7 @@ def run(config: Config = Config()) -> Results:
                         in_axes=(None, 0, 0, 0, 0, 0)))
   rows = []
   curves = []
+  trained = {}
   for wd in cfg.weight_decays:
     params, losses = _common.train_regression_model(
         model, key=k_init, d=cfg.d, n_demos=cfg.n_demos, n_queries=cfg.n_queries,
@@ -123,6 +126,7 @@ def run(config: Config = Config()) -> Results:
         optimizer=train.adamw_on(cfg.learning_rate, wd), dataset=data,
         progress=cfg.progress, desc=f"E3 train wd={wd:g}")
     curves.append(losses)
+    trained[f"wd={wd:g}"] = params
     p64 = models.attention_params(_common.to_float64(params))
     train_mse, test_mse = float(loss(params, data)), float(loss(params, test))
     n = cfg.n_c4
@@ -141,7 +145,7 @@ def run(config: Config = Config()) -> Results:
   return Results(np.asarray(cfg.weight_decays, float), col("norm_q"), col("norm_k"), col("norm_v"),
                  col("train_mse"), col("test_mse"), col("icl_gap"), col("radius"),
                  col("feature_bound"), col("teacher_bound"), np.stack(col("kd_gap")),
-                 col("bound"), col("violations"), np.stack(curves))
+                 col("bound"), col("violations"), np.stack(curves), trained)
 
 
 def summary(res: Results) -> tuple[str, dict]:
@@ -174,8 +178,8 @@ def main(argv=None) -> Results:
   res = run(cfg)
   text, data = summary(res)
   print(text)
-  arrays = {k: v for k, v in res._asdict().items()}
+  arrays = {k: v for k, v in res._asdict().items() if k != "params"}
   paths = _common.save(args.out, NAME, arrays=arrays,
-                       summary={"config": _common.config_dict(cfg), **data})
+                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
   print(f"saved {paths[0]} and {paths[1]}")
   return res

@@ -67,6 +67,7 @@ class Results(NamedTuple):
     distance_to_one_step: E(f_model - f_1)^2 / E f_model^2, scalar.
     icl_mse: dict name -> scalar ICL mean squared error on the test prompts.
     train_losses, distill_losses: training curves.
+    params: {"transformer": ..., "one_step_layer": ...} trained parameters.
   """
   residual: np.ndarray
   consistency: np.ndarray
@@ -76,6 +77,7 @@ class Results(NamedTuple):
   icl_mse: dict
   train_losses: np.ndarray
   distill_losses: np.ndarray
+  params: dict
 
 
 def make_model(cfg: Config) -> models.Transformer:
@@ -155,7 +157,8 @@ def run(config: Config = Config()) -> Results:
   distance = float(jnp.mean((f_deep - f_one) ** 2) / jnp.mean(f_deep ** 2))
   return Results(np.asarray(jnp.max(res, 0)), np.asarray(jnp.max(cons, 0)),
                  np.asarray(jnp.mean(log_eta, 0)), np.asarray(jnp.mean(ent, 0)), distance, icl,
-                 losses, distill_losses)
+                 losses, distill_losses,
+                 {"transformer": params, "one_step_layer": single_params})
 
 
 def summary(res: Results) -> tuple[str, dict]:
@@ -193,8 +196,8 @@ def main(argv=None) -> Results:
   res = run(cfg)
   text, data = summary(res)
   print(text)
-  arrays = {k: v for k, v in res._asdict().items() if k != "icl_mse"}
+  arrays = {k: v for k, v in res._asdict().items() if k not in ("icl_mse", "params")}
   paths = _common.save(args.out, NAME, arrays=arrays,
-                       summary={"config": _common.config_dict(cfg), **data})
+                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
   print(f"saved {paths[0]} and {paths[1]}")
   return res
