@@ -222,6 +222,25 @@ def head_attention_params(variables, layer: int, head: int, *,
   return AttentionParams(jnp.asarray(b["w_q"][head]), jnp.asarray(b["w_k"][head]), w_v)
 
 
+def stacked_head_params(variables, *, fold_output: bool = True) -> AttentionParams:
+  """Every head of a :class:`Transformer` at once: AttentionParams with leading axes (L, H).
+
+  Entry [layer, head] equals :func:`head_attention_params` (variables, layer, head);
+  the stacked form lets ``jax.vmap`` run one computation over all heads.
+  """
+  p = _params_dict(variables)
+  blocks = [p[f"block_{i}"] for i in range(len([k for k in p if k.startswith("block_")]))]
+  if not blocks:
+    raise ValueError("variables hold no transformer blocks (block_0, block_1, ...)")
+  w_q = jnp.stack([b["w_q"] for b in blocks])                              # (L, H, d_h, d_m)
+  w_k = jnp.stack([b["w_k"] for b in blocks])                              # (L, H, d_h, d_m)
+  w_v = jnp.stack([b["w_v"] for b in blocks])                              # (L, H, d_h, d_m)
+  if fold_output:
+    w_o = jnp.stack([b["w_o"] for b in blocks])                            # (L, H, d_m, d_h)
+    w_v = jnp.einsum("lhmk,lhkd->lhmd", w_o, w_v, precision=HIGHEST)       # (L, H, d_m, d_m)
+  return AttentionParams(w_q, w_k, w_v)
+
+
 def head_tau(variables, layer: int = 0) -> float:
   """The softmax temperature sqrt(d_h) of a :class:`Transformer` layer."""
   return math.sqrt(_params_dict(variables)[f"block_{layer}"]["w_q"].shape[1])

@@ -117,6 +117,13 @@ def test_unfolded_head_params_are_the_raw_value_map():
   np.testing.assert_allclose(np.asarray(folded.w_v),
                              np.asarray(v["params"]["block_1"]["w_o"][0]) @ np.asarray(p.w_v),
                              rtol=1e-12)
+  stacked = models.stacked_head_params(v)
+  assert stacked.w_v.shape == (2, 2, 8, 8)
+  for layer in range(2):
+    for head in range(2):
+      one = models.head_attention_params(v, layer, head)
+      for a, b in zip(stacked, one):
+        np.testing.assert_allclose(np.asarray(a[layer, head]), np.asarray(b), rtol=1e-12)
   with pytest.raises(ValueError, match="layer"):
     models.head_attention_params(v, 2, 0)
   with pytest.raises(ValueError, match="head"):

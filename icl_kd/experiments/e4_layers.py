@@ -46,6 +46,7 @@ class Config(NamedTuple):
   batch: int = 64
   learning_rate: float = 3e-3
   distill_steps: int = 1000
+  n_distill: int = 4096       # prompts labelled by the model for the distillation
   n_test: int = 256
   noise_std: float = 0.0
   dtype: str = "float32"
@@ -53,7 +54,7 @@ class Config(NamedTuple):
   progress: bool = True
 
 
-QUICK = Config(train_steps=200, distill_steps=100, n_test=32)
+QUICK = Config(train_steps=200, distill_steps=100, n_distill=512, n_test=32)
 
 
 class Results(NamedTuple):
@@ -97,22 +98,18 @@ def layer_head_decomposition(model: models.Transformer, params, xs, ys, query):
   inter = models.transformer_intermediates(model, params, demos, tasks.query_token(query))
   n = xs.shape[0]
   tau = models.head_tau(params)
-  res, cons, log_eta, ent = [], [], [], []
-  for layer in range(model.n_layers):
-    x = inter.attn_inputs[layer].astype(jnp.float64)                        # (N+1, d_model)
-    row = [[], [], [], []]
-    for head in range(model.n_heads):
-      p = _common.to_float64(models.head_attention_params(params, layer, head))
-      out = decompose(p, x[:n], jnp.zeros((0, x.shape[1]), x.dtype), x[n], tau=tau)
-      h_model = inter.head_outputs[layer, head, n].astype(jnp.float64)
-      norm = jnp.linalg.norm(out.attention)
-      row[0].append(jnp.linalg.norm(out.attention - out.reference) / norm)
-      row[1].append(jnp.linalg.norm(out.attention - h_model) / jnp.linalg.norm(h_model))
-      row[2].append(out.log_eta)
-      row[3].append(out.entropy)
-    for acc, r in zip((res, cons, log_eta, ent), row):
-      acc.append(jnp.stack(r))
-  return tuple(jnp.stack(a) for a in (res, cons, log_eta, ent))
+  heads = _common.to_float64(models.stacked_head_params(params))          # (L, H, ...)
+  x = inter.attn_inputs.astype(jnp.float64)                                # (L, N+1, d_model)
+  h_model = inter.head_outputs[:, :, n].astype(jnp.float64)                # (L, H, d_model)
+
+  def one(p, x_l, h_m):
+    out = decompose(p, x_l[:n], jnp.zeros((0, x_l.shape[1]), x_l.dtype), x_l[n], tau=tau)
+    norm = jnp.linalg.norm(out.attention)
+    return (jnp.linalg.norm(out.attention - out.reference) / norm,
+            jnp.linalg.norm(out.attention - h_m) / jnp.linalg.norm(h_m), out.log_eta, out.entropy)
+
+  per_head = jax.vmap(one, in_axes=(0, None, 0))                           # over heads
+  return jax.vmap(per_head, in_axes=(0, 0, 0))(heads, x, h_model)          # over layers
 
 
 def run(config: Config = Config()) -> Results:
@@ -134,12 +131,15 @@ def run(config: Config = Config()) -> Results:
   # one KD step: a single softmax-attention layer distilled on the model's predictions.
   single = models.SoftmaxAttentionLayer(d_k=cfg.d + 1, d_v=1, tau=1.0, init_scale=0.5,
                                         dtype=dtype)
-  deep_predict = lambda p, prompts: train.regression_predictions(model, p, prompts)
+  deep_predict = jax.jit(lambda p, prompts: train.regression_predictions(model, p, prompts))
+  k_data, k_distill = jax.random.split(k_distill)
+  data = tasks.sample_regression(cfg.n_distill, cfg.n_demos, cfg.d, key=k_data,
+                                 noise_std=cfg.noise_std, dtype=dtype)
+  data = data._replace(targets=deep_predict(params, data))                  # the model's outputs
 
   def distill_batch(k):
-    prompts = tasks.sample_regression(cfg.batch, cfg.n_demos, cfg.d, key=k,
-                                      noise_std=cfg.noise_std, dtype=dtype)
-    return prompts._replace(targets=deep_predict(params, prompts))
+    idx = jax.random.randint(k, (cfg.batch,), 0, cfg.n_distill)
+    return jax.tree_util.tree_map(lambda a: a[idx], data)
 
   single_params, distill_losses = _common.train_regression_model(
       single, key=k_distill, d=cfg.d, n_demos=cfg.n_demos, n_queries=1,
