@@ -1,4 +1,4 @@
-"""Baselines against NumPy re-implementations; Nadaraya-Watson == softmax attention; risk formula."""
+"""Baselines vs NumPy re-implementations; Nadaraya-Watson == softmax attention; risk formula."""
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icl_kd import models, tasks, train
+from icl_kd import tasks, train
 
 
 def rankdata(a) -> np.ndarray:

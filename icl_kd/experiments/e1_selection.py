@@ -94,7 +94,8 @@ class Results(NamedTuple):
 def mmd_greedy(pool: jax.Array, queries: jax.Array, k: int, *, kernel) -> jax.Array:
   """Indices (k,) of pool points chosen greedily to minimise the biased MMD^2 to ``queries``.
 
-      MMD_b^2(S, Q) = (1/|S|^2) sum_{i,j in S} k(p_i, p_j) - (2/(|S| M)) sum_{i in S, j} k(p_i, q_j) + const
+      MMD_b^2(S, Q) = (1/|S|^2) sum_{i,j in S} k(p_i, p_j)
+                    - (2/(|S| M)) sum_{i in S, j} k(p_i, q_j) + const
 
   At each step the candidate that minimises MMD_b^2(S + {c}, Q) is added
   (without replacement). Gram matrices come from :func:`icl_kd.mmd.gram`.
@@ -109,7 +110,8 @@ def mmd_greedy(pool: jax.Array, queries: jax.Array, k: int, *, kernel) -> jax.Ar
     size = t + 1.0
     obj = (sum_ss + 2 * col_s + diag) / size ** 2 - 2 * (cross_s + k_pq) / size  # (P,)
     c = jnp.argmin(jnp.where(taken, jnp.inf, obj))
-    return (chosen.at[t].set(c.astype(jnp.int32)), taken.at[c].set(True), sum_ss + 2 * col_s[c] + diag[c],
+    return (chosen.at[t].set(c.astype(jnp.int32)), taken.at[c].set(True),
+            sum_ss + 2 * col_s[c] + diag[c],
             col_s + k_pp[:, c], cross_s + k_pq[c])
 
   init = (jnp.zeros((k,), jnp.int32), jnp.zeros((n,), bool), jnp.zeros((), pool.dtype),

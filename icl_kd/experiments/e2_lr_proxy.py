@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import models, tasks, train
+from icl_kd import models, tasks
 from icl_kd.experiments import _common
 from icl_kd.experiments.e4_layers import DTYPES, layer_head_decomposition
 

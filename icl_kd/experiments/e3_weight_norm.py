@@ -132,7 +132,8 @@ def run(config: Config = Config()) -> Results:
     n = cfg.n_c4
     gap, radius, log_c, d_t = c4(p64, test64.xs[:n], test64.ys[:n], test64.queries[:n, 0],
                                  test64.w[:n], jax.random.split(k_c4, n))
-    b_max, c_max, dt_max = float(jnp.max(radius)), float(jnp.exp(jnp.max(log_c))), float(jnp.max(d_t))
+    b_max, dt_max = float(jnp.max(radius)), float(jnp.max(d_t))
+    c_max = float(jnp.exp(jnp.max(log_c)))
     bound = float(bounds.rademacher_bound(radius=b_max, feature_bound=c_max, teacher_bound=dt_max,
                                           n=cfg.n_demos, delta=cfg.delta).hoeffding)
     gap = np.asarray(gap)
@@ -169,7 +170,8 @@ def main(argv=None) -> Results:
   p = _common.parser(NAME, "Weight-norm intervention and the C4 bound (THEORY.md E3).")
   p.add_argument("--steps", dest="train_steps", type=int)
   p.add_argument("--train-prompts", dest="n_train", type=int)
-  p.add_argument("--decays", dest="weight_decays", type=lambda s: tuple(float(v) for v in s.split(",")),
+  p.add_argument("--decays", dest="weight_decays",
+                 type=lambda s: tuple(float(v) for v in s.split(",")),
                  help="comma-separated weight decays, e.g. 0,0.1,1")
   args = p.parse_args(argv)
   _common.enable_x64()
