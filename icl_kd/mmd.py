@@ -104,6 +104,7 @@ def pairwise_sq_dists(x, y) -> jax.Array:
 class GaussianKernel:
   """k(x, y) = exp(-|x - y|^2 / (2 h^2)); characteristic on R^d."""
   bandwidth: jax.Array
+  kind: str = "gaussian"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -124,6 +125,7 @@ class GaussianKernel:
 class LaplaceKernel:
   """k(x, y) = exp(-|x - y| / h); characteristic on R^d."""
   bandwidth: jax.Array
+  kind: str = "laplace"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -144,6 +146,7 @@ class LaplaceKernel:
 class IMQKernel:
   """k(x, y) = (1 + |x - y|^2 / h^2)^(-1/2), the inverse multiquadric; characteristic."""
   bandwidth: jax.Array
+  kind: str = "imq"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -164,6 +167,7 @@ class IMQKernel:
 class ExpKernel:
   """k(x, y) = exp(<x, y> / tau), the softmax kernel kappa of THEORY.md."""
   tau: jax.Array
+  kind: str = "exp"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -191,6 +195,7 @@ class DistillationKernel:
   params: AttentionParams
   tau: jax.Array
   use_values: bool = True
+  kind: str = "distillation"
 
   def _g(self, x):
     if self.use_values:
@@ -217,11 +222,14 @@ class DistillationKernel:
     return c * jnp.exp(l)
 
 
+# ``kind`` is static pytree metadata: JAX compares the tree structures of
+# registered dataclasses by their fields and metadata, so two kernel classes
+# with the same fields would otherwise share a jit cache entry.
 for _cls, _fields in ((GaussianKernel, ["bandwidth"]), (LaplaceKernel, ["bandwidth"]),
                       (IMQKernel, ["bandwidth"]), (ExpKernel, ["tau"])):
-  jax.tree_util.register_dataclass(_cls, data_fields=_fields, meta_fields=[])
+  jax.tree_util.register_dataclass(_cls, data_fields=_fields, meta_fields=["kind"])
 jax.tree_util.register_dataclass(DistillationKernel, data_fields=["params", "tau"],
-                                 meta_fields=["use_values"])
+                                 meta_fields=["use_values", "kind"])
 
 
 def gaussian_kernel(bandwidth) -> GaussianKernel:
@@ -344,10 +352,11 @@ class _Parts(NamedTuple):
   abs_value: jax.Array
 
 
-def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str) -> _Parts:
-  cxx, lxx = _gram_factors(kernel, x, x)
-  cyy, lyy = _gram_factors(kernel, y, y)
-  cxy, lxy = _gram_factors(kernel, x, y)
+def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str,
+                     fused: bool = False) -> _Parts:
+  cxx, lxx = _gram_factors(kernel, x, x, fused=fused)
+  cyy, lyy = _gram_factors(kernel, y, y, fused=fused)
+  cxy, lxy = _gram_factors(kernel, x, y, fused=fused)
   n, m = x.shape[0], y.shape[0]
   if estimator == "unbiased":
     lxx, lyy = _offdiag(lxx, -jnp.inf), _offdiag(lyy, -jnp.inf)
@@ -381,7 +390,8 @@ def _linear_parts(kernel, x: jax.Array, y: jax.Array) -> _Parts:
   return _Parts(s, value, abs_value)
 
 
-def _mmd2_parts(x, y, kernel, estimator: str) -> tuple[_Parts, jax.Array, jax.Array]:
+def _mmd2_parts(x, y, kernel, estimator: str, fused: bool = False
+                ) -> tuple[_Parts, jax.Array, jax.Array]:
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
   _log_factors_fn(kernel)
@@ -392,10 +402,10 @@ def _mmd2_parts(x, y, kernel, estimator: str) -> tuple[_Parts, jax.Array, jax.Ar
       raise ValueError(f"the linear estimator needs equal sample sizes, got x: {x.shape[0]} and "
                        f"y: {y.shape[0]} rows")
     return _linear_parts(kernel, x, y), x, y
-  return _quadratic_parts(kernel, x, y, estimator), x, y
+  return _quadratic_parts(kernel, x, y, estimator, fused), x, y
 
 
-def mmd2(x, y, *, kernel, estimator: str = "unbiased") -> jax.Array:
+def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> jax.Array:
   """Estimate of MMD_k^2(P, Q) from samples x ~ P (n, d) and y ~ Q (m, d).
 
       biased    (V-statistic):  (1/n^2) sum_ij k(x_i, x_j) + (1/m^2) sum_ij k(y_i, y_j)
@@ -417,6 +427,9 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased") -> jax.Array:
     y: (m, d) sample from Q, the same dtype.
     kernel: a one-pair kernel (see :func:`gaussian_kernel`) or any callable (x, y) -> scalar.
     estimator: "biased", "unbiased" or "linear".
+    fused: build the Gram matrices with the kernel's matrix form (one matmul;
+      much faster for large samples; see :func:`gram`) instead of the nested
+      vmap. The linear estimator evaluates pairs only and ignores it.
 
   Returns:
     Scalar estimate. Eagerly, non-finite samples raise ValueError; under jit
@@ -424,7 +437,7 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased") -> jax.Array:
 
   Claim ``thm4.1`` (C5) uses the biased form with :func:`distillation_kernel`.
   """
-  parts, x, y = _mmd2_parts(x, y, kernel, estimator)
+  parts, x, y = _mmd2_parts(x, y, kernel, estimator, fused)
   value = parts.value
   if estimator == "biased":
     value = jnp.maximum(value, 0.0)
@@ -499,7 +512,7 @@ class PermutationTest(NamedTuple):
 
 
 def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
-                     estimator: str = "unbiased") -> PermutationTest:
+                     estimator: str = "unbiased", fused: bool = False) -> PermutationTest:
   """Kernel two-sample permutation test of H0: P = Q with the MMD^2 statistic.
 
   One Gram matrix K of the pooled sample z = [x; y] (N = n + m points) serves
@@ -520,6 +533,7 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
     key: PRNG key for the permutations.
     num_permutations: B >= 1 (static).
     estimator: "unbiased" or "biased".
+    fused: build the Gram matrix with the kernel's matrix form (see :func:`gram`).
 
   Returns:
     PermutationTest(statistic, p_value).
@@ -534,7 +548,7 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
   x, y = _check_samples(x, y, min_size=2 if estimator == "unbiased" else 1)
   n, m = x.shape[0], y.shape[0]
   z = jnp.concatenate([x, y])                                               # (N, d)
-  c, l = _gram_factors(kernel, z, z)                                        # (N, N) each
+  c, l = _gram_factors(kernel, z, z, fused=fused)                           # (N, N) each
   if estimator == "unbiased":
     c, l = _offdiag(c, 0.0), _offdiag(l, -jnp.inf)
     wxx, wyy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
