@@ -292,6 +292,12 @@ def _all_pairs(fn: Callable, x: jax.Array, y: jax.Array):
   return jax.vmap(lambda a: jax.vmap(lambda b: fn(a, b))(y))(x)
 
 
+def _kernel_positive(kernel) -> tuple:
+  """The kernel's scalars that must be > 0 (bandwidth or tau), for NaN-poisoning under jit."""
+  return tuple(jnp.asarray(getattr(kernel, name)) for name in ("bandwidth", "tau")
+               if hasattr(kernel, name))
+
+
 def _gram_factors(kernel, x: jax.Array, y: jax.Array, *, fused: bool = False):
   """(c, l) with K = c * exp(l), each (n, m)."""
   if fused:
@@ -433,7 +439,7 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> j
 
   Returns:
     Scalar estimate. Eagerly, non-finite samples raise ValueError; under jit
-    they give NaN.
+    they (and a bandwidth or tau <= 0) give NaN.
 
   Claim ``thm4.1`` (C5) uses the biased form with :func:`distillation_kernel`.
   """
@@ -442,7 +448,7 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> j
   if estimator == "biased":
     value = jnp.maximum(value, 0.0)
   out = jnp.exp(parts.log_shift) * value
-  return _checks.poison_if_nonfinite(out, x, y)
+  return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
 def log_mmd(x, y, *, kernel) -> jax.Array:
@@ -452,7 +458,7 @@ def log_mmd(x, y, *, kernel) -> jax.Array:
   """
   parts, x, y = _mmd2_parts(x, y, kernel, "biased")
   out = 0.5 * (parts.log_shift + jnp.log(jnp.maximum(parts.value, 0.0)))
-  return _checks.poison_if_nonfinite(out, x, y)
+  return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
 def mmd(x, y, *, kernel) -> jax.Array:
@@ -473,9 +479,7 @@ def median_bandwidth(x, y) -> jax.Array:
   """
   x, y = _check_samples(x, y)
   z = jnp.concatenate([x, y])                                               # (n + m, d)
-  n = z.shape[0]
-  if n < 2:
-    raise ValueError(f"the median heuristic needs at least 2 pooled points, got {n}")
+  n = z.shape[0]                                                            # >= 2
   i, j = np.triu_indices(n, 1)
   dists = jax.vmap(lambda a, b: _safe_norm_from_sq(_sq_dist(a, b)))(z[i], z[j])  # (n(n-1)/2,)
   return _checks.poison_if_nonfinite(jnp.median(dists), x, y)
@@ -573,4 +577,5 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
   count = 1 + jnp.sum(stats[1:] >= observed)
   p_value = count.astype(k.dtype) / (num_permutations + 1)
   statistic = jnp.exp(shift) * observed
-  return _checks.poison_if_nonfinite(PermutationTest(statistic, p_value), x, y)
+  return _checks.poison_if_nonfinite(PermutationTest(statistic, p_value), x, y,
+                                     positive=_kernel_positive(kernel))

@@ -509,3 +509,6 @@ def test_bad_inputs():
     mmd.bandwidth_grid(x, y, num=0)
   # Under jit non-finite values cannot raise: the result is NaN, never a silent number.
   assert np.isnan(float(_unbiased(x.at[0, 0].set(jnp.nan), y, k)))
+  assert np.isnan(float(_unbiased(x, y, mmd.GaussianKernel(jnp.asarray(-1.0)))))
+  bad_tau = mmd.DistillationKernel(params, jnp.asarray(0.0), True)
+  assert np.isnan(float(_biased(x, y, bad_tau)))
