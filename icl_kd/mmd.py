@@ -23,7 +23,7 @@ exp(<x, y>/tau) at scores of 1e3 does not overflow. Any plain callable
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -329,9 +329,7 @@ def gram(kernel, x, y, *, fused: bool = False) -> jax.Array:
   proven equal in the tests. Overflows where k does (e.g. exp(<x, y>/tau) at
   <x, y>/tau > 709); the MMD estimators work in log space instead.
   """
-  x = _checks.as_float_array("x", x, ndim=2)
-  y = _checks.as_float_array("y", y, ndim=2)
-  _checks.check_dim("y", y, 1, x.shape[1], "d, the feature dimension of x")
+  x, y = _check_samples(x, y, min_size=0)
   c, l = _gram_factors(kernel, x, y, fused=fused)
   return c * jnp.exp(l)
 
@@ -462,7 +460,7 @@ def log_mmd(x, y, *, kernel) -> jax.Array:
 
 
 def mmd(x, y, *, kernel) -> jax.Array:
-  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2): the RKHS distance of the empirical mean embeddings."""
+  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2), the RKHS distance of the empirical mean embeddings."""
   return jnp.exp(log_mmd(x, y, kernel=kernel))
 
 

@@ -324,7 +324,8 @@ def test_sample_bounds():
   x = np.asarray(x_p)
   np.testing.assert_allclose(float(out.input_bound), np.max(np.linalg.norm(x, axis=1)), rtol=1e-12)
   np.testing.assert_allclose(float(out.teacher_bound),
-                             np.max(np.linalg.norm(x @ np.asarray(params.w_v).T, axis=1)), rtol=1e-12)
+                             np.max(np.linalg.norm(x @ np.asarray(params.w_v).T, axis=1)),
+                             rtol=1e-12)
   np.testing.assert_allclose(float(out.log_feature_bound),
                              np.max(np.sum((x @ np.asarray(params.w_k).T) ** 2, axis=1)) / 4.0,
                              rtol=1e-12)

@@ -33,7 +33,7 @@ _sample_mix = jax.jit(lambda g, key: g.sample(500, key=key))
        radius=st.floats(0.1, 5.0, **FLOATS), scale=st.floats(0.1, 3.0, **FLOATS),
        angle=st.floats(-3.0, 3.0, **FLOATS), shift=st.floats(-5.0, 5.0, **FLOATS))
 def test_knobs_are_the_affine_map_and_support_holds(seed, d, radius, scale, angle, shift):
-  """Same key: transformed sample == shift + scale * R u exactly; every point within support_radius."""
+  """Same key: transformed sample == shift + scale * R u; every point within support_radius."""
   key = jax.random.key(seed)
   base = dist.uniform_ball(d, radius=radius, dtype=jnp.float64)
   rot = dist.givens_rotation(d, angle, dtype=jnp.float64)
@@ -100,8 +100,9 @@ def test_truncated_mixture_weights_mean_and_variance():
   assert abs(last.var() - var) <= 4 * np.sqrt((mu4 - var ** 2) / n)
 
 
-_sweep = jax.jit(lambda p, q, kp, kq, h: mmd.mmd2(p.sample(300, key=kp), q.sample(300, key=kq),
-                                                  kernel=mmd.gaussian_kernel(h), estimator="biased"))
+_sweep = jax.jit(lambda p, q, kp, kq, h: mmd.mmd2(
+    p.sample(300, key=kp), q.sample(300, key=kq), kernel=mmd.gaussian_kernel(h),
+    estimator="biased"))
 
 
 def test_knobs_sweep_mmd_upward():
@@ -146,8 +147,8 @@ def test_rotations():
   r = np.asarray(dist.givens_rotation(4, np.pi / 6, i=1, j=3, dtype=jnp.float64))
   np.testing.assert_allclose(r @ r.T, np.eye(4), atol=1e-15)
   e1 = np.eye(4)[1]
-  np.testing.assert_allclose(r @ e1, np.cos(np.pi / 6) * np.eye(4)[1] + np.sin(np.pi / 6) * np.eye(4)[3],
-                             atol=1e-15)
+  expected = np.cos(np.pi / 6) * np.eye(4)[1] + np.sin(np.pi / 6) * np.eye(4)[3]
+  np.testing.assert_allclose(r @ e1, expected, atol=1e-15)
   q = np.asarray(dist.random_rotation(5, key=jax.random.key(0), dtype=jnp.float64))
   np.testing.assert_allclose(q @ q.T, np.eye(5), atol=1e-13)
   assert not np.allclose(q, np.asarray(dist.random_rotation(5, key=jax.random.key(1),

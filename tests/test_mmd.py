@@ -49,7 +49,8 @@ def np_mmd2(name, x, y, h, estimator, params=None):
     half = n // 2
     terms = []
     for i in range(half):
-      x1, x2, y1, y2 = x[2 * i:2 * i + 1], x[2 * i + 1:2 * i + 2], y[2 * i:2 * i + 1], y[2 * i + 1:2 * i + 2]
+      a, b = slice(2 * i, 2 * i + 1), slice(2 * i + 1, 2 * i + 2)
+      x1, x2, y1, y2 = x[a], x[b], y[a], y[b]
       k = lambda a, b: np_gram(name, a, b, h, params)[0, 0]
       terms.append([k(x1, x2), k(y1, y2), -k(x1, y2), -k(x2, y1)])
     terms = np.array(terms)
@@ -370,7 +371,8 @@ def test_jit_vmap_and_kernel_as_pytree():
   looped = [float(_unbiased(a, b, k)) for a, b in zip(xs, ys)]
   np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-12)
   refs = [np_mmd2("gaussian", a, b, 1.1, "unbiased") for a, b in zip(xs, ys)]
-  np.testing.assert_allclose(looped, [r for r, _ in refs], rtol=0, atol=1e-12 * max(sc for _, sc in refs))
+  np.testing.assert_allclose(looped, [r for r, _ in refs], rtol=0,
+                             atol=1e-12 * max(sc for _, sc in refs))
 
 
 def test_laplace_gradient_is_finite_at_coincident_points():
@@ -415,7 +417,7 @@ def test_permutation_p_value_lattice(seed, shift, estimator):
 
 
 def test_permutation_extremes_and_ties():
-  """All permutations tie under a constant kernel: p = 1 (ties count). Far-apart samples: p = 1/(B+1)."""
+  """Constant kernel: all permutations tie, p = 1 (ties count). Far apart: p = 1/(B+1)."""
   x, y, _ = draw_data(0, 10, 12, 2)
   res = _perm_const(x, y, jax.random.key(1))
   assert float(res.p_value) == 1.0
