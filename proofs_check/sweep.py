@@ -1,0 +1,161 @@
+"""Chunked, sharded, resumable sweeps of one claim over many instances.
+
+Instance i of bucket b is generated from ``fold_in(fold_in(claim_key, b), i)``,
+so its value does not depend on chunking, sharding or resumption. Each chunk
+is a fixed-size batch (padded at the end; one compile per bucket) whose
+instance indices are sharded over a 1-D mesh of all devices; per-instance
+results come back to the host and are reduced there in float64, in chunk
+order. Memory therefore stays flat as the instance count grows.
+
+Multi-host: call ``jax.distributed.initialize()`` first (``--distributed``);
+the mesh then spans every process's devices and per-chunk results are
+gathered with ``multihost_utils.process_allgather`` so each process reduces
+the same numbers (only process 0 prints and writes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import zlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from proofs_check import verdicts
+from proofs_check.claims import Claim
+
+
+def claim_key(seed: int, claim_id: str) -> jax.Array:
+  """A key per claim that does not depend on which other claims run."""
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
+
+
+def bucket_counts(total: int, num_buckets: int) -> list[int]:
+  """Splits ``total`` instances evenly over buckets (earlier buckets take the remainder)."""
+  return [total // num_buckets + (b < total % num_buckets) for b in range(num_buckets)]
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ("instances",))
+
+
+def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype) -> dict:
+  """Regenerates one instance exactly as the sweep drew it."""
+  key = jax.random.fold_in(jax.random.fold_in(claim_key(seed, claim.id), bucket), index)
+  return claim.sample(key, claim.buckets[bucket], dtype)
+
+
+def _batch_fn(claim: Claim, bucket: int, dtype, mesh: Mesh) -> Callable:
+  cfg = claim.buckets[bucket]
+
+  def run(bkey, indices):
+    def one(i):
+      inst = claim.sample(jax.random.fold_in(bkey, i), cfg, dtype)
+      return claim.evaluate(inst, cfg)
+    return jax.vmap(one)(indices)
+
+  sharded = NamedSharding(mesh, PartitionSpec("instances"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.jit(run, in_shardings=(replicated, sharded), out_shardings=sharded)
+
+
+def _gather(tree):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    tree = multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+class Progress:
+  """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+  def __init__(self, label: str, total: int, enabled: bool = True):
+    self.label, self.total, self.enabled = label, total, enabled and jax.process_index() == 0
+    self.start = time.perf_counter()
+    self.tty = sys.stderr.isatty()
+    self.next_pct = 25
+
+  def update(self, done: int) -> None:
+    if not self.enabled:
+      return
+    pct = 100 * done // max(self.total, 1)
+    el = time.perf_counter() - self.start
+    if self.tty:
+      bar = "#" * (pct // 5) + "." * (20 - pct // 5)
+      sys.stderr.write(f"\r  {self.label:<22} [{bar}] {done:>11,}/{self.total:,}  {el:6.1f}s")
+      if done >= self.total:
+        sys.stderr.write("\n")
+      sys.stderr.flush()
+    elif pct >= self.next_pct or done >= self.total:
+      sys.stderr.write(f"  {self.label:<22} {done:>11,}/{self.total:,}  {el:6.1f}s\n")
+      self.next_pct = pct // 25 * 25 + 25
+
+
+def _chunk_path(directory: str, claim_id: str, bucket: int, chunk: int) -> str:
+  return os.path.join(directory, claim_id, f"b{bucket}_c{chunk:08d}.json")
+
+
+def _atomic_write(path: str, payload: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(payload, f)
+  os.replace(tmp, path)
+
+
+def sweep(claim: Claim, *, instances: int, seed: int, dtype, dtype_name: str,
+          checkpoint: str | None = None, progress: bool = True,
+          mesh: Mesh | None = None, chunk: int | None = None,
+          stop_after_chunks: int | None = None) -> verdicts.Stats:
+  """Evaluates ``instances`` instances of ``claim`` and returns their merged Stats.
+
+  Args:
+    checkpoint: a directory; chunks already saved there are loaded, not recomputed,
+      and each new chunk is saved as soon as it is done.
+    chunk: instances per batch (default ``claim.chunk``), rounded up to a multiple
+      of the device count.
+    stop_after_chunks: compute at most this many new chunks, then raise
+      KeyboardInterrupt (used to test resumption).
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  n_dev = mesh.devices.size
+  size = claim.chunk if chunk is None else chunk
+  counts = bucket_counts(instances, len(claim.buckets))
+  bar = Progress(claim.id, instances, progress)
+  merged, done, computed = verdicts.Stats(), 0, 0
+  ckey = claim_key(seed, claim.id)
+  for b, n_b in enumerate(counts):
+    if n_b == 0:
+      continue
+    c = min(size, n_b)
+    c = -(-c // n_dev) * n_dev                                     # multiple of devices
+    fn = None
+    bkey = jax.random.fold_in(ckey, b)
+    for j, start in enumerate(range(0, n_b, c)):
+      valid = min(c, n_b - start)
+      path = _chunk_path(checkpoint, claim.id, b, j) if checkpoint else None
+      if path and os.path.exists(path):
+        with open(path) as f:
+          st = verdicts.Stats.from_json(json.load(f))
+      else:
+        if stop_after_chunks is not None and computed >= stop_after_chunks:
+          raise KeyboardInterrupt(f"stopped after {computed} new chunks")
+        fn = fn or _batch_fn(claim, b, dtype, mesh)
+        idx = jnp.arange(start, start + c, dtype=jnp.uint32)
+        values = _gather(fn(bkey, idx))
+        values = {k: v[:valid] for k, v in values.items()}
+        st = verdicts.reduce_chunk(claim.kind, values, bucket=b, start=start,
+                                   dtype_name=dtype_name)
+        computed += 1
+        if path and jax.process_index() == 0:
+          _atomic_write(path, st.to_json())
+      merged = verdicts.merge(merged, st) if merged.count else st
+      done += valid
+      bar.update(done)
+  return merged
