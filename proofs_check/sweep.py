@@ -47,17 +47,19 @@ def make_mesh() -> Mesh:
 
 def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype) -> dict:
   """Regenerates one instance exactly as the sweep drew it."""
-  key = jax.random.fold_in(jax.random.fold_in(claim_key(seed, claim.id), bucket), index)
+  key = jax.random.fold_in(jax.random.fold_in(claim_key(seed, claim.group_id), bucket), index)
   return claim.sample(key, claim.buckets[bucket], dtype)
 
 
-def _batch_fn(claim: Claim, bucket: int, dtype, mesh: Mesh) -> Callable:
-  cfg = claim.buckets[bucket]
+def _batch_fn(claims: list[Claim], bucket: int, dtype, mesh: Mesh) -> Callable:
+  """One compiled program evaluating every claim of a group on a batch of indices."""
+  cfg = claims[0].buckets[bucket]
+  sample = claims[0].sample
 
   def run(bkey, indices):
     def one(i):
-      inst = claim.sample(jax.random.fold_in(bkey, i), cfg, dtype)
-      return claim.evaluate(inst, cfg)
+      inst = sample(jax.random.fold_in(bkey, i), cfg, dtype)
+      return {c.id: c.evaluate(inst, cfg) for c in claims}
     return jax.vmap(one)(indices)
 
   sharded = NamedSharding(mesh, PartitionSpec("instances"))
@@ -88,12 +90,12 @@ class Progress:
     el = time.perf_counter() - self.start
     if self.tty:
       bar = "#" * (pct // 5) + "." * (20 - pct // 5)
-      sys.stderr.write(f"\r  {self.label:<22} [{bar}] {done:>11,}/{self.total:,}  {el:6.1f}s")
+      sys.stderr.write(f"\r  {self.label:<40} [{bar}] {done:>11,}/{self.total:,}  {el:6.1f}s")
       if done >= self.total:
         sys.stderr.write("\n")
       sys.stderr.flush()
     elif pct >= self.next_pct or done >= self.total:
-      sys.stderr.write(f"  {self.label:<22} {done:>11,}/{self.total:,}  {el:6.1f}s\n")
+      sys.stderr.write(f"  {self.label:<40} {done:>11,}/{self.total:,}  {el:6.1f}s\n")
       self.next_pct = pct // 25 * 25 + 25
 
 
@@ -109,53 +111,67 @@ def _atomic_write(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
-def sweep(claim: Claim, *, instances: int, seed: int, dtype, dtype_name: str,
+def _load(path: str) -> verdicts.Stats:
+  with open(path) as f:
+    return verdicts.Stats.from_json(json.load(f))
+
+
+def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtype_name: str,
           checkpoint: str | None = None, progress: bool = True,
           mesh: Mesh | None = None, chunk: int | None = None,
-          stop_after_chunks: int | None = None) -> verdicts.Stats:
-  """Evaluates ``instances`` instances of ``claim`` and returns their merged Stats.
+          stop_after_chunks: int | None = None) -> dict[str, verdicts.Stats]:
+  """Evaluates ``instances`` instances of each claim of one group; returns merged Stats by id.
 
   Args:
+    claims: one claim, or several of the same group (shared sampler and buckets).
     checkpoint: a directory; chunks already saved there are loaded, not recomputed,
       and each new chunk is saved as soon as it is done.
-    chunk: instances per batch (default ``claim.chunk``), rounded up to a multiple
-      of the device count.
+    chunk: instances per batch (default the smallest ``claim.chunk``), rounded up to
+      a multiple of the device count.
     stop_after_chunks: compute at most this many new chunks, then raise
       KeyboardInterrupt (used to test resumption).
   """
+  claims = [claims] if isinstance(claims, Claim) else list(claims)
+  group = claims[0].group_id
+  if any(c.group_id != group for c in claims):
+    raise ValueError(f"claims of one sweep must share a group, got {[c.id for c in claims]}")
   mesh = make_mesh() if mesh is None else mesh
   n_dev = mesh.devices.size
-  size = claim.chunk if chunk is None else chunk
-  counts = bucket_counts(instances, len(claim.buckets))
-  bar = Progress(claim.id, instances, progress)
-  merged, done, computed = verdicts.Stats(), 0, 0
-  ckey = claim_key(seed, claim.id)
+  size = min(c.chunk for c in claims) if chunk is None else chunk
+  counts = bucket_counts(instances, len(claims[0].buckets))
+  bar = Progress(", ".join(c.id for c in claims), instances, progress)
+  merged: dict[str, verdicts.Stats] = {c.id: verdicts.Stats() for c in claims}
+  done, computed = 0, 0
+  gkey = claim_key(seed, group)
   for b, n_b in enumerate(counts):
     if n_b == 0:
       continue
     c = min(size, n_b)
     c = -(-c // n_dev) * n_dev                                     # multiple of devices
     fn = None
-    bkey = jax.random.fold_in(ckey, b)
+    bkey = jax.random.fold_in(gkey, b)
     for j, start in enumerate(range(0, n_b, c)):
       valid = min(c, n_b - start)
-      path = _chunk_path(checkpoint, claim.id, b, j) if checkpoint else None
-      if path and os.path.exists(path):
-        with open(path) as f:
-          st = verdicts.Stats.from_json(json.load(f))
+      paths = {cl.id: _chunk_path(checkpoint, cl.id, b, j) if checkpoint else None
+               for cl in claims}
+      if checkpoint and all(os.path.exists(p) for p in paths.values()):
+        stats = {cid: _load(p) for cid, p in paths.items()}
       else:
         if stop_after_chunks is not None and computed >= stop_after_chunks:
           raise KeyboardInterrupt(f"stopped after {computed} new chunks")
-        fn = fn or _batch_fn(claim, b, dtype, mesh)
+        fn = fn or _batch_fn(claims, b, dtype, mesh)
         idx = jnp.arange(start, start + c, dtype=jnp.uint32)
         values = _gather(fn(bkey, idx))
-        values = {k: v[:valid] for k, v in values.items()}
-        st = verdicts.reduce_chunk(claim.kind, values, bucket=b, start=start,
-                                   dtype_name=dtype_name)
+        stats = {}
+        for cl in claims:
+          vals = {k: v[:valid] for k, v in values[cl.id].items()}
+          stats[cl.id] = verdicts.reduce_chunk(cl.kind, vals, bucket=b, start=start,
+                                               dtype_name=dtype_name)
+          if checkpoint and jax.process_index() == 0:
+            _atomic_write(paths[cl.id], stats[cl.id].to_json())
         computed += 1
-        if path and jax.process_index() == 0:
-          _atomic_write(path, st.to_json())
-      merged = verdicts.merge(merged, st) if merged.count else st
+      for cid, st in stats.items():
+        merged[cid] = verdicts.merge(merged[cid], st) if merged[cid].count else st
       done += valid
       bar.update(done)
   return merged

@@ -88,7 +88,8 @@ def reduce_chunk(kind: str, values: dict[str, np.ndarray], *, bucket: int, start
   elif kind in RATIO_KINDS:
     log_lhs = np.asarray(values["log_lhs"], np.float64)
     log_rhs = np.asarray(values["log_rhs"], np.float64)
-    log_ratio = log_lhs - log_rhs
+    with np.errstate(invalid="ignore"):
+      log_ratio = log_lhs - log_rhs        # -inf - -inf (both sides 0) is handled below
     # lhs == rhs == 0 (e.g. identical samples): ratio 0, never a violation.
     log_ratio = np.where(np.isneginf(log_lhs), -np.inf, log_ratio)
     bad = np.isnan(log_ratio) | np.isposinf(log_lhs) | np.isposinf(log_rhs)
