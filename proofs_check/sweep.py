@@ -3,9 +3,11 @@
 Instance i of bucket b is generated from ``fold_in(fold_in(claim_key, b), i)``,
 so its value does not depend on chunking, sharding or resumption. Each chunk
 is a fixed-size batch (padded at the end; one compile per bucket) whose
-instance indices are sharded over a 1-D mesh of all devices; per-instance
-results come back to the host and are reduced there in float64, in chunk
-order. Memory therefore stays flat as the instance count grows.
+instance indices are sharded over a 1-D mesh of all devices, each device
+running the same micro-batched program on its shard; per-instance results
+come back to the host and are reduced there in float64, in chunk order.
+Memory therefore stays flat as the instance count grows, and the report is
+bitwise the same for any device count.
 
 Multi-host: call ``jax.distributed.initialize()`` first (``--distributed``);
 the mesh then spans every process's devices and per-chunk results are
@@ -51,23 +53,63 @@ def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype) -> dict
   return claim.sample(key, claim.buckets[bucket], dtype)
 
 
-def _batch_fn(claims: list[Claim], bucket: int, dtype, mesh: Mesh) -> Callable:
-  """One compiled program evaluating every claim of a group on a batch of indices."""
+MICRO_BATCH = 256  # instances vmapped at once inside a device (fixed: see _batch_fn)
+
+
+def _micro(chunk: int) -> int:
+  return min(MICRO_BATCH, chunk)
+
+
+def padded_size(chunk: int, n_dev: int) -> int:
+  """Instances computed per chunk: whole micro-batches on every device (>= chunk)."""
+  mb = _micro(chunk)
+  per_device = -(-(-(-chunk // n_dev)) // mb) * mb
+  return per_device * n_dev
+
+
+def _batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
+  """A single-device program evaluating every claim of a group on a block of indices.
+
+  The block is mapped (``lax.map``) over micro-batches of a fixed size, each
+  ``vmap``-ed, and the same executable runs on every device's shard (see
+  :func:`_run_sharded`). An instance's numbers are therefore bitwise the same
+  whatever the device count; a multi-partition SPMD program was measured to
+  round some of them differently on CPU.
+  """
   cfg = claims[0].buckets[bucket]
   sample = claims[0].sample
+  mb = _micro(chunk)
 
-  def run(bkey, indices):
-    def one(i):
-      inst = sample(jax.random.fold_in(bkey, i), cfg, dtype)
-      return {c.id: c.evaluate(inst, cfg) for c in claims}
-    return jax.vmap(one)(indices)
+  def one(bkey, i):
+    inst = sample(jax.random.fold_in(bkey, i), cfg, dtype)
+    return {c.id: c.evaluate(inst, cfg) for c in claims}
 
-  sharded = NamedSharding(mesh, PartitionSpec("instances"))
-  replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(run, in_shardings=(replicated, sharded), out_shardings=sharded)
+  def block(bkey, indices):                                        # (per_device,)
+    blocks = indices.reshape(-1, mb)                               # (blocks, mb)
+    out = jax.lax.map(lambda ix: jax.vmap(lambda i: one(bkey, i))(ix), blocks)
+    return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+  return jax.jit(block)
+
+
+def _run_sharded(fn: Callable, bkey, start: int, size: int, mesh: Mesh) -> dict:
+  """Runs ``fn`` on the indices start..start+size laid out on the 1-D mesh.
+
+  The index array is sharded with ``NamedSharding(mesh, P("instances"))``; the
+  program is dispatched on each addressable shard (asynchronously, so the
+  devices run in parallel) and the results are concatenated in index order.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec("instances"))
+  host = np.arange(start, start + size, dtype=np.uint32)
+  indices = jax.make_array_from_callback((size,), sharding, lambda sl: host[sl])
+  shards = sorted(indices.addressable_shards, key=lambda s: s.index[0].start or 0)
+  outs = [fn(jax.device_put(bkey, s.device), s.data) for s in shards]
+  local = jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *outs)
+  return _gather(local)
 
 
 def _gather(tree):
+  """Concatenates every process's block (in process order) on multi-host runs."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     tree = multihost_utils.process_allgather(tree, tiled=True)
@@ -126,8 +168,8 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
     claims: one claim, or several of the same group (shared sampler and buckets).
     checkpoint: a directory; chunks already saved there are loaded, not recomputed,
       and each new chunk is saved as soon as it is done.
-    chunk: instances per batch (default the smallest ``claim.chunk``), rounded up to
-      a multiple of the device count.
+    chunk: instances per chunk (default the smallest ``claim.chunk``); the unit of
+      checkpointing and of host reduction, independent of the device count.
     stop_after_chunks: compute at most this many new chunks, then raise
       KeyboardInterrupt (used to test resumption).
   """
@@ -146,8 +188,8 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
   for b, n_b in enumerate(counts):
     if n_b == 0:
       continue
-    c = min(size, n_b)
-    c = -(-c // n_dev) * n_dev                                     # multiple of devices
+    c = min(size, n_b)                                             # instances per chunk
+    padded = padded_size(c, n_dev)                                 # computed per chunk
     fn = None
     bkey = jax.random.fold_in(gkey, b)
     for j, start in enumerate(range(0, n_b, c)):
@@ -159,9 +201,8 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
       else:
         if stop_after_chunks is not None and computed >= stop_after_chunks:
           raise KeyboardInterrupt(f"stopped after {computed} new chunks")
-        fn = fn or _batch_fn(claims, b, dtype, mesh)
-        idx = jnp.arange(start, start + c, dtype=jnp.uint32)
-        values = _gather(fn(bkey, idx))
+        fn = fn or _batch_fn(claims, b, dtype, c)
+        values = _run_sharded(fn, bkey, start, padded, mesh)
         stats = {}
         for cl in claims:
           vals = {k: v[:valid] for k, v in values[cl.id].items()}
