@@ -23,7 +23,7 @@ exp(<x, y>/tau) at scores of 1e3 does not overflow. Any plain callable
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,7 @@ def pairwise_sq_dists(x, y) -> jax.Array:
 class GaussianKernel:
   """k(x, y) = exp(-|x - y|^2 / (2 h^2)); characteristic on R^d."""
   bandwidth: jax.Array
+  kind: str = "gaussian"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -124,6 +125,7 @@ class GaussianKernel:
 class LaplaceKernel:
   """k(x, y) = exp(-|x - y| / h); characteristic on R^d."""
   bandwidth: jax.Array
+  kind: str = "laplace"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -144,6 +146,7 @@ class LaplaceKernel:
 class IMQKernel:
   """k(x, y) = (1 + |x - y|^2 / h^2)^(-1/2), the inverse multiquadric; characteristic."""
   bandwidth: jax.Array
+  kind: str = "imq"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -164,6 +167,7 @@ class IMQKernel:
 class ExpKernel:
   """k(x, y) = exp(<x, y> / tau), the softmax kernel kappa of THEORY.md."""
   tau: jax.Array
+  kind: str = "exp"
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -191,6 +195,7 @@ class DistillationKernel:
   params: AttentionParams
   tau: jax.Array
   use_values: bool = True
+  kind: str = "distillation"
 
   def _g(self, x):
     if self.use_values:
@@ -217,11 +222,14 @@ class DistillationKernel:
     return c * jnp.exp(l)
 
 
+# ``kind`` is static pytree metadata: JAX compares the tree structures of
+# registered dataclasses by their fields and metadata, so two kernel classes
+# with the same fields would otherwise share a jit cache entry.
 for _cls, _fields in ((GaussianKernel, ["bandwidth"]), (LaplaceKernel, ["bandwidth"]),
                       (IMQKernel, ["bandwidth"]), (ExpKernel, ["tau"])):
-  jax.tree_util.register_dataclass(_cls, data_fields=_fields, meta_fields=[])
+  jax.tree_util.register_dataclass(_cls, data_fields=_fields, meta_fields=["kind"])
 jax.tree_util.register_dataclass(DistillationKernel, data_fields=["params", "tau"],
-                                 meta_fields=["use_values"])
+                                 meta_fields=["use_values", "kind"])
 
 
 def gaussian_kernel(bandwidth) -> GaussianKernel:
@@ -284,6 +292,12 @@ def _all_pairs(fn: Callable, x: jax.Array, y: jax.Array):
   return jax.vmap(lambda a: jax.vmap(lambda b: fn(a, b))(y))(x)
 
 
+def _kernel_positive(kernel) -> tuple:
+  """The kernel's scalars that must be > 0 (bandwidth or tau), for NaN-poisoning under jit."""
+  return tuple(jnp.asarray(getattr(kernel, name)) for name in ("bandwidth", "tau")
+               if hasattr(kernel, name))
+
+
 def _gram_factors(kernel, x: jax.Array, y: jax.Array, *, fused: bool = False):
   """(c, l) with K = c * exp(l), each (n, m)."""
   if fused:
@@ -315,9 +329,7 @@ def gram(kernel, x, y, *, fused: bool = False) -> jax.Array:
   proven equal in the tests. Overflows where k does (e.g. exp(<x, y>/tau) at
   <x, y>/tau > 709); the MMD estimators work in log space instead.
   """
-  x = _checks.as_float_array("x", x, ndim=2)
-  y = _checks.as_float_array("y", y, ndim=2)
-  _checks.check_dim("y", y, 1, x.shape[1], "d, the feature dimension of x")
+  x, y = _check_samples(x, y, min_size=0)
   c, l = _gram_factors(kernel, x, y, fused=fused)
   return c * jnp.exp(l)
 
@@ -344,10 +356,11 @@ class _Parts(NamedTuple):
   abs_value: jax.Array
 
 
-def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str) -> _Parts:
-  cxx, lxx = _gram_factors(kernel, x, x)
-  cyy, lyy = _gram_factors(kernel, y, y)
-  cxy, lxy = _gram_factors(kernel, x, y)
+def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str,
+                     fused: bool = False) -> _Parts:
+  cxx, lxx = _gram_factors(kernel, x, x, fused=fused)
+  cyy, lyy = _gram_factors(kernel, y, y, fused=fused)
+  cxy, lxy = _gram_factors(kernel, x, y, fused=fused)
   n, m = x.shape[0], y.shape[0]
   if estimator == "unbiased":
     lxx, lyy = _offdiag(lxx, -jnp.inf), _offdiag(lyy, -jnp.inf)
@@ -381,7 +394,8 @@ def _linear_parts(kernel, x: jax.Array, y: jax.Array) -> _Parts:
   return _Parts(s, value, abs_value)
 
 
-def _mmd2_parts(x, y, kernel, estimator: str) -> tuple[_Parts, jax.Array, jax.Array]:
+def _mmd2_parts(x, y, kernel, estimator: str, fused: bool = False
+                ) -> tuple[_Parts, jax.Array, jax.Array]:
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
   _log_factors_fn(kernel)
@@ -392,10 +406,10 @@ def _mmd2_parts(x, y, kernel, estimator: str) -> tuple[_Parts, jax.Array, jax.Ar
       raise ValueError(f"the linear estimator needs equal sample sizes, got x: {x.shape[0]} and "
                        f"y: {y.shape[0]} rows")
     return _linear_parts(kernel, x, y), x, y
-  return _quadratic_parts(kernel, x, y, estimator), x, y
+  return _quadratic_parts(kernel, x, y, estimator, fused), x, y
 
 
-def mmd2(x, y, *, kernel, estimator: str = "unbiased") -> jax.Array:
+def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> jax.Array:
   """Estimate of MMD_k^2(P, Q) from samples x ~ P (n, d) and y ~ Q (m, d).
 
       biased    (V-statistic):  (1/n^2) sum_ij k(x_i, x_j) + (1/m^2) sum_ij k(y_i, y_j)
@@ -417,19 +431,22 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased") -> jax.Array:
     y: (m, d) sample from Q, the same dtype.
     kernel: a one-pair kernel (see :func:`gaussian_kernel`) or any callable (x, y) -> scalar.
     estimator: "biased", "unbiased" or "linear".
+    fused: build the Gram matrices with the kernel's matrix form (one matmul;
+      much faster for large samples; see :func:`gram`) instead of the nested
+      vmap. The linear estimator evaluates pairs only and ignores it.
 
   Returns:
     Scalar estimate. Eagerly, non-finite samples raise ValueError; under jit
-    they give NaN.
+    they (and a bandwidth or tau <= 0) give NaN.
 
   Claim ``thm4.1`` (C5) uses the biased form with :func:`distillation_kernel`.
   """
-  parts, x, y = _mmd2_parts(x, y, kernel, estimator)
+  parts, x, y = _mmd2_parts(x, y, kernel, estimator, fused)
   value = parts.value
   if estimator == "biased":
     value = jnp.maximum(value, 0.0)
   out = jnp.exp(parts.log_shift) * value
-  return _checks.poison_if_nonfinite(out, x, y)
+  return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
 def log_mmd(x, y, *, kernel) -> jax.Array:
@@ -439,11 +456,11 @@ def log_mmd(x, y, *, kernel) -> jax.Array:
   """
   parts, x, y = _mmd2_parts(x, y, kernel, "biased")
   out = 0.5 * (parts.log_shift + jnp.log(jnp.maximum(parts.value, 0.0)))
-  return _checks.poison_if_nonfinite(out, x, y)
+  return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
 def mmd(x, y, *, kernel) -> jax.Array:
-  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2): the RKHS distance of the empirical mean embeddings."""
+  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2), the RKHS distance of the empirical mean embeddings."""
   return jnp.exp(log_mmd(x, y, kernel=kernel))
 
 
@@ -460,9 +477,7 @@ def median_bandwidth(x, y) -> jax.Array:
   """
   x, y = _check_samples(x, y)
   z = jnp.concatenate([x, y])                                               # (n + m, d)
-  n = z.shape[0]
-  if n < 2:
-    raise ValueError(f"the median heuristic needs at least 2 pooled points, got {n}")
+  n = z.shape[0]                                                            # >= 2
   i, j = np.triu_indices(n, 1)
   dists = jax.vmap(lambda a, b: _safe_norm_from_sq(_sq_dist(a, b)))(z[i], z[j])  # (n(n-1)/2,)
   return _checks.poison_if_nonfinite(jnp.median(dists), x, y)
@@ -499,7 +514,7 @@ class PermutationTest(NamedTuple):
 
 
 def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
-                     estimator: str = "unbiased") -> PermutationTest:
+                     estimator: str = "unbiased", fused: bool = False) -> PermutationTest:
   """Kernel two-sample permutation test of H0: P = Q with the MMD^2 statistic.
 
   One Gram matrix K of the pooled sample z = [x; y] (N = n + m points) serves
@@ -508,7 +523,8 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
       biased:   T = a^T K a / n^2 + b^T K b / m^2 - 2 a^T K b / (n m)
       unbiased: the same with K's diagonal replaced by 0 and n(n-1), m(m-1),
 
-  computed for all B permutations at once as matrix products. The p-value
+  computed for all B permutations at once from one matrix product K A (the
+  kernel must be symmetric, as every kernel is). The p-value
   counts the observed split as one of the B + 1 equally likely ones, so it is
   never 0 and the test has level alpha exactly when alpha (B + 1) is an integer
   (Lehmann and Romano, "Testing Statistical Hypotheses", Thm. 15.2.1).
@@ -520,6 +536,7 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
     key: PRNG key for the permutations.
     num_permutations: B >= 1 (static).
     estimator: "unbiased" or "biased".
+    fused: build the Gram matrix with the kernel's matrix form (see :func:`gram`).
 
   Returns:
     PermutationTest(statistic, p_value).
@@ -534,7 +551,7 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
   x, y = _check_samples(x, y, min_size=2 if estimator == "unbiased" else 1)
   n, m = x.shape[0], y.shape[0]
   z = jnp.concatenate([x, y])                                               # (N, d)
-  c, l = _gram_factors(kernel, z, z)                                        # (N, N) each
+  c, l = _gram_factors(kernel, z, z, fused=fused)                           # (N, N) each
   if estimator == "unbiased":
     c, l = _offdiag(c, 0.0), _offdiag(l, -jnp.inf)
     wxx, wyy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
@@ -547,13 +564,16 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
   keys = jax.random.split(key, num_permutations)
   perm = jax.vmap(lambda kk: jax.random.permutation(kk, labels))(keys)      # (B, N)
   a = jnp.concatenate([labels[None, :], perm])                              # (B + 1, N)
-  b = 1.0 - a
+  # One product K a serves all three blocks (K symmetric, b = 1 - a):
+  # a^T K b = a^T K 1 - a^T K a,  b^T K b = 1^T K 1 - 2 a^T K 1 + a^T K a.
   ka = jnp.dot(a, k, precision=HIGHEST)                                     # (B + 1, N)
-  kb = jnp.dot(b, k, precision=HIGHEST)                                     # (B + 1, N)
-  stats = (wxx * jnp.sum(ka * a, axis=1) + wyy * jnp.sum(kb * b, axis=1)
-           - wxy * jnp.sum(ka * b, axis=1))                                 # (B + 1,)
+  aka = jnp.sum(ka * a, axis=1)                                             # (B + 1,)
+  ak1 = jnp.sum(ka, axis=1)                                                 # (B + 1,)
+  one_k_one = jnp.sum(k)
+  stats = (wxx * aka + wyy * (one_k_one - 2.0 * ak1 + aka) - wxy * (ak1 - aka))  # (B + 1,)
   observed = stats[0]
   count = 1 + jnp.sum(stats[1:] >= observed)
   p_value = count.astype(k.dtype) / (num_permutations + 1)
   statistic = jnp.exp(shift) * observed
-  return _checks.poison_if_nonfinite(PermutationTest(statistic, p_value), x, y)
+  return _checks.poison_if_nonfinite(PermutationTest(statistic, p_value), x, y,
+                                     positive=_kernel_positive(kernel))
