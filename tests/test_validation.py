@@ -128,3 +128,15 @@ def test_vmap_path_poisons_instead_of_raising():
   batch = jnp.stack([DEMOS, NAN_DEMOS])
   out = jax.vmap(lambda c: icl_kd.softmax_attention(P, c, QUERY))(batch)
   assert np.all(np.isfinite(out[0])) and np.all(np.isnan(out[1]))
+
+
+def test_checks_on_arrays_captured_by_jit():
+  """Concrete arrays closed over by a jitted function are checked, not crashed on."""
+  f = jax.jit(lambda eta: icl_kd.one_step_kd_weights(P, DEMOS, eta=eta).coeffs)
+  np.testing.assert_allclose(f(0.5), DEMOS @ P.w_v.T)
+  g = jax.jit(lambda q: icl_kd.softmax_attention(P, NAN_DEMOS, q))
+  with pytest.raises(ValueError, match="context contains 1 non-finite"):
+    g(QUERY)
+  h = jax.jit(lambda q: icl_kd.softmax_attention(P, DEMOS, q, tau=-2.0))
+  with pytest.raises(ValueError, match="tau must be > 0"):
+    h(QUERY)
