@@ -278,3 +278,34 @@ def test_instance_of_regenerates_the_swept_instance():
   inst = sweep.instance_of(claim, 2, b, idx, jnp.float64)
   v = claim.evaluate(inst, claim.buckets[b])
   np.testing.assert_allclose(float(v["error"]), st.worst_error, rtol=1e-12)
+
+
+# --- adversarial search ----------------------------------------------------------------------
+
+def _starts(cid, n=4, bucket=0, seed=11):
+  claim = CLAIMS[cid]
+  return claim, [sweep.instance_of(claim, seed, bucket, i, jnp.float64) for i in range(n)]
+
+
+def test_adversarial_cannot_push_a_true_bound_above_one():
+  from proofs_check import adversarial
+  claim, starts = _starts("thm4.1-bound")
+  res = adversarial.search(claim, starts, 0, steps=25)
+  assert res["initial_max_ratio"] <= 1.0
+  assert res["max_ratio"] >= res["initial_max_ratio"] * (1 - 1e-12)  # it searched upward
+  assert res["max_ratio"] <= 1.0 + 1e-9
+  # the saved instance is inside the assumptions and replays to the same ratio
+  inst = {k: jnp.asarray(v) for k, v in res["instance"].items()}
+  assert float(jnp.max(jnp.linalg.norm(inst["x_p"], axis=-1))) <= 1.0 + 1e-12
+  v = claim.evaluate(inst, claim.buckets[0])
+  np.testing.assert_allclose(np.exp(float(v["log_lhs"] - v["log_rhs"])), res["max_ratio"],
+                             rtol=1e-12)
+
+
+def test_adversarial_raises_the_literal_ratio():
+  """On the paper's literal C5 form the search climbs from its starts past 1."""
+  from proofs_check import adversarial
+  claim, starts = _starts("thm4.1-literal")
+  res = adversarial.search(claim, starts, 0, steps=40)
+  assert res["max_ratio"] > res["initial_max_ratio"]
+  assert res["max_ratio"] > 1.0
