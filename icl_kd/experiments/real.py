@@ -26,7 +26,7 @@ What is computed (claim ids of THEORY.md):
   C7 ``lr-proxy`` per sequence and head: log D', eta* = N / (2 D'), attention entropy.
   embeddings      MMD^2 (unbiased, Gaussian kernel, one median-heuristic bandwidth)
                   between the domains' mean-pooled, normalised sentence embeddings;
-                  the diagonal holds the MMD^2 between two halves of one domain.
+                  the diagonal holds the MMD^2 between two random halves of one domain.
   C5 ``thm4.1``   per head and ordered domain pair (P, Q): ||W_0(P) - W_0(Q)||_HS from the
                   dual weights of ``icl_kd.one_step_kd_weights`` against
                   2 eta MMD_kV(P, Q) (biased) of the distillation kernel, on that head's
@@ -51,7 +51,8 @@ positions, P = D(D-1) ordered pairs):
   log_eta              (Q, S, L, H)  log eta* (float64)
   entropy              (Q, S, L, H)  attention entropy in nats (float64)
   embeddings           (S, d)        normalised sentence embeddings (float64)
-  emb_mmd2             (D, D)        MMD^2 between domains; diagonal: between halves of a domain
+  emb_mmd2             (D, D)        MMD^2 between domains; diagonal: between two random halves
+                                     of a domain (NaN for fewer than 4 sequences)
   emb_bandwidth        ()            the Gaussian bandwidth used
   c5_pairs             (P, 2) int    (P, Q) domain indices
   c5_log_eta           (L, H)        log eta used for C5
@@ -241,7 +242,7 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
   model64 = pretrained.cast(model32, jnp.float64)
   c = model32.config
   tokenizer = pretrained.load_tokenizer(model_dir, max_length=c.max_position)
-  k_sample, k_c5 = jax.random.split(key)
+  k_sample, k_c5, k_halves = jax.random.split(key, 3)
 
   corpus = text_corpus.load_corpus(config.domains)
   sample = text_corpus.sample_sentences(corpus, config.sentences_per_domain, key=k_sample)
@@ -299,12 +300,14 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
   nd = len(config.domains)
   bw = _median_bandwidth(emb)
   emb_mmd2 = np.zeros((nd, nd))
-  for a in range(nd):
+  for a, k in zip(range(nd), jax.random.split(k_halves, nd)):
     xa = emb[dom_idx == a]
     for bb in range(nd):
-      if a == bb:
+      if a == bb:                      # two random halves: the null level of the estimate
         half = len(xa) // 2
-        emb_mmd2[a, a] = _gaussian_mmd2_unbiased(xa[:half], xa[half:2 * half], bw)
+        perm = np.asarray(jax.random.permutation(k, len(xa)))
+        emb_mmd2[a, a] = (_gaussian_mmd2_unbiased(xa[perm[:half]], xa[perm[half:2 * half]], bw)
+                          if half >= 2 else np.nan)
       else:
         emb_mmd2[a, bb] = _gaussian_mmd2_unbiased(xa, emb[dom_idx == bb], bw)
   arrays["emb_mmd2"], arrays["emb_bandwidth"] = emb_mmd2, np.asarray(bw)
@@ -389,14 +392,14 @@ def summary_tables(res: RealResults) -> str:
       cells.append(" / ".join(tr(np.median(a[f][qi][:, layer])) for qi in range(2)))
     lines.append(f"| {layer} | " + " | ".join(cells) + " |")
   lines += ["", f"Sentence-embedding MMD^2 between domains (unbiased, Gaussian kernel, bandwidth "
-            f"{float(a['emb_bandwidth']):.3f}; diagonal: two halves of one domain):", "",
+            f"{float(a['emb_bandwidth']):.3f}; diagonal: two random halves of one domain):", "",
             "| | " + " | ".join(doms) + " |", "|---" * (len(doms) + 1) + "|"]
   for di, d in enumerate(doms):
     lines.append(f"| {d} | " + " | ".join(_fmt(v) for v in a["emb_mmd2"][di]) + " |")
-  lines += ["", f"C5 on every head: ||W_0(P) - W_0(Q)||_HS vs 2 eta MMD_kV(P, Q) on the head's "
+  lines += ["", f"C5 on every head: ‖W_0(P) - W_0(Q)‖_HS vs 2 eta MMD_kV(P, Q) on the head's "
             f"real input tokens ({int(a['c5_num_tokens'])} per domain, float64):", "",
-            "| P | Q | relative error (max over heads) | ||dW_PQ|| / ||W_0(Q)|| (median head) | "
-            "(max head) |", "|---|---|---|---|---|"]
+            "| P | Q | relative error (max over heads) | ‖W_0(P) - W_0(Q)‖ / ‖W_0(Q)‖ (median head) "
+            "| (max head) |", "|---|---|---|---|---|"]
   for pi, (p, qq) in enumerate(a["c5_pairs"]):
     if p < qq:
       lines.append(f"| {doms[p]} | {doms[qq]} | {_fmt(a['c5_rel_err'][pi].max())} | "
