@@ -272,6 +272,14 @@ def _infer_config(tensors: dict, prefix: str, cfg: dict, num_heads, path: Path) 
       layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
 
 
+def _check_dtype(dtype) -> None:
+  if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+    raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+  if jnp.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+    raise ValueError(f"dtype {jnp.dtype(dtype)} needs jax_enable_x64 (JAX would silently use "
+                     "float32)")
+
+
 def load_bert(path, *, dtype=jnp.float32, num_heads: int | None = None) -> Bert:
   """Reads a BERT-style safetensors checkpoint into JAX arrays.
 
@@ -296,8 +304,7 @@ def load_bert(path, *, dtype=jnp.float32, num_heads: int | None = None) -> Bert:
   file = path / "model.safetensors" if path.is_dir() else path
   if not file.is_file():
     raise FileNotFoundError(f"no safetensors checkpoint at {file}")
-  if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-    raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+  _check_dtype(dtype)
   try:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -345,6 +352,7 @@ def load_bert(path, *, dtype=jnp.float32, num_heads: int | None = None) -> Bert:
 
 def cast(model: Bert, dtype) -> Bert:
   """The same model with every weight cast to ``dtype``."""
+  _check_dtype(dtype)
   return Bert(model.config, jax.tree_util.tree_map(lambda a: a.astype(dtype), model.params))
 
 

@@ -400,3 +400,15 @@ def test_minilm_c1_on_some_heads(minilm, dtype, tol):
     assert float(jnp.linalg.norm(h - want) / jnp.linalg.norm(want)) <= 10 * tol
     # eta* = N / (2 D') with N = t demonstrations.
     assert float(eta) == pytest.approx(t / (2 * float(jnp.exp(log_partition))), rel=10 * tol)
+
+
+def test_float64_needs_x64(tiny):
+  folder, _ = tiny
+  m = pretrained.load_bert(folder)
+  with jax.enable_x64(False):
+    with pytest.raises(ValueError, match="needs jax_enable_x64"):
+      pretrained.load_bert(folder, dtype=jnp.float64)
+    with pytest.raises(ValueError, match="needs jax_enable_x64"):
+      pretrained.cast(m, jnp.float64)
+  with pytest.raises(TypeError, match="floating dtype"):
+    pretrained.load_bert(folder, dtype=jnp.int32)
