@@ -232,20 +232,10 @@ class RealResults(NamedTuple):
   meta: dict
 
 
-def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) -> RealResults:
-  """Runs the experiment; needs ``jax_enable_x64`` (the CLI sets it)."""
-  if not jax.config.jax_enable_x64:
-    raise RuntimeError("the real experiment needs float64: set jax_enable_x64 before calling run")
-  t0 = time.time()
-  model_dir = pretrained.minilm_path() if model_dir is None else Path(model_dir)
-  model32 = pretrained.load_bert(model_dir, dtype=jnp.float32)
-  model64 = pretrained.cast(model32, jnp.float64)
-  c = model32.config
-  tokenizer = pretrained.load_tokenizer(model_dir, max_length=c.max_position)
-  k_sample, k_c5, k_halves = jax.random.split(key, 3)
-
+def _sequences(config: RealConfig, tokenizer, key):
+  """Samples sentences and cuts their token ids to the buckets; drops sentences that are too short."""
   corpus = text_corpus.load_corpus(config.domains)
-  sample = text_corpus.sample_sentences(corpus, config.sentences_per_domain, key=k_sample)
+  sample = text_corpus.sample_sentences(corpus, config.sentences_per_domain, key=key)
   sents, seqs = [], []
   for d in config.domains:
     for s in sample[d]:
@@ -253,42 +243,120 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
       if ids is not None:
         sents.append(s)
         seqs.append(ids)
-  num = len(seqs)
-  lengths = np.array([len(x) for x in seqs])
-  dom_idx = np.array([config.domains.index(s.domain) for s in sents])
-  log(f"[real] {num} sequences from {len(config.domains)} domains, lengths {lengths.min()}.."
-      f"{lengths.max()}; model {c.num_layers} layers x {c.num_heads} heads")
+  if not seqs:
+    raise ValueError(f"no sampled sentence has at least {min(config.buckets)} tokens (the "
+                     "smallest bucket)")
+  return sents, seqs
 
-  heads = {jnp.float32: pretrained.all_head_params(model32),
-           jnp.float64: pretrained.all_head_params(model64)}
-  models = {jnp.float32: model32, jnp.float64: model64}
-  q, nl, nh = len(QUERIES), c.num_layers, c.num_heads
-  stats = {dt: {f: np.zeros((q, num, nl, nh)) for f in _HeadStats._fields} for dt in models}
-  hidden64 = [None] * num
-  emb = np.zeros((num, c.hidden_size))
+
+def _forward_and_c1(models: dict, heads: dict, seqs: list, chunk: int):
+  """Runs every bucket in chunks for each dtype.
+
+  Returns ({dtype: {field: (Q, S, L, H)}}, float64 layer inputs [(L, b, d)] per sequence,
+  float64 embeddings (S, d)).
+  """
+  lengths = np.array([len(x) for x in seqs])
+  c = next(iter(models.values())).config
+  shape = (len(QUERIES), len(seqs), c.num_layers, c.num_heads)
+  stats = {dt: {f: np.zeros(shape) for f in _HeadStats._fields} for dt in models}
+  hidden64, emb = [None] * len(seqs), np.zeros((len(seqs), c.hidden_size))
   for b in sorted(set(lengths.tolist())):
     idx = np.flatnonzero(lengths == b)
-    for start in range(0, len(idx), config.chunk):
-      part = idx[start:start + config.chunk]
-      padded = np.concatenate([part, np.repeat(part[-1:], config.chunk - len(part))])
-      ids = jnp.asarray(np.array([seqs[i] for i in padded], np.int32))
+    for start in range(0, len(idx), chunk):
+      part = idx[start:start + chunk]
+      padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part))])  # fixed shape
+      ids = jnp.asarray(np.array([seqs[i] for i in padded], np.int32))          # (chunk, b)
       for dt, model in models.items():
         hidden, e, st = _chunk(model, heads[dt], ids)
         for f in _HeadStats._fields:
-          v = np.moveaxis(np.asarray(getattr(st, f), np.float64), -1, 0)     # (Q, B, L, H)
+          v = np.moveaxis(np.asarray(getattr(st, f), np.float64), -1, 0)        # (Q, chunk, L, H)
           stats[dt][f][:, part] = v[:, :len(part)]
-        if dt is jnp.float64:
+        if dt == jnp.float64:
           emb[part] = np.asarray(e)[:len(part)]
           for j, i in enumerate(part):
-            hidden64[i] = np.asarray(hidden[j, :-1])                          # (L, b, d) layer inputs
-  log(f"[real] forward passes and C1 on {q * nl * nh} (query, layer, head) triples: "
-      f"{time.time() - t0:.1f}s")
+            hidden64[i] = np.asarray(hidden[j, :-1])                             # (L, b, d)
+  return stats, hidden64, emb
 
+
+def _embedding_mmd(emb: np.ndarray, dom_idx: np.ndarray, nd: int, key):
+  """(D, D) unbiased Gaussian MMD^2 between domains (diagonal: two random halves), bandwidth."""
+  bw = _median_bandwidth(emb)
+  out = np.zeros((nd, nd))
+  for a, k in zip(range(nd), jax.random.split(key, nd)):
+    xa = emb[dom_idx == a]
+    for b in range(nd):
+      if a == b:                       # two random halves: the null level of the estimate
+        half = len(xa) // 2
+        perm = np.asarray(jax.random.permutation(k, len(xa)))
+        out[a, a] = (_gaussian_mmd2_unbiased(xa[perm[:half]], xa[perm[half:2 * half]], bw)
+                     if half >= 2 else np.nan)
+      else:
+        out[a, b] = _gaussian_mmd2_unbiased(xa, emb[dom_idx == b], bw)
+  return out, bw
+
+
+def _c5(heads64, hidden64: list, dom_idx: np.ndarray, nd: int, log_eta: np.ndarray, tau: float,
+        max_tokens: int, key) -> dict:
+  """C5 on every head and ordered domain pair, on equal-size random subsets of each domain's tokens."""
+  per_domain = [np.concatenate([hidden64[i] for i in np.flatnonzero(dom_idx == a)], axis=1)
+                for a in range(nd)]                                               # (L, T_a, d)
+  n = min([max_tokens] + [t.shape[1] for t in per_domain])
+  tokens = []
+  for t, k in zip(per_domain, jax.random.split(key, nd)):
+    pick = np.sort(np.asarray(jax.random.choice(k, t.shape[1], (n,), replace=False)))
+    tokens.append(pretrained.augment(jnp.asarray(t[:, pick])))                   # (L, n, d+1)
+  pairs = [(a, b) for a in range(nd) for b in range(nd) if a != b]
+  nl, nh = log_eta.shape
+  lhs, rhs, shift = (np.zeros((len(pairs), nl, nh)) for _ in range(3))
+  for pi, (a, b) in enumerate(pairs):
+    for layer in range(nl):
+      hp = jax.tree_util.tree_map(lambda w: w[layer], heads64)
+      l_, r_, s_ = _c5_layer(hp, tokens[a][layer], tokens[b][layer],
+                             jnp.asarray(log_eta[layer]), jnp.asarray(tau))
+      lhs[pi, layer], rhs[pi, layer], shift[pi, layer] = np.exp(l_), np.exp(r_), np.exp(s_)
+  return dict(c5_pairs=np.array(pairs), c5_log_eta=log_eta, c5_num_tokens=np.asarray(n),
+              c5_hs_norm=lhs, c5_two_eta_mmd=rhs, c5_rel_err=np.abs(lhs - rhs) / rhs,
+              c5_relative_shift=shift)
+
+
+def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) -> RealResults:
+  """Runs the experiment (see the module docstring); needs ``jax_enable_x64`` (the CLI sets it).
+
+  Args:
+    config: sizes of the run (:data:`QUICK` for a small one).
+    key: PRNG key; the sentence sample, the random halves and the C5 token subsets
+      are drawn from it.
+    model_dir: a BERT checkpoint folder with ``tokenizer.json``; default all-MiniLM-L6-v2.
+    log: progress printer.
+  """
+  if not jax.config.jax_enable_x64:
+    raise RuntimeError("the real experiment needs float64: set jax_enable_x64 before calling run")
+  if min(config.buckets) < 3:
+    raise ValueError(f"config.buckets must all be >= 3 (a query, its predecessor and [CLS]), "
+                     f"got {config.buckets}")
+  t0 = time.time()
+  model_dir = pretrained.minilm_path() if model_dir is None else Path(model_dir)
+  model32 = pretrained.load_bert(model_dir, dtype=jnp.float32)
+  models = {jnp.float32: model32, jnp.float64: pretrained.cast(model32, jnp.float64)}
+  heads = {dt: pretrained.all_head_params(m) for dt, m in models.items()}
+  c = model32.config
+  tokenizer = pretrained.load_tokenizer(model_dir, max_length=c.max_position)
+  k_sample, k_c5, k_halves = jax.random.split(key, 3)
+
+  sents, seqs = _sequences(config, tokenizer, k_sample)
+  lengths = np.array([len(x) for x in seqs])
+  dom_idx = np.array([config.domains.index(s.domain) for s in sents])
+  log(f"[real] {len(seqs)} sequences from {len(config.domains)} domains, lengths "
+      f"{lengths.min()}..{lengths.max()}; model {c.num_layers} layers x {c.num_heads} heads")
+
+  stats, hidden64, emb = _forward_and_c1(models, heads, seqs, config.chunk)
+  log(f"[real] forward passes and C1 on {len(QUERIES) * c.num_layers * c.num_heads} "
+      f"(query, layer, head) triples: {time.time() - t0:.1f}s")
   arrays = {"domains": np.array(config.domains), "queries": np.array(QUERIES),
             "domain_index": dom_idx, "num_tokens": lengths}
   for dt, name in ((jnp.float32, "f32"), (jnp.float64, "f64")):
     s = stats[dt]
-    tol = TOL["float32" if name == "f32" else "float64"] * np.maximum(1.0, s["max_abs_score"] / 10)
+    tol = TOL[jnp.dtype(dt).name] * np.maximum(1.0, s["max_abs_score"] / 10)
     arrays[f"c1_err_{name}"] = s["err"].max(axis=1)
     arrays[f"c1_model_err_{name}"] = s["model_err"].max(axis=1)
     arrays[f"c1_tol_ratio_{name}"] = (s["err"] / tol).max(axis=1)
@@ -296,50 +364,15 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
     arrays[f] = stats[jnp.float64][f]
   arrays["embeddings"] = emb
 
-  # Sentence embeddings: MMD^2 between domains (unbiased, Gaussian, median bandwidth).
   nd = len(config.domains)
-  bw = _median_bandwidth(emb)
-  emb_mmd2 = np.zeros((nd, nd))
-  for a, k in zip(range(nd), jax.random.split(k_halves, nd)):
-    xa = emb[dom_idx == a]
-    for bb in range(nd):
-      if a == bb:                      # two random halves: the null level of the estimate
-        half = len(xa) // 2
-        perm = np.asarray(jax.random.permutation(k, len(xa)))
-        emb_mmd2[a, a] = (_gaussian_mmd2_unbiased(xa[perm[:half]], xa[perm[half:2 * half]], bw)
-                          if half >= 2 else np.nan)
-      else:
-        emb_mmd2[a, bb] = _gaussian_mmd2_unbiased(xa, emb[dom_idx == bb], bw)
-  arrays["emb_mmd2"], arrays["emb_bandwidth"] = emb_mmd2, np.asarray(bw)
+  arrays["emb_mmd2"], bw = _embedding_mmd(emb, dom_idx, nd, k_halves)
+  arrays["emb_bandwidth"] = np.asarray(bw)
 
-  # C5 on every head: tokens of each domain at each layer's input.
-  c5_tokens = {}
-  keys = jax.random.split(k_c5, nd)
-  counts = []
-  for a in range(nd):
-    toks = np.concatenate([hidden64[i] for i in np.flatnonzero(dom_idx == a)], axis=1)  # (L, T, d)
-    counts.append(toks.shape[1])
-    c5_tokens[a] = toks
-  n_c5 = min([config.c5_tokens] + counts)
-  for a in range(nd):
-    pick = np.sort(np.asarray(jax.random.choice(keys[a], c5_tokens[a].shape[1], (n_c5,),
-                                                replace=False)))
-    c5_tokens[a] = pretrained.augment(jnp.asarray(c5_tokens[a][:, pick]))   # (L, n_c5, d+1)
-  log_eta = arrays["log_eta"][0].mean(axis=0)                                 # (L, H), "last" query
-  pairs = [(a, bb) for a in range(nd) for bb in range(nd) if a != bb]
-  lhs, rhs, shift = (np.zeros((len(pairs), nl, nh)) for _ in range(3))
-  h64 = heads[jnp.float64]
-  for pi, (a, bb) in enumerate(pairs):
-    for layer in range(nl):
-      hp = jax.tree_util.tree_map(lambda w: w[layer], h64)
-      l_, r_, s_ = _c5_layer(hp, c5_tokens[a][layer], c5_tokens[bb][layer],
-                             jnp.asarray(log_eta[layer]), jnp.asarray(c.tau))
-      lhs[pi, layer], rhs[pi, layer], shift[pi, layer] = np.exp(l_), np.exp(r_), np.exp(s_)
-  arrays.update(c5_pairs=np.array(pairs), c5_log_eta=log_eta, c5_num_tokens=np.asarray(n_c5),
-                c5_hs_norm=lhs, c5_two_eta_mmd=rhs, c5_rel_err=np.abs(lhs - rhs) / rhs,
-                c5_relative_shift=shift)
-  log(f"[real] C5 on {len(pairs)} domain pairs x {nl * nh} heads, {n_c5} tokens per domain: "
-      f"{time.time() - t0:.1f}s")
+  log_eta = arrays["log_eta"][0].mean(axis=0)               # (L, H): geometric mean, query = last
+  arrays.update(_c5(heads[jnp.float64], hidden64, dom_idx, nd, log_eta, c.tau, config.c5_tokens,
+                    k_c5))
+  log(f"[real] C5 on {len(arrays['c5_pairs'])} domain pairs x {c.num_layers * c.num_heads} heads, "
+      f"{int(arrays['c5_num_tokens'])} tokens per domain: {time.time() - t0:.1f}s")
 
   meta = {"model": str(model_dir), "model_config": dataclasses.asdict(c),
           "versions": text_corpus.corpus_versions(), "jax": jax.__version__,
