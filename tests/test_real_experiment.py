@@ -153,11 +153,27 @@ def quick_run(tmp_path_factory):
   real.save(res, out)
   with np.load(out / "real.npz") as f:
     arrays = {k: f[k] for k in f.files}
-  return arrays, json.loads((out / "real.json").read_text())
+  return arrays, json.loads((out / "real.json").read_text()), res
+
+
+def test_main_runs_the_configured_experiment(quick_run, monkeypatch, tmp_path, capsys):
+  """The CLI passes --quick/--seed/--sentences-per-domain to run and writes under --out."""
+  seen = {}
+
+  def fake_run(config, *, key, model_dir=None, log=print):
+    seen.update(config=config, key=key, model_dir=model_dir)
+    return quick_run[2]
+  monkeypatch.setattr(real, "run", fake_run)
+  rc = real.main(["--quick", "--seed", "5", "--sentences-per-domain", "2", "--out", str(tmp_path)])
+  assert rc == 0
+  assert seen["config"] == real.QUICK._replace(sentences_per_domain=2)
+  assert np.array_equal(jax.random.key_data(seen["key"]), jax.random.key_data(jax.random.key(5)))
+  assert (tmp_path / "real.npz").is_file() and (tmp_path / "real.json").is_file()
+  assert "| last | float32 |" in capsys.readouterr().out
 
 
 def test_real_outputs_are_the_documented_arrays(quick_run):
-  arrays, doc = quick_run
+  arrays, doc, _ = quick_run
   assert set(arrays) == _documented_arrays()
   s = len(arrays["num_tokens"])
   assert s == len(doc["sequences"]) >= 8
@@ -175,7 +191,7 @@ def test_real_outputs_are_the_documented_arrays(quick_run):
 
 def test_real_c1_holds_on_every_head(quick_run):
   """THEORY.md C1 tolerances: 1e-5 (float32), 1e-12 (float64), times max(1, max|s|/10)."""
-  a, _ = quick_run
+  a, _, _ = quick_run
   for dt, tol in (("f32", 1e-5), ("f64", 1e-12)):
     scale = np.maximum(1.0, a["max_abs_score"].max(axis=1) / 10)
     assert np.all(a[f"c1_tol_ratio_{dt}"] <= 1.0)
@@ -187,7 +203,7 @@ def test_real_c1_holds_on_every_head(quick_run):
 def test_real_lr_proxy_closed_forms(quick_run):
   """eta* = N / (2 D') with N = b - 1 (query = last) and b - 2 (query = last word piece);
   0 <= entropy <= log(context size) with context size b."""
-  a, _ = quick_run
+  a, _, _ = quick_run
   b = a["num_tokens"].astype(float)[:, None, None]
   for qi, n_demo in ((0, b - 1), (1, b - 2)):
     np.testing.assert_allclose(a["log_eta"][qi], np.log(n_demo / 2) - a["log_partition"][qi],
@@ -200,7 +216,7 @@ def test_real_lr_proxy_closed_forms(quick_run):
 
 def test_real_c5_identity_and_embeddings(quick_run):
   """C5 (thm4.1) holds on every real head to float64 precision; embeddings are unit vectors."""
-  a, _ = quick_run
+  a, _, _ = quick_run
   assert np.all(a["c5_rel_err"] <= 1e-10)
   assert np.all(a["c5_hs_norm"] > 0)
   pairs = [tuple(x) for x in a["c5_pairs"]]
