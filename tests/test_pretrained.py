@@ -412,3 +412,15 @@ def test_float64_needs_x64(tiny):
       pretrained.cast(m, jnp.float64)
   with pytest.raises(TypeError, match="floating dtype"):
     pretrained.load_bert(folder, dtype=jnp.int32)
+
+
+def test_tokenize_pads_and_checks(minilm):
+  _, tok = minilm
+  ids, mask = pretrained.tokenize(tok, ["hello world", "the cat sat on the mat"], length=10)
+  assert ids.shape == mask.shape == (2, 10) and ids.dtype == np.int32
+  assert mask.sum(axis=1).tolist() == [4, 8]            # [CLS] ... [SEP]
+  assert ids[0, 0] == 101 and ids[0, 3] == 102 and np.all(ids[0, 4:] == 0)
+  with pytest.raises(ValueError, match="length must be >= the longest tokenized text"):
+    pretrained.tokenize(tok, ["the cat sat on the mat"], length=5)
+  with pytest.raises(TypeError, match="single str"):
+    pretrained.tokenize(tok, "hello")
