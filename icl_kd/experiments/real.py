@@ -403,6 +403,10 @@ def summary_tables(res: RealResults) -> str:
       lines.append(f"| {qn} | float{dt[1:]} | {_fmt(err.max())} | {_fmt(np.median(err))} | "
                    f"{_fmt(a[f'c1_model_err_{dt}'][qi].max())} | {_fmt(ratio.max())} | "
                    f"{int((ratio <= 1).sum())}/{ratio.size} |")
+  lines += ["", "float32 C1 error per head (max over sequences; query = last token):", "",
+            "| layer | " + " | ".join(f"h{h}" for h in range(nh)) + " |", "|---" * (nh + 1) + "|"]
+  for layer in range(nl):
+    lines.append(f"| {layer} | " + " | ".join(f"{v:.1e}" for v in a["c1_err_f32"][0, layer]) + " |")
   lines += ["", "D', eta* and attention entropy by domain (float64; medians over sequences and "
             "the 72 heads; query = last token):", "",
             "| domain | sequences | tokens (mean) | log D' | eta* | entropy (nats) | "
