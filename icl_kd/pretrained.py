@@ -589,9 +589,15 @@ def head_params(model: Bert, layer: int, head: int) -> AttentionParams:
 
 
 def all_head_params(model: Bert) -> AttentionParams:
-  """Every head as AttentionParams with arrays (L, H, d_head, d + 1), for ``jax.vmap``."""
+  """Every head as AttentionParams with arrays (L, H, d_head, d + 1), for ``jax.vmap``.
+
+  Entry [l, h] equals :func:`head_params` (model, l, h).
+  """
   c = model.config
-  heads = [[head_params(model, l, h) for h in range(c.num_heads)] for l in range(c.num_layers)]
-  return jax.tree_util.tree_map(lambda *a: jnp.stack(a).reshape((c.num_layers, c.num_heads)
-                                                                + a[0].shape),
-                                *[p for row in heads for p in row])
+
+  def fold(w, b):                                                            # (d, d), (d,)
+    return jnp.concatenate([w.reshape(c.num_heads, c.head_dim, c.hidden_size),
+                            b.reshape(c.num_heads, c.head_dim, 1)], axis=2)  # (H, dh, d + 1)
+  layers = [AttentionParams(fold(lp.w_q, lp.b_q), fold(lp.w_k, lp.b_k), fold(lp.w_v, lp.b_v))
+            for lp in model.params.layers]
+  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *layers)
