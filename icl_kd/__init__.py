@@ -15,6 +15,7 @@ from icl_kd.features import (PositiveRandomFeatures, TaylorFeatures, positive_ra
                              taylor_features, taylor_remainder_bound)
 from icl_kd.kd import (LOSS_KINDS, kd_loss, kd_step_dual, kd_step_increment, one_step_kd_weights,
                        squared_step_residual)
+from icl_kd import bounds, distributions, mmd  # noqa: E402  (submodules: icl_kd.mmd.mmd2, ...)
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,5 @@ __all__ = [
     "implicit_learning_rate", "init_params", "kd_loss", "kd_step_dual", "kd_step_increment",
     "log_softmax_kernel", "one_step_kd_weights", "positive_random_features", "relative_hs_error",
     "softmax_attention", "softmax_kernel", "squared_step_residual", "taylor_features",
-    "taylor_remainder_bound", "__version__",
+    "taylor_remainder_bound", "__version__", "bounds", "distributions", "mmd",
 ]

@@ -84,14 +84,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import pretrained, text_corpus
+from icl_kd import mmd, pretrained, text_corpus
 from icl_kd.attention import decompose
 from icl_kd.kd import one_step_kd_weights
-
-try:
-  from icl_kd import mmd as _mmd
-except ImportError:      # the MMD module is optional here; a minimal local form is below
-  _mmd = None
 
 QUERIES = ("last", "last_word")
 TOL = {"float32": 1e-5, "float64": 1e-12}
@@ -117,43 +112,22 @@ class RealConfig(NamedTuple):
 QUICK = RealConfig(sentences_per_domain=6, buckets=(12, 20), c5_tokens=48, chunk=6)
 
 
-# -- MMD (icl_kd.mmd when present) -----------------------------------------------------
+# -- MMD ------------------------------------------------------------------------------
 
 def _log_mmd_distillation(params, x, y, tau) -> jax.Array:
   """log MMD_kV(P_hat, Q_hat), biased, k_V(x, y) = <W^V x, W^V y> exp(<W^K x, W^K y>/tau)."""
-  if _mmd is not None:
-    return _mmd.log_mmd(x, y, kernel=_mmd.distillation_kernel(params, tau=tau))
-  z = jnp.concatenate([x, y])                                                # (n + m, d)
-  w = jnp.concatenate([jnp.full((x.shape[0],), 1.0 / x.shape[0], z.dtype),
-                       jnp.full((y.shape[0],), -1.0 / y.shape[0], z.dtype)])  # (n + m,)
-  keys = jnp.dot(z, params.w_k.T, precision=jax.lax.Precision.HIGHEST)      # (n + m, d_k)
-  vals = jnp.dot(z, params.w_v.T, precision=jax.lax.Precision.HIGHEST)      # (n + m, d_v)
-  log_k = jnp.dot(keys, keys.T, precision=jax.lax.Precision.HIGHEST) / tau  # (n + m, n + m)
-  shift = jnp.max(log_k)
-  gram = jnp.dot(vals, vals.T, precision=jax.lax.Precision.HIGHEST) * jnp.exp(log_k - shift)
-  s = jnp.dot(w, jnp.dot(gram, w, precision=jax.lax.Precision.HIGHEST))
-  return 0.5 * (shift + jnp.log(jnp.maximum(s, 0.0)))
+  return mmd.log_mmd(x, y, kernel=mmd.distillation_kernel(params, tau=tau))
 
 
 def _median_bandwidth(z: np.ndarray) -> float:
-  if _mmd is not None:
-    half = z.shape[0] // 2
-    return float(_mmd.median_bandwidth(jnp.asarray(z[:half]), jnp.asarray(z[half:])))
-  i, j = np.triu_indices(z.shape[0], 1)
-  return float(np.median(np.linalg.norm(z[i] - z[j], axis=1)))
+  """Median pairwise distance of the rows of z."""
+  half = z.shape[0] // 2
+  return float(mmd.median_bandwidth(jnp.asarray(z[:half]), jnp.asarray(z[half:])))
 
 
 def _gaussian_mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
-  if _mmd is not None:
-    return float(_mmd.mmd2(jnp.asarray(x), jnp.asarray(y),
-                           kernel=_mmd.gaussian_kernel(bandwidth), estimator="unbiased"))
-
-  def k(a, b):
-    return np.exp(-np.sum((a[:, None, :] - b[None, :, :]) ** 2, -1) / (2 * bandwidth ** 2))
-  n, m = len(x), len(y)
-  kxx, kyy = k(x, x), k(y, y)
-  return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-               + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * k(x, y).mean())
+  return float(mmd.mmd2(jnp.asarray(x), jnp.asarray(y), kernel=mmd.gaussian_kernel(bandwidth),
+                        estimator="unbiased"))
 
 
 # -- per-chunk computation (jitted once per bucket length and dtype) -------------------
@@ -376,7 +350,7 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
 
   meta = {"model": str(model_dir), "model_config": dataclasses.asdict(c),
           "versions": text_corpus.corpus_versions(), "jax": jax.__version__,
-          "mmd": "icl_kd.mmd" if _mmd is not None else "local", "seconds": time.time() - t0}
+          "seconds": time.time() - t0}
   return RealResults(arrays, sents, config, meta)
 
 
