@@ -395,7 +395,8 @@ def summary_tables(res: RealResults) -> str:
                  f"{np.median(a['entropy'][0][sel]):.2f} | {np.median(ent_norm):.2f} | "
                  f"{np.median(a['max_abs_score'][0][sel]):.1f} |")
   lines += ["", "By layer (medians over sequences and heads; query = last token / last word "
-            "piece):", "", "| layer | log D' | eta* | entropy (nats) |", "|---|---|---|---|"]
+            "piece):", "", "| layer | log D' (last / last word) | eta* | entropy (nats) |",
+            "|---|---|---|---|"]
   for layer in range(nl):
     cells = []
     for f, tr in (("log_partition", lambda x: f"{x:.2f}"), ("log_eta", lambda x: _fmt(np.exp(x))),
