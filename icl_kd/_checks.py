@@ -18,7 +18,11 @@ import numpy as np
 
 
 def is_concrete(x: Any) -> bool:
-  """True when ``x`` holds values (not a tracer under jit/vmap/grad)."""
+  """True when ``x`` holds values (not a tracer under jit/vmap/grad).
+
+  A concrete array captured by a jitted function counts as concrete; value
+  checks on it therefore run in NumPy (a jnp operation would be staged).
+  """
   return not isinstance(x, jax.core.Tracer)
 
 
@@ -56,9 +60,11 @@ def check_same_dtype(**arrays: jax.Array) -> jnp.dtype:
 def check_finite(**arrays: jax.Array) -> None:
   """Raises ValueError naming the first non-finite concrete argument."""
   for name, a in arrays.items():
-    if is_concrete(a) and a.size and not bool(jnp.all(jnp.isfinite(a))):
-      bad = int(jnp.size(a) - jnp.sum(jnp.isfinite(a)))
-      raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); expected finite values")
+    if is_concrete(a) and a.size:
+      finite = np.isfinite(np.asarray(a))
+      if not finite.all():
+        raise ValueError(f"{name} contains {int(finite.size - finite.sum())} non-finite value(s) "
+                         "(NaN or inf); expected finite values")
 
 
 def scalar_param(name: str, value: Any, dtype, *, positive: bool = True,
@@ -71,15 +77,14 @@ def scalar_param(name: str, value: Any, dtype, *, positive: bool = True,
     raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
   if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
     raise TypeError(f"{name} must be a real scalar, got dtype {arr.dtype}")
-  arr = arr.astype(dtype)
-  if is_concrete(arr):
-    v = float(arr)
+  if isinstance(value, (int, float, np.number, np.ndarray)) or is_concrete(arr):
+    v = float(np.asarray(value if not isinstance(value, jax.Array) else arr))
     if not np.isfinite(v):
       raise ValueError(f"{name} must be finite, got {v}")
     if positive and (v < 0 or (v == 0 and not allow_zero)):
       need = ">= 0" if allow_zero else "> 0"
       raise ValueError(f"{name} must be {need}, got {v}")
-  return arr
+  return arr.astype(dtype)
 
 
 def all_finite(*arrays: jax.Array) -> jax.Array:

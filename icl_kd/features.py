@@ -80,7 +80,10 @@ def positive_random_features(d_k: int, num_features: int, *, key, tau=1.0,
   blocks = -(-num_features // d_k)
   k_dir, k_norm = jax.random.split(key)
   gauss = jax.random.normal(k_dir, (blocks, d_k, d_k), dtype)
-  q, _ = jnp.linalg.qr(gauss)                                                # (blocks, d_k, d_k)
+  q, r = jnp.linalg.qr(gauss)                                                # (blocks, d_k, d_k)
+  # Haar-distributed Q needs diag(R) > 0: flip each column by the sign of R's diagonal.
+  signs = jnp.sign(jnp.diagonal(r, axis1=1, axis2=2))                        # (blocks, d_k)
+  q = q * jnp.where(signs == 0, 1.0, signs)[:, None, :]
   rows = jnp.swapaxes(q, 1, 2).reshape(blocks * d_k, d_k)                     # orthonormal rows
   norms = jnp.linalg.norm(jax.random.normal(k_norm, (blocks * d_k, d_k), dtype), axis=-1)
   omega = (rows * norms[:, None])[:num_features]

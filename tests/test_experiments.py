@@ -90,7 +90,7 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   monkeypatch.setattr(module, "QUICK", tiny)
   out = str(tmp_path / module.NAME)
   name = next(k for k, v in EXPERIMENTS.items() if v == module.__name__)
-  res = module.main(["--quick", "--seed", str(seed), "--out", out])
+  res = module.cli(["--quick", "--seed", str(seed), "--out", out])
   printed = capsys.readouterr().out
   with open(os.path.join(out, f"{module.NAME}.json")) as f:
     data = json.load(f)
@@ -213,3 +213,10 @@ def test_dispatcher_lists_every_experiment(capsys):
   assert dispatch([]) == 2
   assert dispatch(["E9"]) == 2
   assert "usage" in capsys.readouterr().err
+
+
+def test_dispatcher_passes_the_flags_and_returns_main_status(monkeypatch):
+  seen = []
+  monkeypatch.setattr(e3_weight_norm, "cli", lambda argv: seen.append(argv))
+  assert dispatch(["E3", "--quick", "--seed", "4"]) == 0
+  assert seen == [["--quick", "--seed", "4"]]

@@ -1,5 +1,5 @@
-"""The experiments the paper proposes (THEORY.md E1-E4), run on models trained here.
+"""Experiments on the claims of THEORY.md; run one with ``python -m icl_kd.experiments NAME``.
 
-Each experiment is a module with ``run(config) -> results`` and ``main(argv)``;
-``python -m icl_kd.experiments NAME [--seed S] [--quick] [--out DIR]`` runs one.
+Each experiment is a module exposing ``main(argv) -> int`` and accepting
+``--seed``, ``--quick`` and ``--out DIR``; ``__main__`` dispatches by name.
 """

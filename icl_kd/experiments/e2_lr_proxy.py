@@ -150,7 +150,8 @@ def summary(res: Results) -> tuple[str, dict]:
   return text, data
 
 
-def main(argv=None) -> Results:
+def cli(argv=None) -> Results:
+  """Parses the command line, runs the experiment, prints and saves; returns the results."""
   p = _common.parser(NAME, "The learning-rate proxy vs order/perturbation sensitivity (E2).")
   p.add_argument("--steps", dest="train_steps", type=int)
   p.add_argument("--layers", dest="n_layers", type=int)
@@ -168,3 +169,9 @@ def main(argv=None) -> Results:
                        summary={"config": _common.config_dict(cfg), **data}, params=res.params)
   print(f"saved {paths[0]} and {paths[1]}")
   return res
+
+
+def main(argv=None) -> int:
+  """``python -m icl_kd.experiments E2 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
+  cli(argv)
+  return 0

@@ -1,0 +1,78 @@
+"""Adversarial search: push lhs/rhs of a bound or conjecture up with optax.
+
+Starting from the worst random instances of the sweep, gradient ascent (Adam)
+on log(lhs) - log(rhs) over every array of the instance that the claim lets
+vary, projecting back inside the claim's assumptions after each step
+(``Claim.project``). The largest ratio seen is re-evaluated with the claim's
+own evaluation and returned with its instance. A true bound must stay <= 1
+(beyond rounding); for the conjecture ``thm4.1-literal`` whatever is found is
+the result.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from proofs_check.claims import Claim
+
+FIXED = ("tau", "log_eta")  # hyperparameters of the claim, not searched over
+
+
+def _objective(claim: Claim, cfg):
+  def f(inst):
+    v = claim.evaluate(inst, cfg)
+    return v["log_lhs"] - v["log_rhs"]
+  return f
+
+
+def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
+           learning_rate: float = 0.02) -> dict:
+  """Runs ``steps`` projected Adam steps from each start (same bucket); returns the best."""
+  cfg = claim.buckets[bucket]
+  objective = _objective(claim, cfg)
+  batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *starts)
+  free = {k: v for k, v in batch.items() if k not in FIXED}
+  fixed = {k: v for k, v in batch.items() if k in FIXED}
+  opt = optax.adam(learning_rate)
+
+  def value(free_one, fixed_one):
+    return objective({**free_one, **fixed_one})
+
+  grad_fn = jax.vmap(jax.value_and_grad(value))
+
+  @jax.jit
+  def step(free, fixed, state):
+    vals, grads = grad_fn(free, fixed)
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
+    # ascent: optax minimises, so feed the negative gradient
+    updates, state = opt.update(jax.tree_util.tree_map(jnp.negative, grads), state, free)
+    new = optax.apply_updates(free, updates)
+    new = jax.vmap(lambda fr, fx: {k: v for k, v in claim.project({**fr, **fx}, cfg).items()
+                                   if k not in FIXED})(new, fixed)
+    return new, state, vals
+
+  state = opt.init(free)
+  initial = np.asarray(jax.vmap(value)(free, fixed))
+  best_val = np.where(np.isfinite(initial), initial, -np.inf)
+  best = jax.tree_util.tree_map(np.asarray, free)
+  for _ in range(steps):
+    new, state, _ = step(free, fixed, state)
+    vals = np.asarray(jax.vmap(value)(new, fixed))
+    improved = np.isfinite(vals) & (vals > best_val)
+    best = jax.tree_util.tree_map(
+        lambda b, n: np.where(improved.reshape((-1,) + (1,) * (b.ndim - 1)), np.asarray(n), b),
+        best, new)
+    best_val = np.where(improved, vals, best_val)
+    free = new
+  i = int(np.argmax(best_val))
+  winner = {**{k: jnp.asarray(v[i]) for k, v in best.items()},
+            **{k: v[i] for k, v in fixed.items()}}
+  final = {k: float(v) for k, v in claim.evaluate(winner, cfg).items()}
+  return dict(steps=steps, starts=len(starts), bucket=bucket,
+              initial_max_ratio=float(np.exp(np.max(initial[np.isfinite(initial)])))
+              if np.isfinite(initial).any() else None,
+              max_ratio=float(np.exp(final["log_lhs"] - final["log_rhs"])),
+              values=final, instance={k: np.asarray(v).tolist() for k, v in winner.items()})
