@@ -28,6 +28,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+
 
 @dataclasses.dataclass
 class Timing:
@@ -155,6 +157,7 @@ class Row:
     flops, bytes: counted per run of ``ours`` (analytic, see each benchmark).
     target: the target as text, and ``met`` whether it holds (None: no target).
     extra: any other numbers (agreement, instances/s, fit exponent, counts).
+    float64: compare with the float64 matmul limit instead of the float32 one.
   """
   bench: str
   case: str
@@ -167,6 +170,7 @@ class Row:
   target: str = ""
   met: bool | None = None
   extra: dict = dataclasses.field(default_factory=dict)
+  float64: bool = False
 
   @property
   def ratio(self) -> float | None:
@@ -180,9 +184,10 @@ class Row:
     out = {}
     if self.ours is None or self.ours.median <= 0:
       return out
-    if self.flops and limits.get("matmul_flops_per_s"):
+    key = "matmul_flops_per_s" + ("_float64" if self.float64 else "")
+    if self.flops and limits.get(key):
       out["flops_per_s"] = self.flops / self.ours.median
-      out["frac_matmul"] = out["flops_per_s"] / limits["matmul_flops_per_s"]
+      out["frac_matmul"] = out["flops_per_s"] / limits[key]
     if self.bytes and limits.get("copy_bytes_per_s"):
       out["bytes_per_s"] = self.bytes / self.ours.median
       out["frac_copy"] = out["bytes_per_s"] / limits["copy_bytes_per_s"]
