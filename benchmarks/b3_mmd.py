@@ -138,7 +138,7 @@ def compare_vmap(n: int, seed: int, *, repeats: int) -> harness.Row:
 
 def run(*, quick: bool, seed: int) -> list[harness.Row]:
   n = 512 if quick else 4096
-  rows = compare(n, seed, repeats=3 if quick else 5, base_repeats=2 if quick else 3)
+  rows = compare(n, seed, repeats=3 if quick else 5, base_repeats=2)
   rows.append(compare_vmap(256 if quick else 1024, seed, repeats=2 if quick else 3))
   rows.append(scaling(quick=quick, seed=seed))
   return rows
@@ -149,7 +149,7 @@ def scaling(*, quick: bool, seed: int) -> harness.Row:
   times = {}
   for n in sizes:
     x, y = samples(n, n, D, seed)
-    t, _, _ = harness.time_jit(ours_fused, x, y, repeats=3 if n <= 4096 else 2)
+    t, _, _ = harness.time_jit(ours_fused, x, y, repeats=3 if n <= 4096 else 1)
     times[n] = t
     harness.log(f"  B3 scaling n={n}: {t.median:.4g}s")
   fit_sizes = [n for n in sizes if n >= 1024] if not quick else sizes[1:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
   from benchmarks import harness
 
   selected = [k for k in MODULES if k != "limits" and (not only or k in only)]
-  report = dict(quick=args.quick, seed=args.seed, argv=list(argv or []),
+  report = dict(quick=args.quick, seed=args.seed,
+                argv=list(sys.argv[1:] if argv is None else argv),
                 machine=harness.machine(), benchmarks={}, rows=[])
   t_start = time.perf_counter()
   harness.log(f"benchmarks on {report['machine']['device_kind']} "
