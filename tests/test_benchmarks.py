@@ -75,6 +75,15 @@ def test_time_jit_separates_compile_and_blocks():
   assert float(out) == 14.0 and timing.repeats == 3 and timing.compile is not None
 
 
+def test_time_end_to_end_reports_the_cold_compile():
+  """A function that builds a fresh jitted program per call: compile is seen and subtracted."""
+  steady, wall, out = harness.time_end_to_end(
+      lambda: jax.jit(lambda x: x * 3.0)(jnp.arange(3.0)), repeats=2)
+  np.testing.assert_array_equal(out, [0.0, 3.0, 6.0])
+  assert wall.compile > 0 and steady.repeats == wall.repeats == 2
+  assert steady.median <= wall.median
+
+
 # -- B1 -----------------------------------------------------------------------------
 
 def test_b1_numpy_check_matches_the_proofs_check_path():
