@@ -28,7 +28,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp

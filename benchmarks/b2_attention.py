@@ -1,4 +1,4 @@
-"""B2 attention: ``softmax_attention`` vmapped over 65,536 prompts vs ``jax.nn.dot_product_attention``.
+"""B2 attention: ``softmax_attention`` vmapped over 65,536 prompts vs dot_product_attention.
 
 Each instance is one prompt: a context of n = 32 tokens and one query token,
 d = d_k = d_v = 16, with one shared set of AttentionParams:

@@ -8,14 +8,16 @@
 Ours: ``icl_kd.mmd.mmd2(x, y, kernel=gaussian_kernel(h), estimator="unbiased")``
 jitted, with ``fused=True`` (the Gram blocks from one matmul each, by the
 centred expansion) in float64 and float32, and with the default nested
-``vmap`` of the one-pair kernel (float64, at n = 1024: it is much slower). Baselines: NumPy with an explicit squared-distance matrix
+``vmap`` of the one-pair kernel (float64, at n = 1024: it is much slower).
+Baselines: NumPy with an explicit squared-distance matrix
 |x_i|^2 + |y_j|^2 - 2 <x_i, y_j> (BLAS matmul), and
 ``scipy.spatial.distance.cdist(..., "sqeuclidean")``, each followed by the
 same exp and sums. Target: the fused path >= 10x faster than cdist on CPU.
 
-Scaling: the fused path over n = m = 256 .. 16384 (quick: .. 2048); the
-exponent b of t ~ n^b is fitted by least squares on log t over the sizes
-n >= 1024 (below that, fixed per-call overheads flatten the curve).
+Scaling: the fused path (float64) over n = m = 256 .. 16384 (quick: .. 1024);
+the exponent b of t ~ n^b is fitted by least squares on log t over the sizes
+n >= 1024 (quick: n >= 512; below that, fixed per-call overheads flatten the
+curve).
 """
 
 from __future__ import annotations
