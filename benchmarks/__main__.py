@@ -1,0 +1,7 @@
+"""``python -m benchmarks [--quick] [--only NAME] [--seed S] [--out DIR]``."""
+
+import sys
+
+from benchmarks.cli import main
+
+sys.exit(main())

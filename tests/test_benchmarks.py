@@ -1,0 +1,227 @@
+"""Benchmarks: the harness runs and writes valid JSON; each benchmark's two sides agree.
+
+No timing is asserted anywhere: only that the measured code paths compute the
+same numbers as their baselines, that the baselines are themselves right
+(against brute force), and that the report is well formed.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import icl_kd
+from benchmarks import b1_claims, b2_attention, b3_mmd, b4_permutation, b6_compiles, harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- the harness --------------------------------------------------------------------
+
+def test_quick_run_writes_a_valid_report(tmp_path):
+  """``python -m benchmarks --quick --only B2`` runs and writes <platform>-<date>.json."""
+  proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "B2",
+                         "--out", str(tmp_path), "--seed", "3"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  files = os.listdir(tmp_path)
+  assert len(files) == 1 and files[0].startswith("cpu-") and files[0].endswith(".json"), files
+  with open(tmp_path / files[0]) as f:
+    report = json.load(f)                 # strict JSON: NaN/inf would be written as strings
+  assert report["quick"] is True and report["seed"] == 3
+  for key in ("platform", "device_kind", "jax", "numpy", "scipy", "python"):
+    assert report["machine"][key], key
+  assert report["limits"]["matmul_flops_per_s"] > 0 and report["limits"]["copy_bytes_per_s"] > 0
+  benches = {r["bench"] for r in report["rows"]}
+  assert benches == {"limits", "B2"}, benches
+  b2 = [r for r in report["rows"] if r["bench"] == "B2"][0]
+  ours, base = b2["ours"], b2["baseline"]
+  assert ours["min_s"] <= ours["median_s"] <= ours["max_s"] and ours["compile_s"] > 0
+  assert math.isclose(b2["ratio_ours_over_baseline"], ours["median_s"] / base["median_s"])
+  assert b2["extra"]["max_rel_diff"] <= 1e-6
+  assert 0 < b2["frac_matmul"] and 0 < b2["frac_copy"]
+  assert "ours/base" in proc.stdout and "B2" in proc.stdout  # the printed table
+
+
+def test_unknown_benchmark_is_a_usage_error():
+  proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "B9"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "unknown benchmark 'B9'" in proc.stderr
+
+
+def test_timing_summary_and_ratio():
+  t = harness._summary([3.0, 1.0, 2.0, 10.0, 4.0], compile_s=0.5)
+  assert (t.median, t.min, t.max, t.repeats, t.compile) == (3.0, 1.0, 10.0, 5, 0.5)
+  assert t.iqr == pytest.approx(np.percentile([1, 2, 3, 4, 10], 75) - 2.0)
+  row = harness.Row("B0", "case", ours=harness._summary([2.0]), baseline=harness._summary([0.5]),
+                    scaled=8.0, flops=4e9, bytes=1e9)
+  assert row.ratio == pytest.approx(2.0 / (0.5 * 8.0))
+  fr = row.fractions({"matmul_flops_per_s": 4e9, "copy_bytes_per_s": 1e9})
+  assert fr["frac_matmul"] == pytest.approx(0.5) and fr["frac_copy"] == pytest.approx(0.5)
+  row.float64 = True
+  assert "frac_matmul" not in row.fractions({"matmul_flops_per_s": 4e9})
+  assert json.loads(json.dumps(harness.jsonable({"a": float("nan"), "b": np.int64(2)}))) == {
+      "a": "nan", "b": 2}
+
+
+def test_time_jit_separates_compile_and_blocks():
+  timing, out, _ = harness.time_jit(lambda x: jnp.sum(x * x), jnp.arange(4.0), repeats=3)
+  assert float(out) == 14.0 and timing.repeats == 3 and timing.compile is not None
+
+
+def test_time_end_to_end_reports_the_cold_compile():
+  """A function that builds a fresh jitted program per call: compile is seen and subtracted."""
+  steady, wall, out = harness.time_end_to_end(
+      lambda: jax.jit(lambda x: x * 3.0)(jnp.arange(3.0)), repeats=2)
+  np.testing.assert_array_equal(out, [0.0, 3.0, 6.0])
+  assert wall.compile > 0 and steady.repeats == wall.repeats == 2
+  assert steady.median <= wall.median
+
+
+# -- B1 -----------------------------------------------------------------------------
+
+def test_b1_numpy_check_matches_the_proofs_check_path():
+  """NumPy's attention == icl_kd.decompose on sweep-drawn instances; same C1 verdicts."""
+  from proofs_check import sweep
+  c = b1_claims.claim()
+  for i in range(6):
+    inst = sweep.instance_of(c, 7, 0, i, jnp.float64)
+    np_inst = {k: np.asarray(v) for k, v in inst.items()}
+    np_inst["tau"] = float(np_inst["tau"])
+    att, err, tol = b1_claims.numpy_check(np_inst)
+    out = icl_kd.decompose(icl_kd.AttentionParams(inst["w_q"], inst["w_k"], inst["w_v"]),
+                           inst["demos"], inst["prefix"], inst["query"], tau=inst["tau"])
+    np.testing.assert_allclose(np.asarray(out.attention), att, rtol=1e-11, atol=1e-14)
+    ev = c.evaluate(inst, b1_claims.BUCKET)
+    assert err <= tol and float(ev["error"]) <= float(ev["tolerance"])
+
+
+def test_b1_numpy_check_against_brute_force():
+  """The baseline's attention is sum_j softmax_j W^V x_j computed term by term."""
+  inst = b1_claims.numpy_instance(np.random.default_rng(4), np.float64)
+  att, err, _ = b1_claims.numpy_check(inst)
+  ctx = np.concatenate([inst["demos"], inst["prefix"], inst["query"][None]])
+  s = [float((inst["w_k"] @ x) @ (inst["w_q"] @ inst["query"])) / inst["tau"] for x in ctx]
+  w = [math.exp(v - max(s)) for v in s]
+  want = sum(wi * (inst["w_v"] @ x) for wi, x in zip(w, ctx)) / sum(w)
+  np.testing.assert_allclose(att, want, rtol=1e-12)
+  assert err <= 1e-12 * max(1.0, max(abs(v) for v in s) / 10)
+  # The sampler scales W^Q so that the largest |score| is 10^u with u in [-3, 3].
+  assert 1e-3 * (1 - 1e-9) <= max(abs(v) for v in s) <= 1e3 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_b1_numpy_loop_finds_no_violation(dtype):
+  res = b1_claims.numpy_loop(40, dtype, seed=1)
+  assert res["count"] == 40 and res["violations"] == 0
+  assert 0 < res["worst_error_over_tolerance"] <= 1
+
+
+# -- B2 -----------------------------------------------------------------------------
+
+_b2_ours = jax.jit(b2_attention.ours)
+_b2_base = jax.jit(b2_attention.baseline)
+
+
+def test_b2_ours_equals_dot_product_attention():
+  params, contexts, queries = b2_attention.make_inputs(256, jnp.float32, 2)
+  diff = b2_attention.max_rel_diff(_b2_ours(params, contexts, queries),
+                                   _b2_base(params, contexts, queries))
+  assert diff <= 1e-6, diff
+
+
+def test_b2_baseline_against_numpy_float64():
+  """The baseline computes softmax(q k^T / tau) v (float32 inputs; NumPy float64 reference).
+
+  (The xla path of ``dot_product_attention`` takes its softmax in float32 even
+  for float64 inputs, so float32 is its precision.)
+  """
+  params, contexts, queries = b2_attention.make_inputs(8, jnp.float32, 5)
+  got = np.asarray(_b2_base(params, contexts, queries), np.float64)
+  p = {k: np.asarray(v, np.float64) for k, v in params._asdict().items()}
+  for b in range(8):
+    c, q = np.asarray(contexts[b], np.float64), np.asarray(queries[b], np.float64)
+    s = (c @ p["w_k"].T) @ (p["w_q"] @ q) / b2_attention.TAU
+    w = np.exp(s - s.max())
+    want = (w / w.sum()) @ (c @ p["w_v"].T)
+    assert np.linalg.norm(got[b] - want) <= 2e-6 * np.linalg.norm(want)
+
+
+# -- B3 -----------------------------------------------------------------------------
+
+_b3_fused = jax.jit(b3_mmd.ours_fused)
+_b3_vmap = jax.jit(b3_mmd.ours_vmap)
+
+
+def _brute_mmd2_unbiased(x, y, h):
+  k = lambda a, b: math.exp(-float(np.sum((a - b) ** 2)) / (2 * h * h))
+  n, m = len(x), len(y)
+  sxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j)
+  syy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+  sxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m))
+  return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2 * sxy / (n * m)
+
+
+def test_b3_baselines_against_brute_force():
+  x, y = (np.asarray(a) for a in b3_mmd.samples(7, 9, b3_mmd.D, 0))
+  want = _brute_mmd2_unbiased(x, y, b3_mmd.BANDWIDTH)
+  for fn in (b3_mmd.numpy_mmd2, b3_mmd.cdist_mmd2):
+    value, scale = fn(x, y)
+    assert abs(value - want) <= 1e-13 * scale, (fn.__name__, value, want)
+
+
+def test_b3_ours_equals_baselines():
+  x, y = b3_mmd.samples(96, 80, b3_mmd.D, 1)
+  ref, scale = b3_mmd.cdist_mmd2(np.asarray(x), np.asarray(y))
+  for fn in (_b3_fused, _b3_vmap):
+    assert abs(float(fn(x, y)) - ref) <= 1e-13 * scale
+  f32 = float(_b3_fused(x.astype(jnp.float32), y.astype(jnp.float32)))
+  assert abs(f32 - ref) <= 1e-5 * scale
+
+
+# -- B4 -----------------------------------------------------------------------------
+
+_b4_ours = jax.jit(b4_permutation.ours, static_argnums=(3,))
+_b4_base = jax.jit(b4_permutation.permuted_statistics, static_argnums=(3, 4))
+
+
+def test_b4_recomputation_reproduces_the_permutation_test():
+  """Same permutations: the recomputed statistics give the same statistic and p-value."""
+  x, y = b4_permutation.samples(24, 0)
+  key = jax.random.key(9)
+  res = _b4_ours(x, y, key, 60)
+  obs, stats = _b4_base(x, y, key, 60, 60)
+  assert abs(float(res.statistic) - float(obs)) <= 1e-12 * abs(float(obs)) + 1e-15
+  assert float(res.p_value) == b4_permutation.p_value(obs, stats)
+  # Under H1 with a large shift the observed split beats every permutation.
+  res_far = _b4_ours(x, y + 3.0, key, 60)
+  obs_far, stats_far = _b4_base(x, y + 3.0, key, 60, 60)
+  assert float(res_far.p_value) == b4_permutation.p_value(obs_far, stats_far) == 1 / 61
+
+
+def test_b4_permutations_are_label_shuffles():
+  """Each recomputed split has n points of the pooled sample on one side, none repeated."""
+  x, y = b4_permutation.samples(10, 1)
+  _, stats = _b4_base(x, y, jax.random.key(2), 30, 30)
+  assert stats.shape == (30,) and len(set(np.round(np.asarray(stats), 14))) > 20
+
+
+# -- B6 -----------------------------------------------------------------------------
+
+@jax.jit
+def _counted_square(x):
+  return x * x
+
+
+def test_b6_counter_counts_one_compile_per_shape():
+  with b6_compiles.count_compiles("_counted_square") as counter:
+    for _ in range(3):
+      for n in (3, 5):
+        _counted_square(jnp.arange(float(n)))
+  assert counter.count == 2
