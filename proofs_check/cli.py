@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="re-evaluate the worst (and adversarial) instances saved in a JSON report")
   p.add_argument("--list", action="store_true", help="list the claims and exit")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--fast-compile", choices=("auto", "on", "off"), default="auto",
+                 help="compile with XLA's backend optimisation level 0 on CPU: faster compiles, "
+                      "slower runs; auto = on when at most 300,000 instances per claim")
   p.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() first (multi-host runs)")
   return p
@@ -267,17 +270,24 @@ def _replay(args, claims, chosen, dtype) -> int:
   return EXIT_OK if ok else EXIT_FAIL
 
 
-def _cpu_compile_flags() -> None:
-  """On CPU-only installs, compile with XLA's backend optimisation level 0.
+FAST_COMPILE_MAX_INSTANCES = 300_000
 
-  A sweep compiles one small program per shape bucket and runs it on batches
-  that take ~0.1 s, so compile time dominates: level 0 compiles ~4x faster
-  and runs ~2x slower (measured on the default run). Accelerator installs and
-  an XLA_FLAGS that already sets the level are left alone.
+
+def _cpu_compile_flags(mode: str, instances: int | None) -> None:
+  """Chooses XLA's backend optimisation level 0 on CPU-only installs when it pays.
+
+  A sweep compiles one small program per shape bucket. Level 0 cuts a cold
+  compile ~2.5-4x (e.g. 8.6 s -> 3.5 s for the C1 group) but runs 2-7x slower
+  in steady state (``python -m benchmarks --only B1``), so it wins while
+  compile time dominates: ``auto`` uses it up to FAST_COMPILE_MAX_INSTANCES
+  instances per claim (the default run has 1e5). Accelerator installs and an
+  XLA_FLAGS that already sets the level are left alone.
   """
   import importlib.util
   flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_backend_optimization_level" in flags:
+  if mode == "off" or "xla_backend_optimization_level" in flags:
+    return
+  if mode == "auto" and instances is not None and instances > FAST_COMPILE_MAX_INSTANCES:
     return
   platforms = os.environ.get("JAX_PLATFORMS", "")
   has_accel = any(importlib.util.find_spec(m) is not None for m in
@@ -295,7 +305,7 @@ def main(argv=None) -> int:
     parser.error(f"--adversarial must be >= 0, got {args.adversarial}")
   if args.chunk is not None and args.chunk < 1:
     parser.error(f"--chunk must be >= 1, got {args.chunk}")
-  _cpu_compile_flags()
+  _cpu_compile_flags(args.fast_compile, args.instances)
   import jax
   # The dtype is fixed before any array exists.
   jax.config.update("jax_enable_x64", args.dtype == "float64")
