@@ -70,8 +70,19 @@ def styled(make):
   @functools.wraps(make)
   def wrapper(*args, **kwargs):
     with plt.rc_context(RC):
-      return make(*args, **kwargs)
+      fig = make(*args, **kwargs)
+      for ax in fig.axes:
+        _tidy_log_ticks(ax)
+    return fig
   return wrapper
+
+
+def _tidy_log_ticks(ax) -> None:
+  """Log axes: labels on decades only (minor labels collide in narrow panels)."""
+  for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+    if scale == "log":
+      axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, numticks=6))
+      axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def figure(nrows: int = 1, ncols: int = 1, *, height: float | None = None, **kwargs):
@@ -130,7 +141,7 @@ def legend(ax, **kwargs):
 def legend_below(ax, **kwargs):
   """A legend under the axes (part of the layout): for panels whose data fill the axes."""
   kwargs.setdefault("loc", "upper center")
-  kwargs.setdefault("bbox_to_anchor", (0.5, -0.24))
+  kwargs.setdefault("bbox_to_anchor", (0.5, -0.3))
   return ax.legend(**kwargs)
 
 
