@@ -1,4 +1,8 @@
-"""python -m icl_kd.experiments NAME [flags]: run one experiment (see --help of each)."""
+"""Runs one experiment: ``python -m icl_kd.experiments NAME [--seed S] [--quick] [--out DIR]``.
+
+To add an experiment, add ``name: "module"`` to ``EXPERIMENTS``; the module
+must expose ``main(argv) -> int``. Modules are imported only when run.
+"""
 
 import importlib
 import sys
@@ -8,17 +12,24 @@ EXPERIMENTS = {
     "E2": "icl_kd.experiments.e2_lr_proxy",
     "E3": "icl_kd.experiments.e3_weight_norm",
     "E4": "icl_kd.experiments.e4_layers",
+    "real": "icl_kd.experiments.real",
 }
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
+  usage = (f"usage: python -m icl_kd.experiments {{{','.join(EXPERIMENTS)}}} "
+           "[--seed S] [--quick] [--out DIR]")
+  if argv[:1] in (["-h"], ["--help"]):
+    print(usage)
+    return 0
   if not argv or argv[0] not in EXPERIMENTS:
-    print(f"usage: python -m icl_kd.experiments {{{','.join(EXPERIMENTS)}}} [--seed S] [--quick] "
-          f"[--out DIR]", file=sys.stderr)
+    got = repr(argv[0]) if argv else "nothing"
+    print(f"{usage}\nunknown experiment: expected one of {sorted(EXPERIMENTS)}, got {got}",
+          file=sys.stderr)
     return 2
-  importlib.import_module(EXPERIMENTS[argv[0]]).main(argv[1:])
-  return 0
+  rc = importlib.import_module(EXPERIMENTS[argv[0]]).main(argv[1:])
+  return rc if isinstance(rc, int) else 0   # E1-E4 return their results
 
 
 if __name__ == "__main__":
