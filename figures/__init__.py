@@ -131,7 +131,7 @@ def run(fig_id: str, *, out: str, quick: bool = False, seed: int = 0, **override
   import matplotlib.pyplot as plt
   mod = module(fig_id)
   os.makedirs(out, exist_ok=True)
-  cfg = mod.config(quick=quick, seed=seed, **overrides)
+  cfg = mod.config(quick=quick, seed=seed, out=out, **overrides)
   results = mod.compute(cfg)
   stem = os.path.join(out, f"{mod.ID}_{mod.SLUG}")
   paths = save_data(results, stem)
@@ -139,3 +139,30 @@ def run(fig_id: str, *, out: str, quick: bool = False, seed: int = 0, **override
   paths += save_figure(fig, stem)
   plt.close(fig)
   return paths
+
+
+def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
+                       extra_args: tuple = ()) -> tuple[dict, dict]:
+  """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4).
+
+  Reads ``<results_dir>/<name>.npz`` and ``.json`` as written by
+  ``python -m icl_kd.experiments NAME --out <results_dir>``; when they are
+  missing, runs that command in process first (with ``--quick`` and
+  ``extra_args`` under ``quick``).
+  """
+  npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
+  if not (os.path.exists(npz) and os.path.exists(js)):
+    import contextlib
+    from icl_kd.experiments.__main__ import main as run_experiment
+    argv = [name, "--out", results_dir, "--seed", str(seed)]
+    argv += (["--quick", *extra_args] if quick else [])
+    with contextlib.redirect_stdout(io.StringIO()):
+      run_experiment(argv)
+    if not os.path.exists(npz):
+      raise FileNotFoundError(f"{npz} missing: run `python -m icl_kd.experiments {name} "
+                              f"--out {results_dir} --seed {seed}` first")
+  with np.load(npz) as f:
+    arrays = {k: f[k] for k in f.files}
+  with open(js) as f:
+    summary = json.load(f)
+  return arrays, summary

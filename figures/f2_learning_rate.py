@@ -37,7 +37,8 @@ class Config(NamedTuple):
 QUICK = Config(prompts=32, scales=13)
 
 
-def config(*, quick: bool = False, seed: int = 0, **overrides) -> Config:
+def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
+  del out  # computed from the library alone
   return (QUICK if quick else Config())._replace(seed=seed, **overrides)
 
 

@@ -45,7 +45,8 @@ QUICK = Config(sizes=(16, 64, 256), repetitions=64, population=1024, rademacher_
                sign_draws=100)
 
 
-def config(*, quick: bool = False, seed: int = 0, **overrides) -> Config:
+def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
+  del out  # computed from the library alone
   return (QUICK if quick else Config())._replace(seed=seed, **overrides)
 
 

@@ -45,7 +45,8 @@ class Config(NamedTuple):
 QUICK = Config(layers=4, shifts=8, check_instances=512, adversarial_steps=5)
 
 
-def config(*, quick: bool = False, seed: int = 0, **overrides) -> Config:
+def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
+  del out  # computed from the library alone
   return (QUICK if quick else Config())._replace(seed=seed, **overrides)
 
 
