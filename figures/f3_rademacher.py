@@ -33,15 +33,15 @@ D, DELTA, RADIUS, ETA = 3, 0.05, 1.0, 0.5
 
 class Config(NamedTuple):
   seed: int = 0
-  sizes: tuple = (16, 32, 64, 128, 256, 512, 1024, 2048)
-  repetitions: int = 400       # samples per N for the gap
-  population: int = 8192       # fresh points for L(W)
+  sizes: tuple = (16, 32, 64, 128, 256, 512, 1024)
+  repetitions: int = 200       # samples per N for the gap
+  population: int = 4096       # fresh points for L(W)
   rademacher_samples: int = 4  # samples per N for R_hat
   sign_draws: int = 500
   param_scale: float = 0.8
 
 
-QUICK = Config(sizes=(16, 64, 256), repetitions=64, population=1024, rademacher_samples=2,
+QUICK = Config(sizes=(16, 128), repetitions=64, population=1024, rademacher_samples=2,
                sign_draws=100)
 
 
@@ -66,7 +66,8 @@ def _gaps(params, keys, x_pop, n):
     student = jax.vmap(w.apply)(pop_keys)                                # (P, d_v)
     l_pop = jnp.mean(jnp.sum((teacher - student) ** 2, axis=1))
     return l_pop - l_hat, l_hat, l_pop, w.hs_norm()
-  return jax.vmap(one)(keys)
+  # sequential over samples (lax.map): a vmap would hold (R, P, n) kernel values at once
+  return jax.lax.map(one, keys, batch_size=8)
 
 
 _gaps = jax.jit(_gaps, static_argnums=3)
