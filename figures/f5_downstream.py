@@ -85,7 +85,7 @@ def make(results: dict):
   """Two log-log panels against 2 eta MMD_kV: root KD risk and prediction gap, with bounds."""
   meta, t = results["meta"], table(results, "pairs")
   x = t["weight_gap_norm"]
-  fig, axes = style.figure(1, 2, height=3.1)
+  fig, axes = style.figure(1, 2, height=3.5)
   panels = (("root_risk_p", "root_risk_bound", "root KD risk $\\sqrt{R_Q(W_0(P))}$",
              "bound $\\sqrt{R_Q(W_0(Q))} + C\\|\\Delta W_{PQ}\\|_{HS}$",
              "(a) KD risk on $Q$ of $W_0(P)$", meta["max_risk_ratio"], meta["risk_slope"]),
@@ -106,11 +106,11 @@ def make(results: dict):
     ax.set_xlabel("$\\|\\Delta W_{PQ}\\|_{HS} = 2\\eta\\,\\mathrm{MMD}_{k_V}(P,Q)$")
     ax.set_ylabel(ylabel)
     ax.set_title(title, loc="left")
-    style.legend(ax, loc="upper left")
+    style.legend_below(ax, bbox_to_anchor=(0.5, -0.2))
     note = f"max observed/bound {ratio:.2f}\nfitted slope {slope:.2f}"
     if i == 0:
       note += f"\n$R_Q(W_0(P)) < R_Q(W_0(Q))$: {100 * meta['negative_excess_fraction']:.0f}%"
-    style.annotate(ax, note)
+    style.annotate(ax, note, loc="upper left")
   cb = fig.colorbar(sc, ax=axes[0, 1], pad=0.01, aspect=30)
   cb.set_label("shift $\\|\\mu_Q - \\mu_P\\|$")
   fig.suptitle("F5. Claim C6 (thm4.2): downstream cost of the MMD bias "

@@ -67,14 +67,14 @@ def compute(cfg: Config) -> dict:
 def make(results: dict):
   """Bar chart of error per strategy; MMD^2 vs error scatter with Spearman rho."""
   meta, s, p = results["meta"], table(results, "strategies"), table(results, "points")
-  fig, axes = style.figure(1, 2, height=3.0)
+  fig, axes = style.figure(1, 2, height=3.2)
   ax = axes[0, 0]
   x = np.arange(len(s["strategy"]))
   ax.bar(x - 0.2, s["error_mean"], 0.4, yerr=s["error_se"], capsize=2,
          color=style.PALETTE["blue"], label="trained attention layer (mean $\\pm$ SE)")
   ax.bar(x + 0.2, s["ridge_error_mean"], 0.4, color=style.PALETTE["orange"],
          label="ridge on the same prompts")
-  ax.set_xticks(x, [n.replace("_", " ") for n in s["strategy"]])
+  ax.set_xticks(x, [n.replace("_per_", " per\n").replace("_", "\n") for n in s["strategy"]])
   ax.set_ylabel("relative ICL error (MSE / mean $y^2$)")
   ax.set_title("(a) ICL error per selection rule", loc="left")
   style.legend(ax, loc="upper right")
@@ -83,11 +83,11 @@ def make(results: dict):
     sel = p["kind"] == kind
     ax.scatter(p["mmd2"][sel], p["error"][sel], s=10, marker=style.MARKERS[i],
                color=style.CYCLE[i], alpha=0.8, label=kind.replace("_", " "), rasterized=True)
-  ax.set_yscale("log")
   ax.set_xlabel("MMD$^2$(prompt, queries) (unbiased, Gaussian $k$)")
   ax.set_ylabel("relative ICL error")
   ax.set_title("(b) MMD vs ICL error", loc="left")
-  style.legend(ax, loc="lower right", ncols=2)
+  style.legend_below(ax, ncols=4, bbox_to_anchor=(0.5, -0.2), handletextpad=0.2,
+                     columnspacing=0.8)
   sp = meta["spearman"]
   style.annotate(ax, f"Spearman $\\rho$ = {sp['rho']:.2f}\n95% CI [{sp['lo']:.2f}, {sp['hi']:.2f}]"
                  f", n = {sp['n']}", loc="upper left")

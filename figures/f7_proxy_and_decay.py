@@ -69,27 +69,28 @@ def compute(cfg: Config) -> dict:
 def make(results: dict):
   """E2 scatter; E3 norms and gaps against the weight decay."""
   p, h, d = (table(results, t) for t in ("prompts", "heads", "decay"))
-  fig, axes = style.figure(1, 3, height=3.0)
+  fig, axes = style.figure(1, 3, height=3.3)
   ax = axes[0, 0]
   ax.scatter(p["log_eta_layer0"], p["order_sensitivity"], s=9, color=style.PALETTE["blue"],
              label="test prompts", rasterized=True)
-  ax.set_xlabel("$\\log\\eta^*$ at the query (layer 1, mean over heads)")
+  ax.set_xlabel("$\\log\\eta^*$ at the query (layer 1)")
   ax.set_ylabel("order sensitivity (std of prediction)")
   ax.set_title("(a) E2: $\\eta^*$ vs order sensitivity", loc="left")
-  style.legend(ax, loc="upper left")
-  style.annotate(ax, "\n".join(f"L{int(l) + 1}H{int(k) + 1}: $\\rho$ = {r:.2f} [{lo:.2f}, {hi:.2f}]"
-                               for l, k, r, lo, hi in zip(h["layer"], h["head"], h["rho_order"],
-                                                          h["rho_order_lo"], h["rho_order_hi"])))
+  rhos = "\n".join(f"L{int(l) + 1}H{int(k) + 1}: Spearman $\\rho$ = {r:.2f} [{lo:.2f}, {hi:.2f}]"
+                   for l, k, r, lo, hi in zip(h["layer"], h["head"], h["rho_order"],
+                                              h["rho_order_lo"], h["rho_order_hi"]))
+  ax.text(0.5, -0.24, rhos, transform=ax.transAxes, ha="center", va="top",
+          fontsize=style.RC["legend.fontsize"])
   wd = np.maximum(d["weight_decay"], 1e-3)
   ax = axes[0, 1]
   for i, (col, lab) in enumerate((("norm_q", "$\\|W^Q\\|_F$"), ("norm_k", "$\\|W^K\\|_F$"),
                                   ("norm_v", "$\\|W^V\\|_F$"))):
     ax.plot(wd, d[col], marker=style.MARKERS[i], color=style.CYCLE[i], label=lab)
   ax.set_xscale("log")
-  ax.set_xlabel("weight decay on $W^K, W^V$ (0 drawn at $10^{-3}$)")
+  ax.set_xlabel("weight decay on $W^K, W^V$\n(0 drawn at $10^{-3}$)")
   ax.set_ylabel("Frobenius norm")
   ax.set_title("(b) E3: decay shrinks the norms", loc="left")
-  style.legend(ax, loc="upper right")
+  style.legend_below(ax, bbox_to_anchor=(0.5, -0.32))
   ax = axes[0, 2]
   ax.plot(wd, d["bound"], marker="D", color=style.PALETTE["vermillion"], label="C4 bound")
   ax.plot(wd, np.maximum(d["kd_gap_max"], 1e-12), marker="o", color=style.PALETTE["blue"],
@@ -98,9 +99,9 @@ def make(results: dict):
           label="|ICL test - train MSE|")
   ax.set_xscale("log")
   ax.set_yscale("log")
-  ax.set_xlabel("weight decay on $W^K, W^V$ (0 drawn at $10^{-3}$)")
+  ax.set_xlabel("weight decay on $W^K, W^V$\n(0 drawn at $10^{-3}$)")
   ax.set_ylabel("gap")
   ax.set_title("(c) E3: gaps vs C4 bound", loc="left")
-  style.legend_below(ax)
+  style.legend_below(ax, bbox_to_anchor=(0.5, -0.32))
   fig.suptitle("F7. Experiments E2 (learning-rate proxy) and E3 (weight-norm intervention)")
   return fig

@@ -80,12 +80,15 @@ def make(results: dict):
   ax = axes[0, 2]
   mse = meta["icl_mse"]
   names = list(mse)
-  ax.barh(np.arange(len(names)), [mse[n] for n in names], color=style.PALETTE["sky"])
+  vals = [mse[n] for n in names]
+  ax.barh(np.arange(len(names)), vals, color=style.PALETTE["sky"])
+  for j, v in enumerate(vals):
+    ax.text(v, j, f" {v:.2g}", va="center", ha="left", fontsize=style.RC["legend.fontsize"])
   ax.set_yticks(np.arange(len(names)), [n.replace("_", " ") for n in names])
   ax.set_xscale("log")
-  ax.set_xlabel("ICL mean squared error")
+  ax.set_xlim(right=max(vals) * 1e3)
+  ax.set_xlabel("ICL mean squared error\n"
+                f"distance to one KD step $E(f - f_1)^2/E f^2$ = {meta['distance_to_one_step']:.3g}")
   ax.set_title("(c) whole model vs one KD step", loc="left")
-  style.annotate(ax, f"distance to one KD step\n$E(f - f_1)^2/E f^2$ = "
-                 f"{meta['distance_to_one_step']:.3g}")
   fig.suptitle("F8. Experiment E4: C1 per layer and head of a trained transformer")
   return fig
