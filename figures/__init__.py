@@ -35,6 +35,7 @@ FIGURES = {
     "F6": "figures.f6_selection",
     "F7": "figures.f7_proxy_and_decay",
     "F8": "figures.f8_layers",
+    "F9": "figures.f9_real",
 }
 
 
@@ -143,7 +144,7 @@ def run(fig_id: str, *, out: str, quick: bool = False, seed: int = 0, **override
 
 def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
                        extra_args: tuple = ()) -> tuple[dict, dict]:
-  """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4).
+  """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4, real).
 
   Reads ``<results_dir>/<name>.npz`` and ``.json`` as written by
   ``python -m icl_kd.experiments NAME --out <results_dir>``; when they are
@@ -162,7 +163,7 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
       raise FileNotFoundError(f"{npz} missing: run `python -m icl_kd.experiments {name} "
                               f"--out {results_dir} --seed {seed}` first")
   with np.load(npz) as f:
-    arrays = {k: f[k] for k in f.files}
+    arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   with open(js) as f:
     summary = json.load(f)
   return arrays, summary

@@ -150,7 +150,7 @@ def make(results: dict):
   ax.set_title("(a) gap vs C4 bound", loc="left")
   style.legend_below(ax)
   style.annotate(ax, f"violations $\\leq$ {100 * meta['max_violation_rate']:.1f}%\n"
-                 f"($\\delta$ = {meta['delta']})", loc="lower right")
+                 f"($\\delta$ = {meta['delta']})", loc="lower left")
 
   ax = axes[0, 1]
   ax.plot(n, t["bc_over_sqrt_n"], color=style.PALETTE["vermillion"], marker="D",

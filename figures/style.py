@@ -79,9 +79,15 @@ def styled(make):
 
 def _tidy_log_ticks(ax) -> None:
   """Log axes: labels on decades only (minor labels collide in narrow panels)."""
-  for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+  for axis, scale, lim, most in ((ax.xaxis, ax.get_xscale(), ax.get_xlim(), 5),
+                                 (ax.yaxis, ax.get_yscale(), ax.get_ylim(), 8)):
     if scale == "log":
-      axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, numticks=6))
+      lo, hi = sorted(lim)
+      short = lo > 0 and np.log10(hi / lo) < 1.6   # under ~1.5 decades: label 1, 2, 5 x 10^k
+      axis.set_major_locator(matplotlib.ticker.LogLocator(
+          base=10, subs=(1.0, 2.0, 5.0) if short else (1.0,), numticks=most))
+      if short:
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
       axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
