@@ -194,7 +194,7 @@ def make(results: dict):
   ax.set_ylabel("reference model, coordinate $k$")
   ax.set_title("(a) C1: output = reference model", loc="left")
   cb = fig.colorbar(sc, ax=ax, pad=0.01, aspect=30)
-  cb.set_label("$\\log_{10}\\max_j |s_j|$")
+  cb.set_label("$\\log_{10}\\max|s_j|$")
   style.legend(ax, loc="upper left", markerscale=2)
   style.annotate(ax, f"max rel. error\n{meta['max_relative_error']:.1e} (float64)")
 
@@ -216,7 +216,8 @@ def make(results: dict):
   ax.set_ylabel("relative error of C1")
   ax.set_title("(b) exact up to rounding", loc="left")
   style.legend_below(ax)
-  style.annotate(ax, f"max error / tol.\n= {meta['max_error_over_tolerance']:.1e}")
+  style.annotate(ax, f"max error / tol.\n= {meta['max_error_over_tolerance']:.1e}",
+                 loc="upper left")
 
   ax = axes[0, 2]
   fams = ("i.i.d. RF", "orthogonal RF", "Taylor")

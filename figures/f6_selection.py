@@ -77,7 +77,7 @@ def make(results: dict):
   ax.set_xticks(x, [n.replace("_per_", " per\n").replace("_", "\n") for n in s["strategy"]])
   ax.set_ylabel("relative ICL error (MSE / mean $y^2$)")
   ax.set_title("(a) ICL error per selection rule", loc="left")
-  style.legend(ax, loc="upper right")
+  style.legend(ax, loc="upper right", bbox_to_anchor=(1.0, 1.02))
   ax = axes[0, 1]
   for i, kind in enumerate(("random", "retrieval", "mmd_greedy", "mixture")):
     sel = p["kind"] == kind

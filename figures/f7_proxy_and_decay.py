@@ -2,7 +2,7 @@
 
 From ``python -m icl_kd.experiments E2`` and ``E3`` (run when missing):
 (a) E2: per test prompt, log eta* = log N/(2D') at the query (mean over
-    heads of the first layer) against the order sensitivity (std of the
+    the heads of the last layer) against the order sensitivity (std of the
     prediction over reorderings), with Spearman rho per (layer, head);
 (b) E3: weight decay on W^V, W^K against ||W^K||_F, ||W^V||_F;
 (c) E3: the ICL generalization gap, the KD gap L - L_hat of W_0 (median over
@@ -43,7 +43,7 @@ def compute(cfg: Config) -> dict:
   e3, _ = experiment_results("E3", results_dir=cfg.e3_dir, seed=cfg.seed, quick=cfg.quick,
                              extra_args=("--steps", "60"))
   log_eta = e2["log_eta"]                                       # (n_test, L, H)
-  prompts = {"log_eta_layer0": log_eta[:, 0, :].mean(axis=1).tolist(),
+  prompts = {"log_eta_last_layer": log_eta[:, -1, :].mean(axis=1).tolist(),
              "order_sensitivity": e2["order_sensitivity"].tolist(),
              "perturb_sensitivity": e2["perturb_sensitivity"].tolist()}
   heads = {"layer": [], "head": [], "rho_order": [], "rho_order_lo": [], "rho_order_hi": []}
@@ -61,7 +61,8 @@ def compute(cfg: Config) -> dict:
            "kd_gap_median": np.median(e3["kd_gap"], axis=1).tolist(),
            "kd_gap_max": np.max(e3["kd_gap"], axis=1).tolist(),
            "bound": np.ravel(e3["bound"]).tolist(), "violations": np.ravel(e3["violations"]).tolist()}
-  meta = dict(id=ID, claims=list(CLAIMS), seed=cfg.seed, e2_dir=cfg.e2_dir, e3_dir=cfg.e3_dir)
+  meta = dict(id=ID, claims=list(CLAIMS), seed=cfg.seed, e2_dir=cfg.e2_dir, e3_dir=cfg.e3_dir,
+              e2_layers=int(log_eta.shape[1]))
   return dict(meta=meta, tables=dict(prompts=prompts, heads=heads, decay=decay))
 
 
@@ -71,9 +72,9 @@ def make(results: dict):
   p, h, d = (table(results, t) for t in ("prompts", "heads", "decay"))
   fig, axes = style.figure(1, 3, height=3.3)
   ax = axes[0, 0]
-  ax.scatter(p["log_eta_layer0"], p["order_sensitivity"], s=9, color=style.PALETTE["blue"],
+  ax.scatter(p["log_eta_last_layer"], p["order_sensitivity"], s=9, color=style.PALETTE["blue"],
              label="test prompts", rasterized=True)
-  ax.set_xlabel("$\\log\\eta^*$ at the query (layer 1)")
+  ax.set_xlabel(f"$\\log\\eta^*$ at the query (layer {results['meta']['e2_layers']})")
   ax.set_ylabel("order sensitivity (std of prediction)")
   ax.set_title("(a) E2: $\\eta^*$ vs order sensitivity", loc="left")
   rhos = "\n".join(f"L{int(l) + 1}H{int(k) + 1}: Spearman $\\rho$ = {r:.2f} [{lo:.2f}, {hi:.2f}]"
