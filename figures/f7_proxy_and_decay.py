@@ -39,9 +39,9 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 def compute(cfg: Config) -> dict:
   """Per-prompt eta* and sensitivity (E2); per-decay norms, gaps and bound (E3)."""
   e2, _ = experiment_results("E2", results_dir=cfg.e2_dir, seed=cfg.seed, quick=cfg.quick,
-                             extra_args=("--steps", "40", "--test-prompts", "16"))
+                             extra_args=("--steps", "40", "--test-prompts", "16", "--layers", "1"))
   e3, _ = experiment_results("E3", results_dir=cfg.e3_dir, seed=cfg.seed, quick=cfg.quick,
-                             extra_args=("--steps", "60"))
+                             extra_args=("--steps", "60", "--decays", "0,10"))
   log_eta = e2["log_eta"]                                       # (n_test, L, H)
   prompts = {"log_eta_last_layer": log_eta[:, -1, :].mean(axis=1).tolist(),
              "order_sensitivity": e2["order_sensitivity"].tolist(),

@@ -38,7 +38,7 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 def compute(cfg: Config) -> dict:
   """Per-head residuals, eta*, entropy; the distance to one KD step and ICL errors."""
   a, summary = experiment_results("E4", results_dir=cfg.results_dir, seed=cfg.seed,
-                                  quick=cfg.quick, extra_args=("--steps", "40",
+                                  quick=cfg.quick, extra_args=("--steps", "40", "--d-model", "16",
                                                                "--test-prompts", "8"))
   n_l, n_h = a["residual"].shape
   heads = {"layer": np.repeat(np.arange(n_l), n_h).tolist(),

@@ -1,7 +1,7 @@
 """Every figure builds in --quick mode (Agg); F1 and F4 plot what they claim; determinism.
 
-The figures run once per session (module fixture) into a temporary directory;
-the data tests read the saved JSON/CSV, not the images.
+The figures run once (module fixture, ``python -m figures --quick`` in process)
+into a temporary directory; the data tests read the saved JSON/CSV, not the images.
 """
 
 import csv
@@ -107,8 +107,8 @@ def test_f4_identity_and_bound(quick_out):
 
 
 def test_same_seed_same_data(quick_out, tmp_path):
-  # The library figures again into a fresh directory: byte-identical JSON and CSV.
-  # (F6-F8 read the experiment results of the first run; their files are compared too.)
+  # The library figures (F1-F5) again into a fresh directory: byte-identical JSON and CSV.
+  # (F6-F9 plot saved experiment results; rerunning the experiments is their own tests' job.)
   out = str(tmp_path)
   assert main(["--quick", "--out", out, "--seed", "0", *IDS[:5]]) == 0
   names = sorted(n for n in os.listdir(out) if n.endswith((".json", ".csv")))
