@@ -53,7 +53,11 @@ def _identity_batch(keys, bucket):
     inst = _claims.sample_prompt(key, bucket, jnp.float64)
     out = _claims._decompose(inst, bucket)
     ev = _claims.eval_thm31(inst, bucket)
-    return out.attention, out.reference, ev["error"], ev["tolerance"], out.max_abs_score
+    # the error's unit: sum_j p_j |W^V x_j| (eval_thm31 divides by it)
+    context = jnp.concatenate([inst["demos"], _claims._tail(inst, bucket)])
+    p = jnp.exp(out.scores - out.log_partition)
+    scale = jnp.sum(p * jnp.linalg.norm(jnp.dot(context, inst["w_v"].T), axis=-1))
+    return out.attention, out.reference, ev["error"], ev["tolerance"], out.max_abs_score, scale
   return jax.vmap(one)(keys)
 
 
@@ -125,10 +129,10 @@ def compute(cfg: Config) -> dict:
   points = {"bucket": [], "instance": [], "coord": [], "attention": [], "reference": [],
             "log10_max_score": []}
   errors = {"bucket": [], "instance": [], "relative_error": [], "tolerance": [],
-            "log10_max_score": []}
+            "log10_max_score": [], "error_unit": []}
   for b, bucket in enumerate(BUCKETS):
     keys = jax.random.split(jax.random.fold_in(k_id, b), cfg.instances)
-    att, ref, err, tol, smax = map(np.asarray, _identity_batch(keys, bucket))
+    att, ref, err, tol, smax, scale = map(np.asarray, _identity_batch(keys, bucket))
     n, d_v = att.shape
     points["bucket"] += [b] * (n * d_v)
     points["instance"] += np.repeat(np.arange(n), d_v).tolist()
@@ -141,6 +145,7 @@ def compute(cfg: Config) -> dict:
     errors["relative_error"] += err.tolist()
     errors["tolerance"] += tol.tolist()
     errors["log10_max_score"] += np.log10(smax).tolist()
+    errors["error_unit"] += scale.tolist()
 
   fb = tuple(cfg.feature_bucket)
   keys = jax.random.split(k_feat, cfg.feature_instances)
