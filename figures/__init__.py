@@ -39,6 +39,10 @@ FIGURES = {
 }
 
 
+class Skipped(Exception):
+  """A figure that cannot be made here (a missing optional dependency); the message says why."""
+
+
 def module(fig_id: str):
   """The module of figure ``fig_id`` (e.g. 'F4')."""
   if fig_id not in FIGURES:

@@ -1,8 +1,9 @@
 """``python -m figures [F1 F4 ...] [--quick] [--out DIR] [--seed S]``: regenerate the figures.
 
 Without ids, every figure is made. One progress line per figure goes to
-stderr. Exit code 0 on success, 1 when a figure fails (the others are still
-made), 2 on bad usage.
+stderr. Exit code 0 on success (a figure whose optional dependency is missing,
+F9 without the pretrained model package, is skipped with a message), 1 when a
+figure fails (the others are still made), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
       paths = figures.run(fig_id, out=args.out, quick=args.quick, seed=args.seed)
+    except figures.Skipped as e:
+      print(f"[figures] {fig_id} skipped: {e}", file=sys.stderr, flush=True)
+      continue
     except Exception as e:  # report, keep making the other figures
       failed.append(fig_id)
       traceback.print_exc()

@@ -87,14 +87,16 @@ def compute(cfg: Config) -> dict:
   rows = {"max_abs_score": np.asarray(scores).tolist()}
   for name, v in (("log10_eta", log_eta / np.log(10.0)), ("entropy", ent),
                   ("log_partition", log_z), ("log10_residual_ratio", resid)):
-    q10, q50, q90 = np.nanquantile(v, [0.1, 0.5, 0.9], axis=0)
+    some = ~np.all(np.isnan(v), axis=0)                  # scales with at least one finite value
+    q = np.full((3, v.shape[1]), np.nan)
+    q[:, some] = np.nanquantile(v[:, some], [0.1, 0.5, 0.9], axis=0)
     rows[f"{name}_q10"], rows[f"{name}_median"], rows[f"{name}_q90"] = (
-        q10.tolist(), q50.tolist(), q90.tolist())
+        q[0].tolist(), q[1].tolist(), q[2].tolist())
   meta = dict(id=ID, claims=list(CLAIMS), config=cfg._asdict(), bucket=list(BUCKET), tau=1.0,
               flat_eta=n / (2.0 * (n + m)), flat_entropy=float(np.log(n + m)),
               max_kd_step_error=float(kd_err.max()), max_dw_linear_error=float(lin_err.max()),
               residual_ratio_at_flat=float(10 ** np.median(resid[:, 0])),
-              log10_residual_ratio_at_sharp=float(np.nanmedian(resid[:, -1])),
+              log10_residual_ratio_smallest=float(np.nanmin(resid)),
               residual_exactly_zero=int(np.isnan(resid).sum()),
               log10_eta_at_sharp=float(np.median(log_eta[:, -1]) / np.log(10.0)),
               dtype="float64")

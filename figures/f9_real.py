@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import Skipped, experiment_results, style, table
 
 ID, SLUG, CLAIMS = "F9", "real", ("thm3.1", "lr-proxy", "thm4.1-identity")
 
@@ -35,6 +35,12 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 
 def compute(cfg: Config) -> dict:
   """Per-head C1 errors, per-domain log D' quantiles and the per-head C5 pairs."""
+  if not os.path.exists(os.path.join(cfg.results_dir, "real.npz")):
+    from icl_kd import pretrained
+    try:
+      pretrained.minilm_path()
+    except ModuleNotFoundError as e:
+      raise Skipped(f"no results in {cfg.results_dir} and {e}") from e
   if cfg.quick and not os.path.exists(os.path.join(cfg.results_dir, "real.npz")):
     # smaller than the experiment's own --quick: one length bucket, 4 sentences per domain
     import jax

