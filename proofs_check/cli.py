@@ -273,7 +273,7 @@ def _replay(args, claims, chosen, dtype) -> int:
 FAST_COMPILE_MAX_INSTANCES = 300_000
 
 
-def _cpu_compile_flags(mode: str, instances: int | None) -> None:
+def set_cpu_compile_flags(mode: str, instances: int | None) -> None:
   """Chooses XLA's backend optimisation level 0 on CPU-only installs when it pays.
 
   A sweep compiles one small program per shape bucket. Level 0 cuts a cold
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     parser.error(f"--adversarial must be >= 0, got {args.adversarial}")
   if args.chunk is not None and args.chunk < 1:
     parser.error(f"--chunk must be >= 1, got {args.chunk}")
-  _cpu_compile_flags(args.fast_compile, args.instances)
+  set_cpu_compile_flags(args.fast_compile, args.instances)
   import jax
   # The dtype is fixed before any array exists.
   jax.config.update("jax_enable_x64", args.dtype == "float64")
