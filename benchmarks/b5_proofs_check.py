@@ -57,7 +57,8 @@ def run(*, quick: bool, seed: int) -> list[harness.Row]:
 def _child(out_path: str, argv: list[str]) -> int:
   """Runs the CLI in this process under a compile-time listener; writes the sums."""
   from proofs_check import cli
-  cli._cpu_compile_flags()  # before the backend starts, exactly as ``main`` does
+  args = cli.build_parser().parse_args(argv)
+  cli.set_cpu_compile_flags(args.fast_compile, args.instances)  # before the backend, as ``main``
   with harness.CompileLog() as log:
     t0 = time.perf_counter()
     code = cli.main(argv)

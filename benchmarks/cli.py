@@ -43,8 +43,8 @@ def main(argv=None) -> int:
   if args.quick:
     # CI-sized runs are dominated by compilation: compile like ``python -m proofs_check``
     # does on CPU (no effect on accelerator installs). Full runs keep XLA's defaults.
-    from proofs_check.cli import _cpu_compile_flags
-    _cpu_compile_flags()
+    from proofs_check.cli import set_cpu_compile_flags
+    set_cpu_compile_flags("on", None)
   import jax
   jax.config.update("jax_enable_x64", True)  # float32 inputs are created explicitly
   cache_dir = tempfile.mkdtemp(prefix="benchmarks-jax-cache-")
