@@ -73,7 +73,7 @@ def _worst_cell(kind: str, d: dict) -> str:
   if kind == "identity":
     return f"err {_fmt(d['max_error'])} ({_fmt(d['max_error_over_tolerance'], '.2g')} tol)"
   if kind in ("bound", "conjecture"):
-    return f"lhs/rhs {_fmt(d['max_ratio'], '.3g')}"
+    return f"lhs/rhs {_fmt(d['max_ratio'], '.6g')}"
   if kind == "probabilistic bound":
     return f"rate {d['event_rate']:.4f} vs {d['delta']}; gap/bd {_fmt(d['max_ratio'], '.2g')}"
   return f"median {_fmt(d.get('median'), '.3g')}, max {_fmt(d['max'], '.3g')}"
