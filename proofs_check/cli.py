@@ -163,6 +163,7 @@ def _run(args) -> int:
       rows.append(entry)
       report_claims[claim.id] = entry
   rows.sort(key=lambda r: chosen.index(r["id"]))
+  report_claims = {r["id"]: report_claims[r["id"]] for r in rows}
 
   if jax.process_index() == 0:
     print(format_table(rows))
