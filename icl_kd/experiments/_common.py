@@ -140,6 +140,26 @@ def save(out_dir: str, name: str, *, arrays: dict, summary: dict, params=None) -
   return npz, js
 
 
+def configure(parser: argparse.ArgumentParser, argv, default, quick, fields: Sequence[str]):
+  """Parses argv and returns (args, config): ``quick`` or ``default`` with the seed and the
+  command-line overrides of ``fields`` applied; float64 is enabled for the decompositions."""
+  args = parser.parse_args(argv)
+  enable_x64()
+  config = (quick if args.quick else default)._replace(seed=args.seed)
+  return args, override(config, args, fields)
+
+
+def report(out_dir: str, name: str, config, summary: tuple[str, dict], *, arrays: dict,
+           params=None) -> tuple[str, str]:
+  """Prints an experiment's summary table and saves it with its arrays (see :func:`save`)."""
+  text, data = summary
+  print(text)
+  paths = save(out_dir, name, arrays=arrays, summary={"config": config_dict(config), **data},
+               params=params)
+  print(f"saved {paths[0]} and {paths[1]}")
+  return paths
+
+
 def config_dict(config) -> dict:
   return _jsonable(dict(config._asdict()) if hasattr(config, "_asdict")
                    else dataclasses.asdict(config))

@@ -303,20 +303,14 @@ def cli(argv=None) -> Results:
   p.add_argument("--k", type=int)
   p.add_argument("--pool", dest="n_pool", type=int)
   p.add_argument("--shift", dest="query_shift", type=float)
-  args = p.parse_args(argv)
-  _common.enable_x64()
-  cfg = (QUICK if args.quick else Config())._replace(seed=args.seed)
-  cfg = _common.override(cfg, args, ["n_trials", "train_steps", "k", "n_pool", "query_shift"])
+  args, cfg = _common.configure(
+      p, argv, Config(), QUICK, ["n_trials", "train_steps", "k", "n_pool", "query_shift"])
   res = run(cfg)
-  text, data = summary(res)
-  print(text)
   arrays = {f"error_{s}": res.error[s] for s in STRATEGIES}
   arrays.update({f"mmd2_{s}": res.mmd2[s] for s in STRATEGIES})
   arrays.update(mixture_error=res.mixture_error, mixture_mmd2=res.mixture_mmd2,
                 train_losses=res.train_losses)
-  paths = _common.save(args.out, NAME, arrays=arrays,
-                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
-  print(f"saved {paths[0]} and {paths[1]}")
+  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
   return res
 
 

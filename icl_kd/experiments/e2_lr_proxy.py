@@ -157,17 +157,11 @@ def cli(argv=None) -> Results:
   p.add_argument("--layers", dest="n_layers", type=int)
   p.add_argument("--heads", dest="n_heads", type=int)
   p.add_argument("--test-prompts", dest="n_test", type=int)
-  args = p.parse_args(argv)
-  _common.enable_x64()
-  cfg = (QUICK if args.quick else Config())._replace(seed=args.seed)
-  cfg = _common.override(cfg, args, ["train_steps", "n_layers", "n_heads", "n_test"])
+  args, cfg = _common.configure(
+      p, argv, Config(), QUICK, ["train_steps", "n_layers", "n_heads", "n_test"])
   res = run(cfg)
-  text, data = summary(res)
-  print(text)
   arrays = {k: v for k, v in res._asdict().items() if k != "params"}
-  paths = _common.save(args.out, NAME, arrays=arrays,
-                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
-  print(f"saved {paths[0]} and {paths[1]}")
+  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
   return res
 
 

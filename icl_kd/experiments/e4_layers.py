@@ -189,18 +189,12 @@ def cli(argv=None) -> Results:
   p.add_argument("--d-model", dest="d_model", type=int)
   p.add_argument("--test-prompts", dest="n_test", type=int)
   p.add_argument("--dtype", choices=sorted(DTYPES))
-  args = p.parse_args(argv)
-  _common.enable_x64()
-  cfg = (QUICK if args.quick else Config())._replace(seed=args.seed)
-  cfg = _common.override(cfg, args, ["train_steps", "n_layers", "n_heads", "d_model", "n_test",
-                                     "dtype"])
+  args, cfg = _common.configure(
+      p, argv, Config(), QUICK,
+      ["train_steps", "n_layers", "n_heads", "d_model", "n_test", "dtype"])
   res = run(cfg)
-  text, data = summary(res)
-  print(text)
   arrays = {k: v for k, v in res._asdict().items() if k not in ("icl_mse", "params")}
-  paths = _common.save(args.out, NAME, arrays=arrays,
-                       summary={"config": _common.config_dict(cfg), **data}, params=res.params)
-  print(f"saved {paths[0]} and {paths[1]}")
+  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
   return res
 
 
