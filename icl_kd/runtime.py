@@ -1,0 +1,270 @@
+"""What every command line of the project shares: settings, JSON, progress, tables.
+
+The four CLIs (``python -m proofs_check``, ``python -m figures``,
+``python -m benchmarks``, ``python -m icl_kd.experiments``) call
+:func:`configure` once, before any array exists, to fix the float width and
+the compile settings; library functions never touch JAX's global config.
+
+JSON policy (one for the whole project): every file is valid JSON
+(``allow_nan=False``); a non-finite float is written as the string ``"nan"``,
+``"inf"`` or ``"-inf"`` and :func:`from_jsonable_float` reads it back. NumPy and
+JAX arrays become (nested) lists, NumPy scalars Python numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+# -- settings ---------------------------------------------------------------------
+
+FAST_COMPILE_MAX_INSTANCES = 300_000
+_CACHE_ENV = "ICL_KD_COMPILE_CACHE"
+
+
+def default_cache_dir() -> str:
+  """The persistent compilation cache: ``$ICL_KD_COMPILE_CACHE``, else the user's cache dir."""
+  if os.environ.get(_CACHE_ENV):
+    return os.environ[_CACHE_ENV]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "icl-kd", "jax")
+
+
+def has_accelerator_plugin() -> bool:
+  """Whether a GPU/TPU plugin of jaxlib is installed (without initialising a backend)."""
+  if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return False
+  return any(importlib.util.find_spec(m) is not None for m in
+             ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu"))
+
+
+def set_cpu_compile_flags(mode: str, instances: int | None = None) -> bool:
+  """Chooses XLA's backend optimisation level 0 on CPU-only installs when it pays.
+
+  Level 0 cuts a cold compile ~2.5-4x but runs 2-7x slower in steady state
+  (``python -m benchmarks --only B1``), so it wins while compile time
+  dominates: ``auto`` uses it up to FAST_COMPILE_MAX_INSTANCES instances. An
+  ``XLA_FLAGS`` that already sets the level, and accelerator installs, are left
+  alone. Must run before JAX initialises its backend. Returns whether level 0
+  is now set.
+
+  Args:
+    mode: ``"auto"``, ``"on"`` or ``"off"``.
+    instances: the run's size, for ``auto`` (None: small).
+  """
+  if mode not in ("auto", "on", "off"):
+    raise ValueError(f"mode must be 'auto', 'on' or 'off', got {mode!r}")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" in flags:
+    return "xla_backend_optimization_level=0" in flags
+  if mode == "off" or has_accelerator_plugin():
+    return False
+  if mode == "auto" and instances is not None and instances > FAST_COMPILE_MAX_INSTANCES:
+    return False
+  os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+  return True
+
+
+def enable_compile_cache(directory: str | None) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``directory`` (None: off); returns it."""
+  if not directory:
+    return None
+  import jax
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory
+
+
+def configure(*, x64: bool, fast_compile: str = "auto", instances: int | None = None,
+              compile_cache: str | None = None, silence: bool = True) -> None:
+  """Fixes a CLI's global settings; call once, before any JAX array exists.
+
+  Args:
+    x64: enable float64 (``jax_enable_x64``).
+    fast_compile: see :func:`set_cpu_compile_flags`.
+    instances: the run's size, for ``fast_compile="auto"``.
+    compile_cache: a directory for JAX's persistent compilation cache, or None
+      for no cache (see :func:`add_runtime_arguments`).
+    silence: silence warnings of dependencies that do not concern the user.
+  """
+  set_cpu_compile_flags(fast_compile, instances)
+  if silence:
+    silence_dependency_warnings()
+  import jax
+  jax.config.update("jax_enable_x64", bool(x64))
+  enable_compile_cache(compile_cache)
+
+
+def silence_dependency_warnings() -> None:
+  """Silences dependency warnings that say nothing about the user's run."""
+  import logging
+  import warnings
+  # absl/XLA chatter on CPU-only installs, and the persistent cache's notices.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+  logging.getLogger("jax._src.compilation_cache").setLevel(logging.ERROR)
+  warnings.filterwarnings("ignore", message=".*'created' timestamp seems very low.*")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+  """Adds the flags every CLI shares: ``--seed``, ``--compile-cache``, ``--no-progress``."""
+  if seed:
+    parser.add_argument("--seed", type=int, default=0,
+                        help="integer seed of every random draw; the same seed gives the same "
+                             "report and data (default 0)")
+  parser.add_argument("--compile-cache", metavar="DIR", default=default_cache_dir(),
+                      help="JAX's persistent compilation cache: compiled programs are reused "
+                           "across runs (default %(default)s, or $ICL_KD_COMPILE_CACHE)")
+  parser.add_argument("--no-compile-cache", dest="compile_cache", action="store_const",
+                      const=None, help="compile everything afresh; write no cache")
+  parser.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+
+
+# -- JSON -------------------------------------------------------------------------
+
+def jsonable(x: Any) -> Any:
+  """A JSON-able copy under the project's policy (module docstring)."""
+  if isinstance(x, dict):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (str, bytes)) or x is None:
+    return x
+  if hasattr(x, "__array__"):
+    import numpy as np
+    arr = np.asarray(x)
+    return jsonable(arr.tolist()) if arr.ndim else jsonable(arr.item())
+  if isinstance(x, bool) or type(x).__name__ == "bool_":
+    return bool(x)
+  if isinstance(x, int) or type(x).__module__ == "numpy" and "int" in type(x).__name__:
+    return int(x)
+  if isinstance(x, float) or type(x).__module__ == "numpy" and "float" in type(x).__name__:
+    x = float(x)
+    return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
+  return x
+
+
+def from_jsonable_float(v: Any) -> float:
+  """A float written by :func:`jsonable` (numbers, or 'nan' / 'inf' / '-inf')."""
+  if v is None:
+    return math.nan
+  return float(v)
+
+
+def check_output_path(path: str, *, flag: str = "path") -> str:
+  """Raises ValueError (naming ``flag``) unless ``path``'s folder exists; returns ``path``."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"{flag}: folder {folder!r} does not exist (create it first), got {path!r}")
+  if os.path.isdir(path):
+    raise ValueError(f"{flag}: expected a file path, got the folder {path!r}")
+  return path
+
+
+def write_json(path: str, obj: Any, *, indent: int | None = 1, flag: str = "path") -> str:
+  """Writes ``obj`` as valid JSON to ``path`` atomically; the folder must exist."""
+  check_output_path(path, flag=flag)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(jsonable(obj), f, indent=indent, allow_nan=False, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, path)
+  return path
+
+
+def read_json(path: str, *, flag: str = "path") -> Any:
+  """Reads a JSON file; a missing or malformed file is a ValueError naming ``flag``."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{flag}: no such file {path!r}")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{flag}: {path!r} is not a JSON file ({e})") from None
+
+
+# -- progress ---------------------------------------------------------------------
+
+class Progress:
+  """A one-line progress bar on stderr; plain lines every 25% when stderr is not a terminal.
+
+  Only process 0 of a multi-process run prints.
+  """
+
+  def __init__(self, label: str, total: int, enabled: bool = True):
+    try:
+      import jax
+      first = jax.process_index() == 0
+    except Exception:  # noqa: BLE001 (no backend yet: a single process)
+      first = True
+    self.label, self.total, self.enabled = label, total, enabled and first
+    self.start = time.perf_counter()
+    self.tty = sys.stderr.isatty()
+    self.next_pct = 25
+
+  def update(self, done: int) -> None:
+    if not self.enabled:
+      return
+    pct = 100 * done // max(self.total, 1)
+    el = time.perf_counter() - self.start
+    if self.tty:
+      bar = "#" * (pct // 5) + "." * (20 - pct // 5)
+      sys.stderr.write(f"\r  {self.label[:40]:<40} [{bar}] {done:>11,}/{self.total:,}  {el:6.1f}s")
+      if done >= self.total:
+        sys.stderr.write("\n")
+      sys.stderr.flush()
+    elif pct >= self.next_pct or done >= self.total:
+      sys.stderr.write(f"  {self.label[:40]:<40} {done:>11,}/{self.total:,}  {el:6.1f}s\n")
+      sys.stderr.flush()
+      self.next_pct = pct // 25 * 25 + 25
+
+
+def log(msg: str) -> None:
+  """One line of progress on stderr."""
+  print(msg, file=sys.stderr, flush=True)
+
+
+# -- tables -----------------------------------------------------------------------
+
+def format_cell(v: Any) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, bool):
+    return str(v)
+  if isinstance(v, int):
+    return f"{v:,}"
+  if isinstance(v, float):
+    return "-" if math.isnan(v) else f"{v:.4g}"
+  return str(v)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                 align: str | None = None, max_width: int = 120) -> str:
+  """A plain-text table (``align``: one 'l'/'r' per column; default numbers right).
+
+  Cells wider than the table allows are cut with '~' so that no line exceeds
+  ``max_width`` characters; put the full numbers in the JSON.
+  """
+  body = [[format_cell(v) for v in r] for r in rows]
+  if align is None:
+    align = "".join("r" if rows and isinstance(rows[0][i], (int, float)) and
+                    not isinstance(rows[0][i], bool) else "l" for i in range(len(headers)))
+  widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+  while sum(widths) + 2 * (len(widths) - 1) > max_width and max(widths) > 8:
+    widths[widths.index(max(widths))] -= 1
+
+  def fit(c: str, w: int) -> str:
+    return c if len(c) <= w else c[:w - 1] + "~"
+
+  def line(cells):
+    return "  ".join(fit(c, w).rjust(w) if a == "r" else fit(c, w).ljust(w)
+                     for c, w, a in zip(cells, widths, align)).rstrip()
+  return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in body])
