@@ -747,13 +747,16 @@ def prediction_gap(params: AttentionParams, x_p, x_q, query, *, eta=None, log_et
   log_mmd_x, _ = _log_mmd_parts(_mmd.distillation_kernel(params, tau=tau, use_values=False),
                                 x_p, x_q)
   value_norm = jnp.linalg.norm(params.w_v, 2)
-  log_chain = log_eta_ + math.log(c) + jnp.log(value_norm) + log_mmd_x
-  out = PredictionGap(lhs=jnp.exp(log_lhs), rhs=jnp.exp(log_hs + log_phi), log_lhs=log_lhs,
-                      log_rhs=log_hs + log_phi, weight_gap_norm=jnp.exp(log_hs),
-                      log_feature_norm=log_phi, mmd_rhs=jnp.exp(log_chain + log_phi),
-                      literal_rhs=jnp.exp(log_chain + log_m_phi),
-                      log_mmd_rhs=log_chain + log_phi, log_literal_rhs=log_chain + log_m_phi,
-                      mmd_x=jnp.exp(log_mmd_x), value_norm=value_norm,
+  log_chain = log_eta_ + math.log(c) + jnp.log(value_norm) + log_mmd_x    # thm4.1-bound's rhs
+  log_rhs = log_hs + log_phi
+  log_mmd_rhs = log_chain + log_phi
+  log_literal_rhs = log_chain + log_m_phi
+  out = PredictionGap(lhs=jnp.exp(log_lhs), rhs=jnp.exp(log_rhs), log_lhs=log_lhs,
+                      log_rhs=log_rhs, weight_gap_norm=jnp.exp(log_hs),
+                      log_feature_norm=log_phi, mmd_rhs=jnp.exp(log_mmd_rhs),
+                      literal_rhs=jnp.exp(log_literal_rhs), log_mmd_rhs=log_mmd_rhs,
+                      log_literal_rhs=log_literal_rhs, mmd_x=jnp.exp(log_mmd_x),
+                      value_norm=value_norm,
                       log_feature_bound=log_m_phi, convention_factor=jnp.asarray(c, dtype))
   return _checks.poison_if_nonfinite(out, *params, x_p, x_q, query, positive=(tau,))
 

@@ -398,10 +398,13 @@ _TV = jax.jit(bounds.total_variation)
 def test_convention_scales_the_weights_exactly():
   """half gives exactly 1/2 of eq12's weights: every lhs and corrected rhs halves (to float64
   rounding of the log-space scale, 1e-14), the paper's literal constants do not move, and
-  each lhs is pinned to NumPy with the factor 1 as well; the default is eq12."""
-  params, x_p, x_q = draw_instance(11, (7, 5, 3, 2, 3))
-  eta, tau = jnp.asarray(0.6), jnp.asarray(1.2)
-  query = jnp.array([0.3, -0.5, 0.8])
+  each lhs is pinned to NumPy with the factor 1 as well; the default is eq12.
+
+  (Shapes shared with the tests below, so the jitted programs compile once.)
+  """
+  params, x_p, x_q = draw_instance(4, (8, 6, 3, 2, 3))
+  eta, tau = jnp.asarray(0.4), jnp.asarray(1.5)
+  query = jnp.array([0.9, -0.2, 0.4])
   full = _bias(params, x_p, x_q, eta=eta, tau=tau, convention="eq12")
   half = _bias(params, x_p, x_q, eta=eta, tau=tau, convention="half")
   default = _bias(params, x_p, x_q, eta=eta, tau=tau)
@@ -412,17 +415,17 @@ def test_convention_scales_the_weights_exactly():
   assert float(default.lhs) == float(full.lhs)
   assert float(full.convention_factor) == 2.0 and float(half.convention_factor) == 1.0
   for factor, out in ((2.0, full), (1.0, half)):
-    hs2, _ = np_gap_hs2(params, x_p, x_q, 0.6, 1.2, factor)
+    hs2, _ = np_gap_hs2(params, x_p, x_q, 0.4, 1.5, factor)
     np.testing.assert_allclose(float(out.lhs), np.sqrt(hs2), rtol=1e-10)
   # C6 prediction: lhs and the two chained right sides halve; the Cauchy-Schwarz rhs too.
-  pf = _pred(params, x_p, x_q, query, eta=eta, tau=tau, convention="eq12")
+  pf = _pred(params, x_p, x_q, query, eta=eta, tau=tau)
   ph = _pred(params, x_p, x_q, query, eta=eta, tau=tau, convention="half")
   for name in ("lhs", "rhs", "mmd_rhs", "literal_rhs", "weight_gap_norm"):
     np.testing.assert_allclose(float(getattr(ph, name)), 0.5 * float(getattr(pf, name)),
                                rtol=1e-14, err_msg=name)
   z = np.asarray(params.w_q) @ np.asarray(query)
   np.testing.assert_allclose(float(ph.lhs),
-                             np.linalg.norm(np_dw_apply(params, x_p, x_q, 0.6, 1.2, z, 1.0)),
+                             np.linalg.norm(np_dw_apply(params, x_p, x_q, 0.4, 1.5, z, 1.0)),
                              rtol=1e-10)
   # literal readings: the lhs moves by log 2, no right side moves.
   rf = _readings(params, x_p, x_q, eta=eta, tau=tau, convention="eq12")
@@ -433,13 +436,13 @@ def test_convention_scales_the_weights_exactly():
   # C6 risk: W_0(P), W_0(Q) built with c = 1 (NumPy with the factor 1).
   x_t = x_q[:4] + 0.1
   rk = _risk(params, x_p, x_q, x_t, eta=eta, tau=tau, convention="half")
-  c, vals, keys = np_pooled(params, x_p, x_q, 0.6, 1.2, 1.0)
+  c, vals, keys = np_pooled(params, x_p, x_q, 0.4, 1.5, 1.0)
   n = x_p.shape[0]
   np.testing.assert_allclose(float(rk.risk_p),
-                             np_kd_risk(params, c[:n], keys[:n], vals[:n], np.asarray(x_t), 1.2),
+                             np_kd_risk(params, c[:n], keys[:n], vals[:n], np.asarray(x_t), 1.5),
                              rtol=1e-10)
   np.testing.assert_allclose(float(rk.risk_q),
-                             np_kd_risk(params, -c[n:], keys[n:], vals[n:], np.asarray(x_t), 1.2),
+                             np_kd_risk(params, -c[n:], keys[n:], vals[n:], np.asarray(x_t), 1.5),
                              rtol=1e-10)
 
 
@@ -558,11 +561,8 @@ def test_total_variation_hand_values():
 @pytest.mark.parametrize("convention", ["eq12", "half"])
 def test_bound_attained_in_one_dimension(convention):
   """d = d_k = d_v = 1: k_V = w_v^2 k_x, so thm4.1-bound is an equality and the normalised
-  reading's ratio is exactly c (2 under eq12: the literal form fails by the full factor)."""
+  reading (thm4.1-bound's rhs / c) has ratio exactly c: 2 under eq12, the full factor."""
   params, x_p, x_q = draw_instance(21, (5, 4, 1, 1, 1))
-  out = _bias(params, x_p, x_q, eta=jnp.asarray(0.3), tau=jnp.asarray(1.0),
-              convention=convention)
-  np.testing.assert_allclose(float(out.lhs), float(out.bound_rhs), rtol=1e-12)
   r = _readings(params, x_p, x_q, eta=jnp.asarray(0.3), tau=jnp.asarray(1.0),
                 convention=convention)
   np.testing.assert_allclose(float(r.log_ratio("normalised")), np.log(FACTOR[convention]),
@@ -650,6 +650,9 @@ def test_prediction_chain_sides_against_numpy():
   chain = 2 * eta * m_v * np_mmd(np_kx_gram(params, tau), x_p, x_q)
   np.testing.assert_allclose(float(out.mmd_rhs), chain * np.exp(z @ z / (2 * tau)), rtol=1e-10)
   np.testing.assert_allclose(float(out.literal_rhs), chain * m_phi, rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_mmd_rhs), np.log(chain) + z @ z / (2 * tau),
+                             rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_literal_rhs), np.log(chain * m_phi), rtol=1e-10)
   np.testing.assert_allclose(float(out.log_feature_bound), np.log(m_phi), rtol=1e-12)
   lhs = np.linalg.norm(np_dw_apply(params, x_p, x_q, eta, tau, z))
   hs2, _ = np_gap_hs2(params, x_p, x_q, eta, tau)
@@ -797,12 +800,13 @@ def test_literal_readings_bad_inputs():
     _readings(params, x_p, x_q[:, :1], eta=jnp.asarray(0.1), tau=jnp.asarray(1.0))
   with pytest.raises(ValueError, match="y has shape"):
     bounds.total_variation(x_p, x_q[:, :1])
-  with pytest.raises(ValueError, match="reading must be one of"):
-    bounds.literal_readings(params, x_p, x_q, eta=0.1).log_ratio("laplace")
   # the median heuristic is 0 when most pairs coincide: only the Gaussian-median side is NaN
-  same = jnp.zeros((3, 2))
-  out = bounds.literal_readings(params, same, same.at[0].set(1.0), eta=0.1)
+  out = _readings(params, jnp.zeros((4, 2)), jnp.zeros((3, 2)).at[0].set(1.0),
+                  eta=jnp.asarray(0.1), tau=jnp.asarray(1.0))
   assert np.isnan(float(out.log_rhs_gaussian)) and np.isfinite(float(out.log_rhs_tv))
+  np.testing.assert_allclose(float(out.tv), 2.0 / 3.0, rtol=1e-15)
+  with pytest.raises(ValueError, match="reading must be one of"):
+    out.log_ratio("laplace")
   out = _readings(params, x_p.at[0, 0].set(jnp.nan), x_q, eta=jnp.asarray(0.1),
                   tau=jnp.asarray(1.0))
   assert np.isnan(float(out.log_lhs)) and np.isnan(float(out.log_rhs_tv))
