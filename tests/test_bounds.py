@@ -537,6 +537,25 @@ def test_literal_readings_each_side_against_numpy(convention):
   np.testing.assert_allclose(float(out.log_ratio("normalised")), np.log(lhs / bound * c),
                              rtol=1e-10)
   assert lhs <= bound * (1 + 1e-12)
+  # The TV reading is the sup-norm bound ||mu_P - mu_Q|| <= M_x M_phi ||P - Q||_1 scaled by c.
+  assert float(out.log_ratio("tv")) <= np.log(c) + 1e-12
+
+
+def test_bound_attained_for_rank_one_values_on_their_line():
+  """W^V = u v^T and every sample on the line of v: k_V = |u|^2 |v|^2 k_x = ||W^V||^2 k_x, so
+  thm4.1-bound holds with equality (lhs == bound_rhs), each side also against NumPy."""
+  params, _, _ = draw_instance(4, (8, 6, 3, 2, 3))
+  u, v = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.3, -0.7])
+  params = params._replace(w_v=jnp.asarray(np.outer(u, v)))
+  t_p, t_q = np.linspace(-1.0, 1.0, 8), np.linspace(0.0, 1.5, 6)
+  x_p, x_q = jnp.asarray(t_p[:, None] * v), jnp.asarray(t_q[:, None] * v)
+  out = _bias(params, x_p, x_q, eta=jnp.asarray(0.4), tau=jnp.asarray(1.5))
+  np.testing.assert_allclose(float(out.lhs), float(out.bound_rhs), rtol=1e-12)
+  hs2, _ = np_gap_hs2(params, x_p, x_q, 0.4, 1.5)
+  np.testing.assert_allclose(float(out.lhs), np.sqrt(hs2), rtol=1e-12)
+  bound = 2 * 0.4 * np.linalg.norm(u) * np.linalg.norm(v) * np_mmd(np_kx_gram(params, 1.5),
+                                                                     x_p, x_q)
+  np.testing.assert_allclose(float(out.bound_rhs), bound, rtol=1e-12)
 
 
 def test_total_variation_hand_values():
