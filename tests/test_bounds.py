@@ -181,6 +181,14 @@ def test_c5_at_large_scores_in_log_space():
   shift = float(np.max(s))
   hs2_shifted = np.sum(np.outer(c, c) * (vals @ vals.T) * np.exp(s - shift))
   np.testing.assert_allclose(float(out.log_lhs), 0.5 * (shift + np.log(hs2_shifted)), rtol=1e-10)
+  # every literal reading stays finite in log space at these scores (M_phi ~ e^500)
+  r = _readings(params, x_p, x_q, eta=jnp.asarray(0.5), tau=jnp.asarray(1.0))
+  for name, value in r._asdict().items():
+    assert np.all(np.isfinite(np.asarray(value))), name
+  np.testing.assert_allclose(float(r.log_lhs), float(out.log_lhs), rtol=1e-14)
+  np.testing.assert_allclose(float(r.log_rhs_normalised), float(out.log_bound_rhs) - np.log(2.0),
+                             rtol=1e-12)
+  np.testing.assert_allclose(float(r.log_feature_bound), shift / 2, rtol=1e-12)
 
 
 def test_distilled_weight_gap_is_the_difference_of_one_step_weights():
@@ -321,6 +329,11 @@ def test_rademacher_bound_hand_values():
   np.testing.assert_allclose(float(out.confidence_paper), 0.18, rtol=1e-14)
   np.testing.assert_allclose(float(out.hoeffding), 3.3, rtol=1e-14)
   np.testing.assert_allclose(float(out.paper), 2.58, rtol=1e-14)
+  # The paper's term is below Hoeffding's iff N > 2 log(1/delta): equal at N = 4 here
+  # (9 sqrt(2/8) = 4.5 = 9 * 2/4).
+  at4 = _bound(radius=1.0, feature_bound=2.0, teacher_bound=1.0, n=4.0, delta=np.exp(-2.0))
+  np.testing.assert_allclose(float(at4.confidence_paper), 4.5, rtol=1e-14)
+  np.testing.assert_allclose(float(at4.confidence_hoeffding), 4.5, rtol=1e-14)
   # vmappable over n, decreasing in n
   ns = jnp.array([10.0, 100.0, 1000.0])
   many = jax.vmap(lambda n: bounds.rademacher_bound(radius=1.0, feature_bound=2.0,
@@ -637,6 +650,15 @@ def test_counterexample_closed_form(ce):
   assert check.agrees
   np.testing.assert_allclose(check.computed_ratio, hand, rtol=1e-9)
   assert check.name == ce.name and check.convention == ce.convention
+
+
+def test_counterexamples_in_float32():
+  """The same instances in float32 agree with their closed forms to 1e-4 (float32 rounding of
+  2 - 2 e^(-1/32) loses ~5 digits)."""
+  for check in counterexamples.evaluate_all(dtype=jnp.float32):
+    assert check.agrees, check
+    if np.isfinite(check.closed_form_ratio):
+      np.testing.assert_allclose(check.computed_ratio, check.closed_form_ratio, rtol=1e-4)
 
 
 def test_counterexample_verdicts_by_convention():
