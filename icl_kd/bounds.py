@@ -495,6 +495,16 @@ for the worst bandwidth of the grid), ``thm4.1-literal-softmax``,
 """
 
 
+CLAIM_READINGS = {
+    "thm4.1-literal-gaussian": "gaussian",
+    "thm4.1-literal-softmax": "softmax",
+    "thm4.1-literal-normalised": "normalised",
+    "thm4.1-literal-tv": "tv",
+}
+"""Claim id -> reading name (a key of :data:`READINGS`); the Gaussian claim also reports
+``gaussian-grid``."""
+
+
 class LiteralReadings(NamedTuple):
   """The paper's literal Theorem 4.1, ||dW||_F <= eta M_V M_x M_phi MMD_k, for each reading of k.
 

@@ -191,10 +191,6 @@ def counterexamples(*, convention: str | None = None, dtype=None) -> tuple[Count
                for name in NAMES for conv in conventions)
 
 
-_LITERAL = {"thm4.1-literal-gaussian": "gaussian", "thm4.1-literal-softmax": "softmax",
-            "thm4.1-literal-normalised": "normalised", "thm4.1-literal-tv": "tv"}
-
-
 def sides(ce: Counterexample) -> tuple[jax.Array, jax.Array]:
   """(log lhs, log rhs) of the instance's reading, computed by :mod:`icl_kd.bounds`."""
   if ce.reading == "thm4.2-literal":
@@ -203,7 +199,7 @@ def sides(ce: Counterexample) -> tuple[jax.Array, jax.Array]:
     return g.log_lhs, g.log_literal_rhs
   r = bounds.literal_readings(ce.params, ce.x_p, ce.x_q, eta=ce.eta, tau=ce.tau,
                               convention=ce.convention, bandwidths=ce.bandwidths)
-  reading = _LITERAL[ce.reading]
+  reading = bounds.CLAIM_READINGS[ce.reading]
   if reading == "gaussian" and ce.bandwidths is not None:
     reading = "gaussian-grid"
   return r.log_lhs, getattr(r, bounds.READINGS[reading])
