@@ -149,6 +149,22 @@ def test_isotropic_gaussian_optimum_monte_carlo_within_3_se(noise_std):
   assert se < 0.02 * opt.risk
 
 
+def test_one_step_optimum_with_noise_for_uniform_inputs():
+  # the label-noise term scales with the input variance s2 (here 1/12, not 1): exact vs
+  # the library, and Monte Carlo (20000 prompts x 4 queries, s.e. over prompt means, within
+  # 3 s.e.: false-alarm rate 0.27%).
+  noise_var = Fraction(1, 4)
+  eta, risk = _exact_one_step(10, 10, _uniform_moment(2), _uniform_moment(4), noise_var)
+  opt = baselines.optimal_one_step(d=10, n=10, x_dist="uniform", noise_var=0.25)
+  assert opt.eta == pytest.approx(float(eta), rel=1e-12)
+  assert opt.risk == pytest.approx(float(risk), rel=1e-12)
+  prompts = tasks.sample_regression(20000, 10, 10, key=jax.random.key(12), n_queries=4,
+                                    noise_std=0.5, x_dist="uniform", dtype=jnp.float64)
+  mc, se = _mean_se(np.asarray(_averaging_errors(prompts, jnp.asarray(opt.eta))).mean(axis=1))
+  assert abs(mc - float(risk)) < 3 * se, (mc, se, float(risk))
+  assert se < 0.02 * float(risk)
+
+
 # -- trained linear attention -----------------------------------------------------------
 
 
