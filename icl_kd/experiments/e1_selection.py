@@ -71,7 +71,6 @@ HEADS = ("MMD^2 summed over the heads of the layer that reads the demonstrations
          "(one softmax layer with one head here)")
 TARGET = ("the labelled query sample (x', <w, x'>) (noiseless labels): the demonstrations "
           "an ideal prompt from the query distribution holds")
-STRATEGIES = RULES   # the rule names under their former module-level name
 
 
 class Config(NamedTuple):
