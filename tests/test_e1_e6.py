@@ -146,6 +146,7 @@ def test_selection_mmd_kv_is_c5_distillation_bias():
                        lambda a, c: np_kv_gram(a, c, np.asarray(p.w_k), np.asarray(p.w_v), 0.8))
   np.testing.assert_allclose(got, ref, rtol=1e-12)
   np.testing.assert_allclose(np.sqrt(got), b.mmd_v, rtol=1e-12)
+  np.testing.assert_allclose(2 * 0.5 * np.sqrt(got), b.identity_rhs, rtol=1e-12)
   np.testing.assert_allclose(2 * 0.5 * np.sqrt(got), b.lhs, rtol=1e-10)
 
 
