@@ -21,7 +21,7 @@ pytest.importorskip("gguf", reason='needs the \'real\' extra: pip install "icl-k
 pytest.importorskip("tokenizers", reason='needs the \'real\' extra: pip install "icl-kd[real]"')
 
 from icl_kd import llm  # noqa: E402
-from icl_kd.llm import loader  # noqa: E402
+from icl_kd.llm import icl_tasks, loader  # noqa: E402
 
 if importlib.util.find_spec(loader.SMOLLM_PACKAGE) is None:
   pytest.skip(f"the bundled LLM is not installed: {loader.SMOLLM_INSTALL}",
@@ -254,3 +254,41 @@ def test_head_decompose_rejects_bad_split(model, c1_prompt):
     llm.head_decompose(inputs, 0, 3, 2, 5)
   with pytest.raises(ValueError, match="layer"):
     llm.head_inputs(model.params, model.config, 30, out.hidden_states[0])
+
+
+# -- the ICL task suite -------------------------------------------------------------------
+
+def test_task_suite_shape():
+  assert len(icl_tasks.TASKS) >= 8
+  for t in icl_tasks.TASKS.values():
+    xs = [x for x, _ in t.items]
+    assert len(t.items) >= 50 and len(set(xs)) == len(xs), t.name
+    assert t.source and t.description
+    assert all(x and y and "\n" not in x + y and "->" not in x + y for x, y in t.items)
+  assert icl_tasks.format_prompt([("a", "b"), ("c", "d")], "e") == "a -> b\nc -> d\ne ->"
+
+
+def test_teacher_forced_equals_greedy_decoding(model):
+  """Teacher-forced exact match against real token-by-token greedy decoding on a sample.
+
+  12 (task, query) pairs at k = 2, fixed seed; the sample mixes right and wrong answers."""
+  rng = np.random.default_rng(3)
+  names = sorted(icl_tasks.TASKS)
+  cases, prompts = [], []
+  for i in range(12):
+    t = icl_tasks.TASKS[names[i % len(names)]]
+    pick = rng.choice(len(t.items), 3, replace=False)
+    demos, (x, y) = [t.items[j] for j in pick[1:]], t.items[pick[0]]
+    cases.append((demos, x, y))
+    prompts.append(icl_tasks.encode_prompt(model, demos, x, y))
+  tf = icl_tasks.score_prompts(model, prompts, batch=4)
+  greedy = np.array([icl_tasks.greedy_answer(model, d, x) == y for d, x, y in cases])
+  np.testing.assert_array_equal(tf.correct, greedy)
+  assert 0 < greedy.sum() < len(greedy)
+  # the gold log-probability, recomputed from the full logits of one prompt
+  p = prompts[0]
+  lg = np.asarray(model.logits(p.ids), np.float64)
+  lp = lg - np.logaddexp.reduce(lg, axis=1, keepdims=True)
+  pos = np.arange(p.answer_start - 1, p.answer_start - 1 + p.n_answer)
+  np.testing.assert_allclose(tf.logprob[0], lp[pos, p.ids[pos + 1]].sum(), atol=1e-3)
+  assert np.all((tf.sink_share >= 0) & (tf.sink_share + tf.demo_share <= 1 + 1e-6))
