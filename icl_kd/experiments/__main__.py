@@ -13,6 +13,7 @@ EXPERIMENTS = {
     "E3": "icl_kd.experiments.e3_weight_norm",
     "E4": "icl_kd.experiments.e4_layers",
     "real": "icl_kd.experiments.real",
+    "llm": "icl_kd.experiments.llm",
 }
 
 
