@@ -35,12 +35,13 @@ SINK = "<|endoftext|>"
 
 
 def bucket_length(n: int) -> int:
-  """The padded length of an n-token sequence: 16, 32, 64, ... up to 1024, then multiples of 512."""
+  """The padded length of an n-token sequence: 16, 24, 32, 48, 64, 96, ... (2^j and 1.5 * 2^j)."""
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}")
-  if n <= 1024:
-    return max(16, 1 << (n - 1).bit_length())
-  return -(-n // 512) * 512
+  b = 16
+  while b < n:
+    b = b * 3 // 2 if b & (b - 1) == 0 else b // 3 * 4
+  return b
 
 
 _forward_jit = jax.jit(model.forward, static_argnums=1)
