@@ -168,6 +168,42 @@ def _boot_paired(diff: np.ndarray, groups: np.ndarray, rng, n_boot: int):
   return float(diff.mean()), float(lo), float(hi)
 
 
+def kernel_mean_gram(sets_a, sets_b, tau: float, shift: float = 0.0) -> np.ndarray:
+  """G[a, b] = mean over tokens i of set a and j of set b of k_V(x_i, x_j) exp(-shift).
+
+  Each set is (keys (G, n, d_head), values (G, n, d_head)) of G key/value heads;
+  k_V(x, y) = sum_g <v_g(x), v_g(y)> exp(<k_g(x), k_g(y)>/tau), the distillation
+  kernel of C5 summed over the heads. For sets of equal size, the mean of G over
+  a selection S and the queries Q gives the biased MMD_kV^2(union S, union Q)
+  (:func:`mmd_kv2`).
+  """
+  ka = np.concatenate([k for k, _ in sets_a], axis=1)                      # (G, n, dh)
+  va = np.concatenate([v for _, v in sets_a], axis=1)
+  kb = np.concatenate([k for k, _ in sets_b], axis=1)
+  vb = np.concatenate([v for _, v in sets_b], axis=1)
+  tok = np.sum(np.einsum("gid,gjd->gij", va, vb)
+               * np.exp(np.einsum("gid,gjd->gij", ka, kb) / tau - shift), axis=0)
+
+  def avg(sets):
+    sizes = [k.shape[1] for k, _ in sets]
+    a = np.zeros((len(sets), sum(sizes)))
+    start = 0
+    for i, n_ in enumerate(sizes):
+      a[i, start:start + n_] = 1.0 / n_
+      start += n_
+    return a
+  return avg(sets_a) @ tok @ avg(sets_b).T
+
+
+def mmd_kv2(demo_sets, query_sets, tau: float, shift: float = 0.0) -> float:
+  """MMD_kV^2 between the equal-weight mixtures of the demonstrations' and the queries'
+  token measures (biased; each set weighted equally, its tokens equally within it)."""
+  g = kernel_mean_gram(demo_sets, demo_sets, tau, shift).mean()
+  q = kernel_mean_gram(query_sets, query_sets, tau, shift).mean()
+  c = kernel_mean_gram(demo_sets, query_sets, tau, shift).mean()
+  return float(g + q - 2 * c)
+
+
 def _mmd_greedy_gram(gram: np.ndarray, cross: np.ndarray, k: int) -> list[int]:
   """Greedy k-subset minimising (1/k^2) sum_ab G_ab - (2/k) sum_a c_a (MMD^2 up to a constant)."""
   chosen: list[int] = []
@@ -288,29 +324,10 @@ def run(config: Config = Config(), *, key=None, model=None, log=None) -> Results
   shift = max(0.0, max_log - 600.0)
 
   def kv_mean_gram(sets_a, sets_b):
-    """G[a, b] = mean over tokens of a and b of sum_g <v, v'> exp(<k, k'>/tau - shift)."""
-    ka = np.concatenate([kvs[s][0] for s in sets_a], axis=1)                # (G, n, dh)
-    va = np.concatenate([kvs[s][1] for s in sets_a], axis=1)
-    kb = np.concatenate([kvs[s][0] for s in sets_b], axis=1)
-    vb = np.concatenate([kvs[s][1] for s in sets_b], axis=1)
-    tok = np.sum(np.einsum("gid,gjd->gij", va, vb)
-                 * np.exp(np.einsum("gid,gjd->gij", ka, kb) / cfg.tau - shift), axis=0)
+    return kernel_mean_gram([kvs[x] for x in sets_a], [kvs[x] for x in sets_b], cfg.tau, shift)
 
-    def avg(sets):
-      sizes = [kvs[s][0].shape[1] for s in sets]
-      a = np.zeros((len(sets), sum(sizes)))
-      start = 0
-      for i, n_ in enumerate(sizes):
-        a[i, start:start + n_] = 1.0 / n_
-        start += n_
-      return a
-    return avg(sets_a) @ tok @ avg(sets_b).T
-
-  def mmd_kv2(demo_keys, query_keys):
-    g = kv_mean_gram(demo_keys, demo_keys).mean()
-    q = kv_mean_gram(query_keys, query_keys).mean()
-    c = kv_mean_gram(demo_keys, query_keys).mean()
-    return g + q - 2 * c
+  def set_mmd(demo_keys, query_keys):
+    return mmd_kv2([kvs[x] for x in demo_keys], [kvs[x] for x in query_keys], cfg.tau, shift)
 
   pooled = {k_: r.mean(axis=0) for k_, r in rep.items()}
 
@@ -348,7 +365,7 @@ def run(config: Config = Config(), *, key=None, model=None, log=None) -> Results
         demos = [cand[i][1] for i in sel]
         e1_sets.append(dict(task=n, trial=trial, rule=rule,
                             own_fraction=float(np.mean([cand[i][0] == n for i in sel])),
-                            mmd_kv2=float(mmd_kv2([ckeys[i] for i in sel], qkeys)),
+                            mmd_kv2=set_mmd([ckeys[i] for i in sel], qkeys),
                             mmd_gauss2=float(gk(u[sel], u[sel]).mean() + gk(w, w).mean()
                                              - 2 * gk(u[sel], w).mean()),
                             demos=demos))
@@ -379,8 +396,8 @@ def run(config: Config = Config(), *, key=None, model=None, log=None) -> Results
         mix = [(other, it) for it in oth[:m]] + [(n, it) for it in own[m:]]
         mix = [mix[i] for i in order]
         e6_sets.append(dict(task=n, other=other, draw=d, f=float(f),
-                            mmd_kv2=float(mmd_kv2([(t_, it[0], "demo") for t_, it in mix],
-                                                  [(n, x, "query") for x, _ in qsel]))))
+                            mmd_kv2=set_mmd([(t_, it[0], "demo") for t_, it in mix],
+                                                [(n, x, "query") for x, _ in qsel])))
         for x, y in qsel:
           e6_prompts.append(icl_tasks.encode_prompt(model, [it for _, it in mix], x, y))
   e6_sc = icl_tasks.score_prompts(model, e6_prompts, batch=config.batch,
