@@ -17,7 +17,8 @@ pairs interleaved). :func:`read_gguf` undoes it, so the weights are in the
 Hugging Face layout and take the half-split rotary embedding of
 :mod:`icl_kd.llm.model`. Reading the GGUF layout with half-split rotation (or
 un-permuting and rotating interleaved pairs) gives a model that still runs but
-predicts far worse (perplexity ~28 instead of 8.4 on English text).
+predicts far worse; tests/test_llm.py compares logits with an independent
+implementation and fails on either mistake.
 
 The tokenizer (byte-level BPE: the vocabulary and merges are in the metadata)
 is rebuilt with the ``tokenizers`` package.
