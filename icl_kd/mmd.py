@@ -274,9 +274,10 @@ def distillation_kernel(params: AttentionParams, *, tau, use_values: bool = True
 
 # -- all-pairs matrices -----------------------------------------------------------
 
-DEFAULT_BLOCK_SIZE = 512
-"""Largest tile side of the blocked estimators: a tile is at most 512 x 512 (2 MiB in float64),
-which stays in cache; measured fastest of 256..2048 on CPU (benchmark B3)."""
+DEFAULT_BLOCK_SIZE = {"float64": 256, "float32": 512}
+"""Largest tile side of the blocked estimators by dtype (other dtypes: 256): a tile of
+512 KiB (float64) or 1 MiB (float32) stays in a core's cache; the fastest sizes of
+128..1024 measured on CPU (benchmark B3)."""
 
 NEGATIVE_MMD2_NOTE = ("unbiased MMD^2 can be < 0: it is an unbiased estimate of a quantity >= 0 "
                       "(about half the estimates are < 0 when P = Q)")
@@ -363,9 +364,9 @@ def _check_samples(x, y, *, min_size: int = 1) -> tuple[jax.Array, jax.Array]:
   return x, y
 
 
-def _check_block_size(block_size) -> int:
+def _check_block_size(block_size, dtype=None) -> int:
   if block_size is None:
-    return DEFAULT_BLOCK_SIZE
+    return DEFAULT_BLOCK_SIZE.get(jnp.dtype(dtype).name if dtype is not None else "", 256)
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be None or an int >= 1, got {type(block_size).__name__} "
                     f"{block_size!r}")
@@ -477,7 +478,7 @@ def _block_sum(pair_block: Callable, a: jax.Array, b: jax.Array, *, block: int,
 
 def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str, fused=None,
                      block_size=None) -> _Parts:
-  block = _check_block_size(block_size)
+  block = _check_block_size(block_size, x.dtype)
   pair_block = _pair_block_fn(kernel, fused)
   symmetric = _is_symmetric(kernel)
   unbiased = estimator == "unbiased"
@@ -585,8 +586,9 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused=None, block_size=No
       True: require the matrix form. False: the nested vmap of the one-pair
       kernel (exact differences; slower). The two agree to rounding (tested).
       The linear estimator evaluates pairs only and ignores it.
-    block_size: largest tile side (default DEFAULT_BLOCK_SIZE = 512); any
-      int >= 1; a value >= max(n, m) computes each sum as one dense tile.
+    block_size: largest tile side; default DEFAULT_BLOCK_SIZE[dtype] (256 for
+      float64, 512 for float32); any int >= 1; a value >= max(n, m) computes
+      each sum as one dense tile (the fastest choice for small samples).
 
   Returns:
     Scalar estimate. Eagerly, non-finite samples raise ValueError; under jit
