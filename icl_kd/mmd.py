@@ -819,7 +819,10 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
   stats = (wxx * aka + wyy * (one_k_one - 2.0 * ak1 + aka) - wxy * (ak1 - aka))  # (B + 1,)
   observed = stats[0]
   count = 1 + jnp.sum(stats[1:] >= observed)
-  p_value = count.astype(k.dtype) / (num_permutations + 1)
+  # A true division (correctly rounded, as (1 + count) / (B + 1) in NumPy): XLA on CPU turns
+  # a division by a constant into a product with its rounded reciprocal.
+  p_value = count.astype(k.dtype) / jax.lax.optimization_barrier(
+      jnp.asarray(num_permutations + 1, k.dtype))
   statistic = jnp.exp(shift) * observed
   return _checks.poison_if_nonfinite(PermutationTest(statistic, p_value), x, y,
                                      positive=_kernel_positive(kernel))
