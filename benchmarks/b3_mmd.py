@@ -183,7 +183,9 @@ def compare(n: int, seed: int, *, quick: bool, repeats: int, base_repeats: int
     by = bytes_moved(n, n, D, jnp.dtype(dtype).itemsize, block)
     f64 = dtype == jnp.float64
     judged = fn is ours and f64
-    target = "" if not judged else (f">={TARGET:g}x" + (" (judged at n=4096 only)" if quick else ""))
+    target = ""
+    if judged:
+      target = f">={TARGET:g}x" + (" (judged at n=4096 only)" if quick else "")
     met = None if (not judged or quick) else t_cd.median / t.median >= TARGET
     extra = dict(agreement=agree, xla_cost=cost, block_size=block,
                  speedup_vs_cdist=t_cd.median / t.median,

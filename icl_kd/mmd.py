@@ -658,7 +658,7 @@ def log_mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
 
 
 def mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
-  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2), the RKHS distance of the empirical mean embeddings."""
+  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2): the RKHS distance of the empirical embeddings."""
   return jnp.exp(log_mmd(x, y, kernel=kernel, fused=fused, block_size=block_size))
 
 
@@ -743,7 +743,8 @@ def random_splits(key, n: int, m: int, num: int, dtype=None) -> jax.Array:
   """
   key = _check_key(key)
   for name, value, low in (("n", n, 1), ("m", m, 0), ("num", num, 1)):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+        or value < low):
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
   big = n + m
   draws = jax.random.bits(key, (num, big), jnp.uint32)                      # (num, N)
