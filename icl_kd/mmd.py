@@ -275,9 +275,13 @@ def distillation_kernel(params: AttentionParams, *, tau, use_values: bool = True
 # -- all-pairs matrices -----------------------------------------------------------
 
 DEFAULT_BLOCK_SIZE = {"float64": 256, "float32": 512}
-"""Largest tile side of the blocked estimators by dtype (other dtypes: 256): a tile of
-512 KiB (float64) or 1 MiB (float32) stays in a core's cache; the fastest sizes of
-128..1024 measured on CPU (benchmark B3)."""
+"""Largest tile side of the blocked estimators on CPU by dtype (other dtypes: 256): a tile
+of 512 KiB (float64) or 1 MiB (float32) stays in a core's cache; the fastest sizes of
+256..2048 measured on CPU (benchmark B3)."""
+
+ACCELERATOR_BLOCK_SIZE = 4096
+"""Largest tile side on GPU/TPU backends (64 MiB float32 tiles): an accelerator needs large
+tiles to be busy, and the tiles are visited one after another. Not yet measured."""
 
 NEGATIVE_MMD2_NOTE = ("unbiased MMD^2 can be < 0: it is an unbiased estimate of a quantity >= 0 "
                       "(about half the estimates are < 0 when P = Q)")
@@ -366,6 +370,8 @@ def _check_samples(x, y, *, min_size: int = 1) -> tuple[jax.Array, jax.Array]:
 
 def _check_block_size(block_size, dtype=None) -> int:
   if block_size is None:
+    if jax.default_backend() != "cpu":
+      return ACCELERATOR_BLOCK_SIZE
     return DEFAULT_BLOCK_SIZE.get(jnp.dtype(dtype).name if dtype is not None else "", 256)
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be None or an int >= 1, got {type(block_size).__name__} "
@@ -586,9 +592,10 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused=None, block_size=No
       True: require the matrix form. False: the nested vmap of the one-pair
       kernel (exact differences; slower). The two agree to rounding (tested).
       The linear estimator evaluates pairs only and ignores it.
-    block_size: largest tile side; default DEFAULT_BLOCK_SIZE[dtype] (256 for
-      float64, 512 for float32); any int >= 1; a value >= max(n, m) computes
-      each sum as one dense tile (the fastest choice for small samples).
+    block_size: largest tile side; default on CPU DEFAULT_BLOCK_SIZE[dtype]
+      (256 for float64, 512 for float32), on GPU/TPU ACCELERATOR_BLOCK_SIZE
+      (4096); any int >= 1; a value >= max(n, m) computes each sum as one
+      dense tile.
 
   Returns:
     Scalar estimate. Eagerly, non-finite samples raise ValueError; under jit
