@@ -12,8 +12,7 @@ from one matmul by the centred expansion |a|^2 + |b|^2 - 2 <a, b>, the x-x
 and y-y sums on and above the diagonal only.
 Also timed: ``fused=False`` (the nested vmap of the one-pair kernel, exact
 differences; at n = 1024, it is slower) and, in full runs, one dense tile
-(``block_size`` >= n: the Gram blocks materialised, as the matrix form did
-before tiling).
+(``block_size`` >= n: the Gram blocks materialised).
 
 Baselines: NumPy with an explicit squared-distance matrix
 |x_i|^2 + |y_j|^2 - 2 <x_i, y_j> (BLAS matmul), and
