@@ -113,8 +113,7 @@ class GaussianKernel:
 
   def fused_log_factors(self, x, y):
     h = jnp.asarray(self.bandwidth, x.dtype)
-    d2 = pairwise_sq_dists(x, y)
-    return jnp.ones_like(d2), -d2 / (2 * h * h)
+    return None, -pairwise_sq_dists(x, y) / (2 * h * h)
 
   def __call__(self, x, y):
     c, l = self.log_factors(x, y)
@@ -123,9 +122,16 @@ class GaussianKernel:
 
 @dataclasses.dataclass(frozen=True)
 class LaplaceKernel:
-  """k(x, y) = exp(-|x - y| / h); characteristic on R^d."""
+  """k(x, y) = exp(-|x - y| / h); characteristic on R^d.
+
+  Its matrix form is used only when asked for (``fused=True``): |x - y| =
+  sqrt(d2) turns the expansion's rounding of d2 near 0 (~eps |x|^2) into an
+  error ~sqrt(eps) |x| / h for (nearly) coincident points, so the default
+  path evaluates it from exact differences.
+  """
   bandwidth: jax.Array
   kind: str = "laplace"
+  auto_matrix_form = False      # class attribute, not a field
 
   def log_factors(self, x, y):
     x, y = _check_pair(x, y)
@@ -134,8 +140,7 @@ class LaplaceKernel:
 
   def fused_log_factors(self, x, y):
     h = jnp.asarray(self.bandwidth, x.dtype)
-    d = _safe_norm_from_sq(pairwise_sq_dists(x, y))
-    return jnp.ones_like(d), -d / h
+    return None, -_safe_norm_from_sq(pairwise_sq_dists(x, y)) / h
 
   def __call__(self, x, y):
     c, l = self.log_factors(x, y)
@@ -155,8 +160,7 @@ class IMQKernel:
 
   def fused_log_factors(self, x, y):
     h = jnp.asarray(self.bandwidth, x.dtype)
-    d2 = pairwise_sq_dists(x, y)
-    return jnp.ones_like(d2), -0.5 * jnp.log1p(d2 / (h * h))
+    return None, -0.5 * jnp.log1p(pairwise_sq_dists(x, y) / (h * h))
 
   def __call__(self, x, y):
     c, l = self.log_factors(x, y)
@@ -176,8 +180,7 @@ class ExpKernel:
 
   def fused_log_factors(self, x, y):
     tau = jnp.asarray(self.tau, x.dtype)
-    l = jnp.dot(x, y.T, precision=HIGHEST) / tau                            # (n, m)
-    return jnp.ones_like(l), l
+    return None, jnp.dot(x, y.T, precision=HIGHEST) / tau                   # (n, m)
 
   def __call__(self, x, y):
     c, l = self.log_factors(x, y)
@@ -271,6 +274,20 @@ def distillation_kernel(params: AttentionParams, *, tau, use_values: bool = True
 
 # -- all-pairs matrices -----------------------------------------------------------
 
+DEFAULT_BLOCK_SIZE = {"float64": 256, "float32": 512}
+"""Largest tile side of the blocked estimators on CPU by dtype (other dtypes: 256): a tile
+of 512 KiB (float64) or 1 MiB (float32) stays in a core's cache; the fastest sizes of
+256..2048 measured on CPU (benchmark B3)."""
+
+ACCELERATOR_BLOCK_SIZE = 4096
+"""Largest tile side on GPU/TPU backends (64 MiB float32 tiles): an accelerator needs large
+tiles to be busy, and the tiles are visited one after another. Not yet measured."""
+
+NEGATIVE_MMD2_NOTE = ("unbiased MMD^2 can be < 0: it is an unbiased estimate of a quantity >= 0 "
+                      "(about half the estimates are < 0 when P = Q)")
+"""One line for tables and figures that show unbiased MMD^2 estimates."""
+
+
 
 def _log_factors_fn(kernel) -> Callable:
   if not callable(kernel):
@@ -298,13 +315,44 @@ def _kernel_positive(kernel) -> tuple:
                if hasattr(kernel, name))
 
 
-def _gram_factors(kernel, x: jax.Array, y: jax.Array, *, fused: bool = False):
-  """(c, l) with K = c * exp(l), each (n, m)."""
-  if fused:
-    if not hasattr(kernel, "fused_log_factors"):
-      raise ValueError(f"kernel {type(kernel).__name__} has no fused form; use fused=False")
-    return kernel.fused_log_factors(x, y)
-  return _all_pairs(_log_factors_fn(kernel), x, y)
+def _is_symmetric(kernel) -> bool:
+  """Kernels of this module are symmetric, k(x, y) = k(y, x); a plain callable is not assumed so."""
+  return isinstance(kernel, (GaussianKernel, LaplaceKernel, IMQKernel, ExpKernel,
+                             DistillationKernel))
+
+
+def _use_matrix_form(kernel, fused) -> bool:
+  """``fused``: None picks the kernel's matrix form when it has one; True requires it."""
+  if fused is None:
+    return hasattr(kernel, "fused_log_factors") and getattr(kernel, "auto_matrix_form", True)
+  if not isinstance(fused, (bool, np.bool_)):
+    raise TypeError(f"fused must be None, True or False, got {fused!r}")
+  if fused and not hasattr(kernel, "fused_log_factors"):
+    raise ValueError(f"kernel {type(kernel).__name__} has no matrix (fused) form; use fused=None "
+                     f"or fused=False")
+  return bool(fused)
+
+
+def _pair_block_fn(kernel, fused) -> Callable:
+  """(a (p, d), b (q, d)) -> (c (p, q) or None, l (p, q)) with K = c exp(l); None means c = 1.
+
+  The matrix form (one matmul; squared distances by the centred expansion of
+  :func:`pairwise_sq_dists`) or the nested vmap of the one-pair kernel.
+  """
+  _log_factors_fn(kernel)
+  if _use_matrix_form(kernel, fused):
+    return kernel.fused_log_factors
+  fn = _log_factors_fn(kernel)
+  return lambda a, b: _all_pairs(fn, a, b)
+
+
+def _gram_factors(kernel, x: jax.Array, y: jax.Array, *, fused=False):
+  """(c, l) with K = c * exp(l), each (n, m) (c is None for c = 1)."""
+  return _pair_block_fn(kernel, fused)(x, y)
+
+
+def _times(c, e: jax.Array) -> jax.Array:
+  return e if c is None else c * e
 
 
 def _check_samples(x, y, *, min_size: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -320,18 +368,32 @@ def _check_samples(x, y, *, min_size: int = 1) -> tuple[jax.Array, jax.Array]:
   return x, y
 
 
-def gram(kernel, x, y, *, fused: bool = False) -> jax.Array:
-  """All-pairs kernel matrix K_ij = k(x_i, y_j), (n, m).
+def _check_block_size(block_size, dtype=None) -> int:
+  if block_size is None:
+    if jax.default_backend() != "cpu":
+      return ACCELERATOR_BLOCK_SIZE
+    return DEFAULT_BLOCK_SIZE.get(jnp.dtype(dtype).name if dtype is not None else "", 256)
+  if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
+    raise TypeError(f"block_size must be None or an int >= 1, got {type(block_size).__name__} "
+                    f"{block_size!r}")
+  if block_size < 1:
+    raise ValueError(f"block_size must be an int >= 1 (the largest tile side), got {block_size}")
+  return int(block_size)
+
+
+def gram(kernel, x, y, *, fused=False) -> jax.Array:
+  """All-pairs kernel matrix K_ij = k(x_i, y_j), (n, m), materialised.
 
   By default a nested ``vmap`` of the one-pair kernel (exact differences for
-  the distance kernels). ``fused=True`` uses the kernel's matrix form (one
-  matmul; distances by the centred expansion of :func:`pairwise_sq_dists`),
-  proven equal in the tests. Overflows where k does (e.g. exp(<x, y>/tau) at
-  <x, y>/tau > 709); the MMD estimators work in log space instead.
+  the distance kernels). ``fused=True`` (or None: the matrix form when the
+  kernel has one) uses the kernel's matrix form (one matmul; distances by the
+  centred expansion of :func:`pairwise_sq_dists`), proven equal in the tests.
+  Overflows where k does (e.g. exp(<x, y>/tau) at <x, y>/tau > 709); the MMD
+  estimators work in log space instead and never build this matrix.
   """
   x, y = _check_samples(x, y, min_size=0)
   c, l = _gram_factors(kernel, x, y, fused=fused)
-  return c * jnp.exp(l)
+  return _times(c, jnp.exp(l))
 
 
 # -- estimators -------------------------------------------------------------------
@@ -356,30 +418,99 @@ class _Parts(NamedTuple):
   abs_value: jax.Array
 
 
-def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str,
-                     fused: bool = False) -> _Parts:
-  cxx, lxx = _gram_factors(kernel, x, x, fused=fused)
-  cyy, lyy = _gram_factors(kernel, y, y, fused=fused)
-  cxy, lxy = _gram_factors(kernel, x, y, fused=fused)
+class _BlockSum(NamedTuple):
+  """sum_ij w_ij K_ij = exp(log_shift) * total; ``abs_total`` likewise for |K_ij|."""
+  log_shift: jax.Array
+  total: jax.Array
+  abs_total: jax.Array
+
+
+def _tiling(n: int, block: int) -> tuple[int, int]:
+  """(number of tiles, tile side) covering n rows with tiles of side <= block, padding < tiles."""
+  tiles = -(-n // block)
+  return tiles, -(-n // tiles)
+
+
+def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+  """``a`` padded to ``rows`` rows with copies of its last row (real data: kernels stay finite)."""
+  return a if rows == a.shape[0] else jnp.pad(a, ((0, rows - a.shape[0]), (0, 0)), mode="edge")
+
+
+def _block_sum(pair_block: Callable, a: jax.Array, b: jax.Array, *, block: int,
+               symmetric: bool, exclude_diagonal: bool) -> _BlockSum:
+  """sum_{i, j} k(a_i, b_j) over tiles of at most block x block, never the (n, m) matrix.
+
+  The tiles are visited by ``lax.map``; each returns its largest log-kernel
+  value t and sum_ij c_ij exp(l_ij - t), combined afterwards as a
+  log-sum-exp, so no tile under- or overflows for lack of a common shift.
+  Rows padded to fill the last tile and, with ``exclude_diagonal`` (``a`` is
+  ``b``), the entries i == j get l = -inf: they are never read. With
+  ``symmetric`` (``a`` is ``b`` and k(x, y) = k(y, x)) only the tiles on and
+  above the diagonal are computed, those above counted twice.
+  """
+  n, m = a.shape[0], b.shape[0]
+  ta, sa = _tiling(n, block)
+  tb, sb = _tiling(m, block)
+  ap, bp = _pad_rows(a, ta * sa), _pad_rows(b, tb * sb)                     # (ta sa, d), (tb sb, d)
+  if symmetric:
+    ii, jj = np.triu_indices(ta)
+    weight = np.where(ii == jj, 1.0, 2.0)
+  else:
+    ii, jj = (g.ravel() for g in np.meshgrid(np.arange(ta), np.arange(tb), indexing="ij"))
+    weight = np.ones(ii.shape)
+  tiles = (jnp.asarray(ii, jnp.int32), jnp.asarray(jj, jnp.int32), jnp.asarray(weight, a.dtype))
+
+  def one_tile(tile):
+    i, j, w = tile
+    rows = i * sa + jnp.arange(sa, dtype=jnp.int32)                          # (sa,)
+    cols = j * sb + jnp.arange(sb, dtype=jnp.int32)                          # (sb,)
+    c, l = pair_block(jax.lax.dynamic_slice_in_dim(ap, i * sa, sa),
+                      jax.lax.dynamic_slice_in_dim(bp, j * sb, sb))          # (sa, sb) each
+    valid = (rows[:, None] < n) & (cols[None, :] < m)
+    if exclude_diagonal:
+      valid = valid & (rows[:, None] != cols[None, :])
+    l = jnp.where(valid, l, -jnp.inf)
+    if c is not None:
+      c = jnp.where(valid, c, 0.0)
+    top = jnp.max(l)
+    terms = _times(c, jnp.exp(l - jnp.where(jnp.isfinite(top), top, 0.0)))
+    return top, w * jnp.sum(terms), w * jnp.sum(jnp.abs(terms))
+
+  tops, totals, abs_totals = jax.lax.map(one_tile, tiles)                    # (tiles,) each
+  shift = _shift(tops)
+  scale = jnp.where(jnp.isfinite(tops), jnp.exp(tops - shift), 0.0)        # (tiles,)
+  return _BlockSum(shift, jnp.sum(scale * totals), jnp.sum(scale * abs_totals))
+
+
+def _quadratic_parts(kernel, x: jax.Array, y: jax.Array, estimator: str, fused=None,
+                     block_size=None) -> _Parts:
+  block = _check_block_size(block_size, x.dtype)
+  pair_block = _pair_block_fn(kernel, fused)
+  symmetric = _is_symmetric(kernel)
+  unbiased = estimator == "unbiased"
   n, m = x.shape[0], y.shape[0]
-  if estimator == "unbiased":
-    lxx, lyy = _offdiag(lxx, -jnp.inf), _offdiag(lyy, -jnp.inf)
-    cxx, cyy = _offdiag(cxx, 0.0), _offdiag(cyy, 0.0)
+  sxx = _block_sum(pair_block, x, x, block=block, symmetric=symmetric, exclude_diagonal=unbiased)
+  syy = _block_sum(pair_block, y, y, block=block, symmetric=symmetric, exclude_diagonal=unbiased)
+  sxy = _block_sum(pair_block, x, y, block=block, symmetric=False, exclude_diagonal=False)
+  if unbiased:
     wxx, wyy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
   else:
     wxx, wyy = 1.0 / (n * n), 1.0 / (m * m)
   wxy = 2.0 / (n * m)
-  s = _shift(lxx, lyy, lxy)
-  kxx, kyy, kxy = cxx * jnp.exp(lxx - s), cyy * jnp.exp(lyy - s), cxy * jnp.exp(lxy - s)
-  value = wxx * jnp.sum(kxx) + wyy * jnp.sum(kyy) - wxy * jnp.sum(kxy)
-  abs_value = (wxx * jnp.sum(jnp.abs(kxx)) + wyy * jnp.sum(jnp.abs(kyy))
-               + wxy * jnp.sum(jnp.abs(kxy)))
+  s = _shift(sxx.log_shift, syy.log_shift, sxy.log_shift)
+  fxx, fyy, fxy = (jnp.exp(p.log_shift - s) for p in (sxx, syy, sxy))
+  value = wxx * fxx * sxx.total + wyy * fyy * syy.total - wxy * fxy * sxy.total
+  abs_value = (wxx * fxx * sxx.abs_total + wyy * fyy * syy.abs_total
+               + wxy * fxy * sxy.abs_total)
   return _Parts(s, value, abs_value)
 
 
-def _linear_parts(kernel, x: jax.Array, y: jax.Array) -> _Parts:
-  """Gretton et al. (2012), Lemma 14: mean over disjoint pairs of
-  h = k(x1, x2) + k(y1, y2) - k(x1, y2) - k(x2, y1)."""
+def _linear_terms(kernel, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(log shift s, (h,) terms h_i exp(-s)) of the linear-time estimator, h = floor(n/2).
+
+  Gretton et al. (2012), Lemma 14: h_i = k(x1, x2) + k(y1, y2) - k(x1, y2) - k(x2, y1)
+  over the disjoint pairs (x_2i, x_2i+1), (y_2i, y_2i+1).
+  """
   fn = _log_factors_fn(kernel)
   half = x.shape[0] // 2
   x1, x2 = x[0:2 * half:2], x[1:2 * half:2]                                 # (half, d)
@@ -387,18 +518,24 @@ def _linear_parts(kernel, x: jax.Array, y: jax.Array) -> _Parts:
   pair = jax.vmap(fn)
   (c1, l1), (c2, l2), (c3, l3), (c4, l4) = pair(x1, x2), pair(y1, y2), pair(x1, y2), pair(x2, y1)
   s = _shift(l1, l2, l3, l4)
-  terms = (c1 * jnp.exp(l1 - s), c2 * jnp.exp(l2 - s), -c3 * jnp.exp(l3 - s),
-           -c4 * jnp.exp(l4 - s))
-  value = sum(jnp.sum(t) for t in terms) / half
-  abs_value = sum(jnp.sum(jnp.abs(t)) for t in terms) / half
-  return _Parts(s, value, abs_value)
+  terms = jnp.stack([c1 * jnp.exp(l1 - s), c2 * jnp.exp(l2 - s), -c3 * jnp.exp(l3 - s),
+                     -c4 * jnp.exp(l4 - s)])                                # (4, half)
+  return s, terms
 
 
-def _mmd2_parts(x, y, kernel, estimator: str, fused: bool = False
+def _linear_parts(kernel, x: jax.Array, y: jax.Array) -> _Parts:
+  s, terms = _linear_terms(kernel, x, y)
+  half = terms.shape[1]
+  return _Parts(s, jnp.sum(terms) / half, jnp.sum(jnp.abs(terms)) / half)
+
+
+def _mmd2_parts(x, y, kernel, estimator: str, fused=None, block_size=None
                 ) -> tuple[_Parts, jax.Array, jax.Array]:
   if estimator not in ESTIMATORS:
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
   _log_factors_fn(kernel)
+  _use_matrix_form(kernel, fused)
+  _check_block_size(block_size)
   min_size = 2 if estimator in ("unbiased", "linear") else 1
   x, y = _check_samples(x, y, min_size=min_size)
   if estimator == "linear":
@@ -406,10 +543,11 @@ def _mmd2_parts(x, y, kernel, estimator: str, fused: bool = False
       raise ValueError(f"the linear estimator needs equal sample sizes, got x: {x.shape[0]} and "
                        f"y: {y.shape[0]} rows")
     return _linear_parts(kernel, x, y), x, y
-  return _quadratic_parts(kernel, x, y, estimator, fused), x, y
+  return _quadratic_parts(kernel, x, y, estimator, fused, block_size), x, y
 
 
-def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> jax.Array:
+def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused=None, block_size=None
+         ) -> jax.Array:
   """Estimate of MMD_k^2(P, Q) from samples x ~ P (n, d) and y ~ Q (m, d).
 
       biased    (V-statistic):  (1/n^2) sum_ij k(x_i, x_j) + (1/m^2) sum_ij k(y_i, y_j)
@@ -417,23 +555,47 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> j
                                 rounding (it is ||mu_P - mu_Q||^2 of the empirical measures).
       unbiased  (U-statistic):  the same with i != j in the first two sums, divided by
                                 n(n-1) and m(m-1); the Gram diagonal is never read.
+                                It CAN BE NEGATIVE: it is an unbiased estimate of a
+                                quantity >= 0, so when P and Q are close its sampling
+                                error straddles 0 (under P = Q about half of the
+                                estimates are < 0). Tables can quote NEGATIVE_MMD2_NOTE.
       linear    (linear time):  (1/h) sum_{i<h} k(x_2i, x_2i+1) + k(y_2i, y_2i+1)
                                 - k(x_2i, y_2i+1) - k(x_2i+1, y_2i),  h = floor(n/2);
-                                needs n == m.
+                                needs n == m; can be negative too. Its standard error:
+                                :func:`linear_mmd2`.
 
   Gretton et al. (2012), "A kernel two-sample test", JMLR 13, Eqs. (3), (5) and
-  Lemma 14. Kernels with ``log_factors`` are evaluated in log space (the
-  largest exponent is subtracted before exp), so only a result that itself
-  overflows is inf.
+  Lemma 14.
+
+  How it is computed (biased and unbiased): the three kernel sums are taken
+  over tiles of at most ``block_size`` x ``block_size`` pairs (``lax.map``),
+  so memory is O(block_size^2 + (n + m) d) and no n x m matrix is ever built
+  (n = m = 65,536 runs in a few hundred MiB); for symmetric kernels only the
+  tiles on and above the diagonal of the x-x and y-y sums are computed. Within
+  a tile, kernels of distance or inner product (all kernels of this module)
+  use their matrix form: one matmul, squared distances as
+  |a|^2 + |b|^2 - 2 <a, b> after centring the tile's points at their mean and
+  clamped at 0 (accurate for data far from the origin; tested at an offset of
+  1e4 against exact differences). Kernels are evaluated in log space (each
+  tile's largest exponent is subtracted before exp and the tiles are combined
+  as a log-sum-exp), so only a result that itself overflows is inf.
 
   Args:
     x: (n, d) sample from P; n >= 1 (biased) or n >= 2 (unbiased, linear).
     y: (m, d) sample from Q, the same dtype.
     kernel: a one-pair kernel (see :func:`gaussian_kernel`) or any callable (x, y) -> scalar.
     estimator: "biased", "unbiased" or "linear".
-    fused: build the Gram matrices with the kernel's matrix form (one matmul;
-      much faster for large samples; see :func:`gram`) instead of the nested
-      vmap. The linear estimator evaluates pairs only and ignores it.
+    fused: None (default): the kernel's matrix form when it has one (every
+      kernel of this module but the Laplace kernel, whose square root makes
+      the expansion inaccurate at coincident points), else the nested vmap of
+      the one-pair kernel.
+      True: require the matrix form. False: the nested vmap of the one-pair
+      kernel (exact differences; slower). The two agree to rounding (tested).
+      The linear estimator evaluates pairs only and ignores it.
+    block_size: largest tile side; default on CPU DEFAULT_BLOCK_SIZE[dtype]
+      (256 for float64, 512 for float32), on GPU/TPU ACCELERATOR_BLOCK_SIZE
+      (4096); any int >= 1; a value >= max(n, m) computes each sum as one
+      dense tile.
 
   Returns:
     Scalar estimate. Eagerly, non-finite samples raise ValueError; under jit
@@ -441,7 +603,7 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> j
 
   Claim ``thm4.1`` (C5) uses the biased form with :func:`distillation_kernel`.
   """
-  parts, x, y = _mmd2_parts(x, y, kernel, estimator, fused)
+  parts, x, y = _mmd2_parts(x, y, kernel, estimator, fused, block_size)
   value = parts.value
   if estimator == "biased":
     value = jnp.maximum(value, 0.0)
@@ -449,19 +611,62 @@ def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused: bool = False) -> j
   return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
-def log_mmd(x, y, *, kernel) -> jax.Array:
+class LinearMMD2(NamedTuple):
+  """Result of :func:`linear_mmd2`.
+
+  Attributes:
+    value: the linear-time estimate (1/h) sum_i h_i (the ``"linear"`` estimator of :func:`mmd2`).
+    std_error: its standard error sd(h_1, ..., h_h) / sqrt(h) (sample sd, ddof = 1).
+  """
+  value: jax.Array
+  std_error: jax.Array
+
+
+def linear_mmd2(x, y, *, kernel) -> LinearMMD2:
+  """Linear-time MMD^2 estimate with its standard error (Gretton et al. 2012, Sec. 6).
+
+      h_i = k(x_2i, x_2i+1) + k(y_2i, y_2i+1) - k(x_2i, y_2i+1) - k(x_2i+1, y_2i)
+      value = mean(h),   std_error = sd(h) / sqrt(h),   h = floor(n / 2) i.i.d. terms
+
+  The h_i are independent, so ``value`` is asymptotically normal with that
+  standard error (the linear-time test rejects P = Q when value / std_error
+  exceeds a normal quantile). Tested against the spread of repeated estimates.
+
+  Args:
+    x: (n, d) sample from P, n >= 4 (two terms at least).
+    y: (n, d) sample from Q, the same size and dtype.
+    kernel: a one-pair kernel or callable.
+
+  Returns:
+    LinearMMD2(value, std_error).
+  """
+  _log_factors_fn(kernel)
+  x, y = _check_samples(x, y, min_size=4)
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f"the linear estimator needs equal sample sizes, got x: {x.shape[0]} and "
+                     f"y: {y.shape[0]} rows")
+  s, terms = _linear_terms(kernel, x, y)
+  h = jnp.sum(terms, axis=0)                                                # (half,)
+  half = h.shape[0]
+  scale = jnp.exp(s)
+  out = LinearMMD2(scale * jnp.mean(h), scale * jnp.std(h, ddof=1) / np.sqrt(half))
+  return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
+
+
+def log_mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
   """log MMD_k(P_hat, Q_hat) from the biased estimate, finite where MMD over/underflows.
 
-  -inf when the two empirical measures have equal embeddings.
+  -inf when the two empirical measures have equal embeddings. ``fused`` and
+  ``block_size`` as in :func:`mmd2`.
   """
-  parts, x, y = _mmd2_parts(x, y, kernel, "biased")
+  parts, x, y = _mmd2_parts(x, y, kernel, "biased", fused, block_size)
   out = 0.5 * (parts.log_shift + jnp.log(jnp.maximum(parts.value, 0.0)))
   return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
-def mmd(x, y, *, kernel) -> jax.Array:
-  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2), the RKHS distance of the empirical mean embeddings."""
-  return jnp.exp(log_mmd(x, y, kernel=kernel))
+def mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
+  """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2): the RKHS distance of the empirical embeddings."""
+  return jnp.exp(log_mmd(x, y, kernel=kernel, fused=fused, block_size=block_size))
 
 
 # -- bandwidths -------------------------------------------------------------------
@@ -513,8 +718,52 @@ class PermutationTest(NamedTuple):
   p_value: jax.Array
 
 
+def _check_key(key):
+  """A typed PRNG key (``jax.random.key``) or a raw uint32 key (``jax.random.PRNGKey``)."""
+  if isinstance(key, (jax.Array, np.ndarray)):
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+      return key
+    if key.dtype == np.uint32 and key.ndim == 1:
+      return key
+  raise TypeError(f"key must be one PRNG key (jax.random.key(seed)), got "
+                  f"{type(key).__name__} {getattr(key, 'dtype', '')} "
+                  f"{getattr(key, 'shape', '')}".rstrip())
+
+
+def random_splits(key, n: int, m: int, num: int, dtype=None) -> jax.Array:
+  """``num`` label vectors with exactly n ones among n + m entries, uniform over subsets, (num, N).
+
+  Each row marks the n smallest of N = n + m i.i.d. uniform 32-bit draws
+  (one sort per row; ties, probability ~N 2^-32 per row at the cut, are broken
+  towards the lower index), so every one of the C(N, n) subsets is equally
+  likely up to that tie rule. Cheaper than ``jax.random.permutation`` (one sort
+  of the draws instead of several key-value sorts); a test checks the law.
+
+  Args:
+    key: PRNG key.
+    n, m: sizes of the two groups; n >= 1, m >= 0.
+    num: number of label vectors (static).
+    dtype: of the result (default: the default float dtype).
+
+  Returns:
+    (num, n + m) array of 0 and 1.
+  """
+  key = _check_key(key)
+  for name, value, low in (("n", n, 1), ("m", m, 0), ("num", num, 1)):
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+        or value < low):
+      raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+  big = n + m
+  draws = jax.random.bits(key, (num, big), jnp.uint32)                      # (num, N)
+  cut = jnp.sort(draws, axis=1)[:, n - 1:n]                                 # (num, 1)
+  below, tied = draws < cut, draws == cut                                   # (num, N)
+  missing = n - jnp.sum(below, axis=1, keepdims=True)                       # (num, 1), >= 1
+  labels = below | (tied & (jnp.cumsum(tied, axis=1, dtype=jnp.int32) <= missing))
+  return labels.astype(dtype if dtype is not None else jnp.result_type(float))
+
+
 def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
-                     estimator: str = "unbiased", fused: bool = False) -> PermutationTest:
+                     estimator: str = "unbiased", fused=None) -> PermutationTest:
   """Kernel two-sample permutation test of H0: P = Q with the MMD^2 statistic.
 
   One Gram matrix K of the pooled sample z = [x; y] (N = n + m points) serves
@@ -524,10 +773,13 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
       unbiased: the same with K's diagonal replaced by 0 and n(n-1), m(m-1),
 
   computed for all B permutations at once from one matrix product K A (the
-  kernel must be symmetric, as every kernel is). The p-value
+  kernel must be symmetric, as every kernel is). The label vectors are drawn
+  by :func:`random_splits` (uniform over the C(N, n) splits). The p-value
   counts the observed split as one of the B + 1 equally likely ones, so it is
   never 0 and the test has level alpha exactly when alpha (B + 1) is an integer
-  (Lehmann and Romano, "Testing Statistical Hypotheses", Thm. 15.2.1).
+  (Lehmann and Romano, "Testing Statistical Hypotheses", Thm. 15.2.1). As a
+  Monte Carlo estimate of the exact permutation p-value p it has standard
+  error sqrt(p (1 - p) / B) over keys (tested).
 
   Args:
     x: (n, d) sample from P, n >= 2 for the unbiased statistic.
@@ -536,7 +788,9 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
     key: PRNG key for the permutations.
     num_permutations: B >= 1 (static).
     estimator: "unbiased" or "biased".
-    fused: build the Gram matrix with the kernel's matrix form (see :func:`gram`).
+    fused: how the Gram matrix is built, as in :func:`mmd2` (default: the
+      kernel's matrix form when it has one). The N x N Gram matrix is
+      materialised here.
 
   Returns:
     PermutationTest(statistic, p_value).
@@ -548,22 +802,22 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
       or num_permutations < 1):
     raise ValueError(f"num_permutations must be an int >= 1, got {num_permutations!r}")
   _log_factors_fn(kernel)
+  pair_block = _pair_block_fn(kernel, fused)
   x, y = _check_samples(x, y, min_size=2 if estimator == "unbiased" else 1)
   n, m = x.shape[0], y.shape[0]
   z = jnp.concatenate([x, y])                                               # (N, d)
-  c, l = _gram_factors(kernel, z, z, fused=fused)                           # (N, N) each
+  c, l = pair_block(z, z)                                                   # (N, N) each
   if estimator == "unbiased":
-    c, l = _offdiag(c, 0.0), _offdiag(l, -jnp.inf)
+    l = _offdiag(l, -jnp.inf)
+    c = None if c is None else _offdiag(c, 0.0)
     wxx, wyy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
   else:
     wxx, wyy = 1.0 / (n * n), 1.0 / (m * m)
   wxy = 2.0 / (n * m)
   shift = _shift(l)
-  k = c * jnp.exp(l - shift)                                                # (N, N)
-  labels = jnp.concatenate([jnp.ones((n,), k.dtype), jnp.zeros((m,), k.dtype)])  # (N,)
-  keys = jax.random.split(key, num_permutations)
-  perm = jax.vmap(lambda kk: jax.random.permutation(kk, labels))(keys)      # (B, N)
-  a = jnp.concatenate([labels[None, :], perm])                              # (B + 1, N)
+  k = _times(c, jnp.exp(l - shift))                                         # (N, N)
+  labels = jnp.concatenate([jnp.ones((1, n), k.dtype), jnp.zeros((1, m), k.dtype)], axis=1)
+  a = jnp.concatenate([labels, random_splits(key, n, m, num_permutations, k.dtype)])  # (B+1, N)
   # One product K a serves all three blocks (K symmetric, b = 1 - a):
   # a^T K b = a^T K 1 - a^T K a,  b^T K b = 1^T K 1 - 2 a^T K 1 + a^T K a.
   ka = jnp.dot(a, k, precision=HIGHEST)                                     # (B + 1, N)
@@ -573,7 +827,10 @@ def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
   stats = (wxx * aka + wyy * (one_k_one - 2.0 * ak1 + aka) - wxy * (ak1 - aka))  # (B + 1,)
   observed = stats[0]
   count = 1 + jnp.sum(stats[1:] >= observed)
-  p_value = count.astype(k.dtype) / (num_permutations + 1)
+  # A true division (correctly rounded, as (1 + count) / (B + 1) in NumPy): XLA on CPU turns
+  # a division by a constant into a product with its rounded reciprocal.
+  p_value = count.astype(k.dtype) / jax.lax.optimization_barrier(
+      jnp.asarray(num_permutations + 1, k.dtype))
   statistic = jnp.exp(shift) * observed
   return _checks.poison_if_nonfinite(PermutationTest(statistic, p_value), x, y,
                                      positive=_kernel_positive(kernel))

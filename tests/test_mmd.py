@@ -138,6 +138,8 @@ _batched_unbiased = jax.jit(jax.vmap(lambda a, b, kernel: mmd.mmd2(a, b, kernel=
                                      in_axes=(0, 0, None)))
 _unbiased = jax.jit(lambda x, y, kernel: mmd.mmd2(x, y, kernel=kernel))
 _unbiased_fused = jax.jit(lambda x, y, kernel: mmd.mmd2(x, y, kernel=kernel, fused=True))
+_unbiased_exact = jax.jit(lambda x, y, kernel: mmd.mmd2(x, y, kernel=kernel, fused=False))
+_estimate = jax.jit(mmd.mmd2, static_argnames=("estimator", "fused", "block_size"))
 _biased = jax.jit(lambda x, y, kernel: mmd.mmd2(x, y, kernel=kernel, estimator="biased"))
 _perm_const = jax.jit(lambda x, y, key: mmd.permutation_test(
     x, y, kernel=lambda a, b: jnp.ones((), a.dtype), key=key, num_permutations=49))
@@ -184,8 +186,12 @@ def test_far_from_origin_distances_stay_accurate(name):
   np.testing.assert_allclose(float(mmd.pairwise_sq_dists(xo, yo)[2, 5]),
                              cdist(xr, yr, "sqeuclidean")[2, 5], rtol=1e-9)
   est, scale = np_mmd2(name, xr, yr, 0.7, "unbiased")
-  assert abs(float(_unbiased(xo, yo, kernel)) - est) <= 1e-11 * scale
+  assert abs(float(_unbiased_exact(xo, yo, kernel)) - est) <= 1e-11 * scale
   assert abs(float(_unbiased_fused(xo, yo, kernel)) - est) <= 1e-10 * scale
+  # The default path (matrix form where the kernel has one), tiled with a remainder.
+  assert abs(float(_unbiased(xo, yo, kernel)) - est) <= 1e-10 * scale
+  blocked = _estimate(xo, yo, kernel=kernel, estimator="unbiased", block_size=7)
+  assert abs(float(blocked) - est) <= 1e-10 * scale
   z = np.concatenate([xr, yr])
   np.testing.assert_allclose(float(_median_and_grid(xo, yo)[0]), np.median(pdist(z)), rtol=1e-10)
 
@@ -283,10 +289,11 @@ def test_gaussian_closed_form_agrees_within_4_se():
   Var U ~ 4 (n-2)/(n(n-1)) zeta_1 + 2/(n(n-1)) zeta_2, with zeta_1 the variance of
   the row means of H_ij = k(x_i,x_j) + k(y_i,y_j) - k(x_i,y_j) - k(x_j,y_i) and zeta_2
   that of H. A 4-sigma miss has probability ~6e-5 per case under a correct estimator.
-  d = 3 uses the nested-vmap Gram, d = 16 the fused one (the two are proven equal above).
+  d = 3 uses the nested vmap of the one-pair kernel, d = 16 the default path (the
+  matrix form), both tiled (the two are proven equal above).
   """
   n = 4096
-  for d, seed, estimate in ((3, 11, _unbiased), (16, 12, _unbiased_fused)):
+  for d, seed, estimate in ((3, 11, _unbiased_exact), (16, 12, _unbiased)):
     h = float(np.sqrt(d))
     mu1, mu2 = np.zeros(d), np.full(d, 0.6 / np.sqrt(d))
     s1, s2 = 1.0, 1.2
@@ -315,25 +322,161 @@ def test_gaussian_closed_form_agrees_within_4_se():
     assert abs(truth) > 10 * se                        # the test resolves a nonzero MMD
 
 
-_linear_repeats = jax.jit(jax.vmap(
-    lambda key, h: mmd.mmd2(jax.random.normal(jax.random.fold_in(key, 0), (256, 3)),
-                            0.5 + 1.3 * jax.random.normal(jax.random.fold_in(key, 1), (256, 3)),
-                            kernel=mmd.gaussian_kernel(h), estimator="linear"),
-    in_axes=(0, None)))
+# -- blocked estimators ------------------------------------------------------------------
+
+BLOCK_KERNELS = ["gaussian", "laplace", "exp", "k_v", "plain"]
 
 
-def test_linear_estimator_is_unbiased():
-  """Mean of 4000 independent linear-time estimates (n = 256, d = 3) vs the closed form.
+def _plain_kernel(a, b):
+  """A plain callable: no matrix form, no symmetry assumed (the full tile grid)."""
+  return jnp.exp(-jnp.sum((a - b) ** 2) / (2 * 0.9 ** 2))
 
-  Standard error from the repeats (sample std / sqrt(4000)); tolerance 4 SE, so a
-  correct estimator fails with probability ~6e-5 (fixed seed: deterministic).
+
+def _blocked_values(x, y, kernel):
+  """Biased and unbiased MMD^2 with tiles of side 7, 1 and one dense tile: one compile."""
+  return {(est, block): mmd.mmd2(x, y, kernel=kernel, estimator=est, block_size=block)
+          for est in ("biased", "unbiased") for block in (7, 1, 10**6)}
+
+
+_blocked_jit = jax.jit(_blocked_values)
+_blocked_plain = jax.jit(lambda x, y: _blocked_values(x, y, _plain_kernel))
+
+
+@pytest.mark.parametrize("name,dtype", [(k, jnp.float64) for k in BLOCK_KERNELS]
+                         + [("gaussian", jnp.float32), ("k_v", jnp.float32)])
+def test_blocked_equals_dense(name, dtype):
+  """Tiles of side 7 (50 = 7 * 7 + 1 and 33 = 7 * 4 + 5 rows: remainders, n != m) and of
+  side 1 give the single dense tile's value and NumPy's, for biased and unbiased.
+
+  ``plain`` is a callable with no matrix form and no symmetry assumed (the full tile
+  grid); ``laplace`` takes the one-pair vmap by default, the others their matrix form.
+  float64: 1e-12 of the sum of |terms|; float32: 2e-6 of it (eps32 ~ 1.2e-7 times the
+  ~10 roundings of each term and of summation over ~2500 terms in tiles).
+  """
+  x, y, params = draw_data(4, 50, 33, 3, dtype=dtype, scale=0.5, shift=0.3)
+  if name == "plain":
+    got, ref_name = _blocked_plain(x, y), "gaussian"
+  else:
+    got, ref_name = _blocked_jit(x, y, make_kernel(name, jnp.asarray(0.9), params)), name
+  tol = 1e-12 if dtype == jnp.float64 else 2e-6
+  for estimator in ("biased", "unbiased"):
+    ref, scale = np_mmd2(ref_name, x, y, 0.9, estimator, params)
+    ref = max(ref, 0.0) if estimator == "biased" else ref
+    dense = float(got[estimator, 10**6])
+    for block in (7, 1):
+      value = got[estimator, block]
+      assert value.dtype == dtype
+      assert abs(float(value) - dense) <= tol * scale, (estimator, block, float(value), dense)
+    assert abs(dense - ref) <= tol * scale, (estimator, dense, ref)
+
+
+def test_default_path_on_several_tiles_matches_numpy():
+  """n = 600, m = 530 with the default tiles (256 in float64: 3 x 3 tiles with remainders)
+  and 200 rows offset by 1e4 in the mean: default == one-pair (exact differences) == NumPy."""
+  x, y, _ = draw_data(9, 600, 530, 5, shift=0.2)
+  x, y = x + 1e4, y + 1e4
+  xr, yr = np.asarray(x) - 1e4, np.asarray(y) - 1e4
+  kernel = mmd.gaussian_kernel(2.0)
+  for estimator in ("biased", "unbiased"):
+    ref, scale = np_mmd2("gaussian", xr, yr, 2.0, estimator)
+    default = float(_estimate(x, y, kernel=kernel, estimator=estimator))
+    exact = float(_estimate(x, y, kernel=kernel, estimator=estimator, fused=False))
+    assert abs(default - ref) <= 1e-10 * scale, (estimator, default, ref)
+    assert abs(exact - ref) <= 1e-11 * scale, (estimator, exact, ref)
+
+
+_grad_tiled = jax.jit(jax.grad(lambda a, b, est: mmd.mmd2(
+    a, b, kernel=mmd.gaussian_kernel(1.1), estimator=est, block_size=6)), static_argnums=2)
+_grad_pairs = jax.jit(jax.grad(lambda a, b, est: mmd.mmd2(
+    a, b, kernel=mmd.gaussian_kernel(1.1), estimator=est, fused=False, block_size=100)),
+    static_argnums=2)
+
+
+def test_gradient_of_the_tiled_matrix_form():
+  """d MMD^2 / dx through the tiles (matrix form, side 6, remainders) equals the gradient
+  through one dense tile of the one-pair kernel (exact differences), to 1e-12 of its size."""
+  x, y, _ = draw_data(12, 20, 17, 3, shift=0.3)
+  for est in ("biased", "unbiased"):
+    g_tiled, g_pairs = np.asarray(_grad_tiled(x, y, est)), np.asarray(_grad_pairs(x, y, est))
+    assert np.all(np.isfinite(g_tiled))
+    np.testing.assert_allclose(g_tiled, g_pairs, rtol=0, atol=1e-12 * np.max(np.abs(g_pairs)))
+
+
+def test_blocked_memory_is_bounded():
+  """n = m = 65,536, d = 64, float64: XLA's own memory plan for the default path needs under
+  64 MiB of temporaries (one dense n x n Gram matrix would be 32 GiB). Compiled, not run."""
+  spec = jax.ShapeDtypeStruct((65536, 64), jnp.float64)
+  for estimator in ("unbiased", "biased"):
+    fn = jax.jit(lambda x, y: mmd.mmd2(x, y, kernel=mmd.gaussian_kernel(8.0), estimator=estimator))
+    plan = fn.lower(spec, spec).compile().memory_analysis()
+    assert plan.temp_size_in_bytes < 64 * 2**20, plan.temp_size_in_bytes
+
+
+def test_unbiased_estimate_is_negative_about_half_the_time_under_the_null():
+  """The unbiased MMD^2 is unbiased for MMD^2 = 0 when P = Q, so it is negative with probability
+  near 1/2: 200 null draws (n = m = 40, d = 2) must give between 70 and 130 negatives (the
+  central ~99.99% of Binomial(200, 1/2); the exact probability is close to but not 1/2).
+  Their mean is 0 within 4 standard errors; the biased one is never negative."""
+  keys = jax.random.split(jax.random.key(31), 200)
+  vals = np.asarray(_null_unbiased(keys))
+  biased = np.asarray(_null_biased(keys))
+  assert 70 <= int(np.sum(vals < 0)) <= 130, int(np.sum(vals < 0))
+  assert abs(vals.mean()) <= 4 * vals.std(ddof=1) / np.sqrt(len(vals))
+  assert np.all(biased >= 0.0)
+  assert "can be < 0" in mmd.NEGATIVE_MMD2_NOTE
+
+
+def _null_sample(key):
+  kx, ky = jax.random.split(key)
+  return jax.random.normal(kx, (40, 2)), jax.random.normal(ky, (40, 2))
+
+
+_null_unbiased = jax.jit(jax.vmap(
+    lambda key: mmd.mmd2(*_null_sample(key), kernel=mmd.gaussian_kernel(1.0))))
+_null_biased = jax.jit(jax.vmap(
+    lambda key: mmd.mmd2(*_null_sample(key), kernel=mmd.gaussian_kernel(1.0), estimator="biased")))
+
+
+def _linear_draw(key, h):
+  x = jax.random.normal(jax.random.fold_in(key, 0), (256, 3))
+  y = 0.5 + 1.3 * jax.random.normal(jax.random.fold_in(key, 1), (256, 3))
+  kernel = mmd.gaussian_kernel(h)
+  return mmd.mmd2(x, y, kernel=kernel, estimator="linear"), mmd.linear_mmd2(x, y, kernel=kernel)
+
+
+_linear_repeats = jax.jit(jax.vmap(_linear_draw, in_axes=(0, None)))
+
+
+def test_linear_estimator_is_unbiased_and_its_standard_error_is_the_spread():
+  """4000 independent linear-time estimates (n = 256, d = 3, fixed seed).
+
+  Mean vs the closed form: tolerance 4 SE with SE = sample std / sqrt(4000), so a
+  correct estimator fails with probability ~6e-5. Reported standard error vs the
+  empirical spread: the mean of the 4000 reported ``std_error`` must equal the
+  sample std of the 4000 estimates within 4 times the relative standard error of a
+  sample std, sqrt((kurtosis - 1) / (4 * 4000)) ~ 1.6% (false-alarm rate ~6e-5);
+  an SE off by sqrt(128) (the number of terms) or by sqrt(2) is far outside.
   """
   keys = jax.random.split(jax.random.key(2024), 4000)
-  vals = np.asarray(_linear_repeats(keys, jnp.asarray(1.5)))
+  vals, lin = _linear_repeats(keys, jnp.asarray(1.5))
+  vals, value, se = np.asarray(vals), np.asarray(lin.value), np.asarray(lin.std_error)
+  np.testing.assert_allclose(value, vals, rtol=0, atol=1e-14)   # the same estimator (|terms| ~ 1)
   truth = gaussian_mmd2_closed_form(np.zeros(3), 1.0, np.full(3, 0.5), 1.3, 1.5)
-  se = vals.std(ddof=1) / np.sqrt(len(vals))
-  assert abs(vals.mean() - truth) <= 4 * se, (vals.mean(), truth, se)
-  assert truth > 10 * se
+  spread = vals.std(ddof=1)
+  assert abs(vals.mean() - truth) <= 4 * spread / np.sqrt(len(vals)), (vals.mean(), truth)
+  assert truth > 10 * spread / np.sqrt(len(vals))
+  centred = vals - vals.mean()
+  kurtosis = np.mean(centred ** 4) / np.mean(centred ** 2) ** 2
+  rel_se = np.sqrt((kurtosis - 1) / (4 * len(vals)))
+  assert abs(se.mean() / spread - 1) <= 4 * rel_se, (se.mean(), spread, rel_se)
+  # Independently of the repeats: the SE of one draw from its own terms, in NumPy.
+  key = keys[0]
+  x = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), (256, 3)))
+  y = np.asarray(0.5 + 1.3 * jax.random.normal(jax.random.fold_in(key, 1), (256, 3)))
+  g = lambda a, b: np.exp(-np.sum((a - b) ** 2, axis=1) / (2 * 1.5 ** 2))
+  h = g(x[0::2], x[1::2]) + g(y[0::2], y[1::2]) - g(x[0::2], y[1::2]) - g(x[1::2], y[0::2])
+  np.testing.assert_allclose(value[0], h.mean(), rtol=1e-12)
+  np.testing.assert_allclose(se[0], h.std(ddof=1) / np.sqrt(len(h)), rtol=1e-12)
 
 
 def test_exp_kernel_in_log_space_at_large_scores():
@@ -461,6 +604,64 @@ def test_permutation_test_level_and_power():
   assert np.mean(p_alt <= alpha) > 0.95, np.mean(p_alt <= alpha)
 
 
+_perm_keys = jax.jit(jax.vmap(
+    lambda x, y, key: mmd.permutation_test(x, y, kernel=mmd.gaussian_kernel(1.0), key=key,
+                                           num_permutations=99).p_value,
+    in_axes=(None, None, 0)))
+
+
+def test_permutation_p_value_spread_over_keys():
+  """Fixed data (n = 30, m = 25, d = 2, P = Q, a draw with p ~ 0.37).
+
+  The exact permutation p-value p is computed in NumPy from 100,000 uniformly random
+  splits (its own SE ~1.5e-3). Over 400 keys with B = 99, the count #{T_b >= T_obs} is
+  Binomial(99, p), so the p-values have mean (1 + 99 p) / 100 and variance
+  99 p (1 - p) / 100^2. Checks: mean within 4 SE (false-alarm ~6e-5) and sample variance
+  within +-35% (sample variance of 400 draws: relative SE ~7%, so 35% is ~5 SE). A label
+  sampler drawing the wrong law moves p; a p-value formula off by a factor moves both.
+  """
+  x, y, _ = draw_data(6, 30, 25, 2)
+  xn, yn = np.asarray(x), np.asarray(y)
+  z = np.concatenate([xn, yn])
+  k = np.exp(-cdist(z, z, "sqeuclidean") / 2.0)
+  np.fill_diagonal(k, 0.0)
+  n, m = 30, 25
+
+  def stat(a):                                           # a: (S, N) labels with n ones
+    b = 1.0 - a
+    ka = a @ k
+    return (np.sum(ka * a, 1) / (n * (n - 1)) + np.sum((b @ k) * b, 1) / (m * (m - 1))
+            - 2 * np.sum(ka * b, 1) / (n * m))
+
+  obs = stat(np.concatenate([np.ones((1, n)), np.zeros((1, m))], 1))[0]
+  rng = np.random.default_rng(5)
+  splits = np.argsort(rng.random((100_000, n + m)), axis=1) < n   # uniform subsets of size n
+  p = np.mean(stat(splits.astype(float)) >= obs)
+  assert 0.05 < p < 0.6, p                               # a p-value with visible spread
+  pv = np.asarray(_perm_keys(x, y, jax.random.split(jax.random.key(77), 400)))
+  mean, var = (1 + 99 * p) / 100, 99 * p * (1 - p) / 100 ** 2
+  assert abs(pv.mean() - mean) <= 4 * np.sqrt(var / len(pv)), (pv.mean(), mean)
+  assert abs(pv.var(ddof=1) / var - 1) <= 0.35, (pv.var(ddof=1), var)
+
+
+def test_random_splits_law():
+  """Each row has exactly n ones, and the C(5, 2) = 10 subsets of 2 among 5 are equally
+  likely: 20,000 draws, Pearson chi-square with 9 degrees of freedom below its 0.999
+  quantile 27.88 (false-alarm rate 1e-3, fixed seed). Marginals alone would not catch a
+  sampler that favours some pairs; the subset frequencies do."""
+  labels = np.asarray(mmd.random_splits(jax.random.key(3), 2, 3, 20_000))
+  assert labels.shape == (20_000, 5)
+  np.testing.assert_array_equal(labels.sum(axis=1), 2)
+  codes = labels @ (2 ** np.arange(5))
+  counts = np.array([np.sum(codes == c) for c in np.unique(codes)])
+  assert len(counts) == 10
+  chi2 = np.sum((counts - 2000.0) ** 2 / 2000.0)
+  assert chi2 < stats.chi2.ppf(0.999, 9), (chi2, counts)
+  # Larger sizes: exactly n ones in every row.
+  big = np.asarray(mmd.random_splits(jax.random.key(4), 700, 300, 50))
+  np.testing.assert_array_equal(big.sum(axis=1), 700)
+
+
 # -- bad input -------------------------------------------------------------------------
 
 
@@ -509,6 +710,30 @@ def test_bad_inputs():
     mmd.distillation_kernel((1, 2, 3), tau=1.0)
   with pytest.raises(ValueError, match="num"):
     mmd.bandwidth_grid(x, y, num=0)
+  for bad in (0, -3):
+    with pytest.raises(ValueError, match="block_size must be an int >= 1"):
+      mmd.mmd2(x, y, kernel=k, block_size=bad)
+  for bad in (2.5, True, "64"):
+    with pytest.raises(TypeError, match="block_size must be None or an int"):
+      mmd.mmd2(x, y, kernel=k, block_size=bad)
+  with pytest.raises(TypeError, match="fused must be None, True or False"):
+    mmd.mmd2(x, y, kernel=k, fused="yes")
+  with pytest.raises(ValueError, match="no matrix .fused. form"):
+    mmd.mmd2(x, y, kernel=lambda a, b: jnp.sum(a * b), fused=True)
+  with pytest.raises(ValueError, match="y must hold at least 1"):
+    mmd.mmd2(x, jnp.zeros((0, 3)), kernel=k, estimator="biased")
+  with pytest.raises(ValueError, match="y has shape .* expected axis 1 of size 3"):
+    mmd.mmd2(x, y[:, :2], kernel=k, block_size=2)
+  with pytest.raises(ValueError, match="x must hold at least 4"):
+    mmd.linear_mmd2(x[:3], y[:3], kernel=k)
+  with pytest.raises(ValueError, match="equal sample sizes"):
+    mmd.linear_mmd2(x, y, kernel=k)
+  with pytest.raises(TypeError, match="key must be one PRNG key"):
+    mmd.permutation_test(x, y, kernel=k, key=0)
+  with pytest.raises(TypeError, match="key must be one PRNG key"):
+    mmd.random_splits(jax.random.split(jax.random.key(0), 2), 2, 3, 4)
+  with pytest.raises(ValueError, match="n must be an int >= 1"):
+    mmd.random_splits(jax.random.key(0), 0, 3, 4)
   # Under jit non-finite values cannot raise: the result is NaN, never a silent number.
   assert np.isnan(float(_unbiased(x.at[0, 0].set(jnp.nan), y, k)))
   assert np.isnan(float(_unbiased(x, y, mmd.GaussianKernel(jnp.asarray(-1.0)))))
