@@ -130,14 +130,14 @@ def test_knobs_sweep_mmd_upward():
 
 
 def test_determinism_jit_and_float32():
-  b = dist.uniform_ball(3, radius=1.0)
+  b = dist.uniform_ball(3, radius=1.0, dtype=jnp.float32)
   k = jax.random.key(3)
   x1, x2 = b.sample(50, key=k), b.sample(50, key=k)
   assert x1.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(x1), np.asarray(x2))
   assert not np.allclose(np.asarray(x1), np.asarray(b.sample(50, key=jax.random.key(4))))
   # A traced knob under jit (closed-over distribution): knobs are sweepable inside jit/vmap.
-  f = jax.jit(jax.vmap(lambda s: b.transformed(shift=dist.axis_shift(3, s)).sample(50, key=k)))
+  f = jax.jit(jax.vmap(lambda s: b.transformed(shift=dist.axis_shift(3, s, dtype=jnp.float32)).sample(50, key=k)))
   xs = f(jnp.array([0.0, 1.0], jnp.float32))
   np.testing.assert_allclose(np.asarray(xs[1] - xs[0]), np.tile([1.0, 0.0, 0.0], (50, 1)),
                              atol=1e-6)

@@ -70,7 +70,7 @@ def test_c2_closed_form_equals_autodiff_and_optax(seed, shape):
 def test_c2_autodiff_in_float32():
   params, demos, prefix, query = make_instance(7, 16, 5, 6, 4, 3, jnp.float32, 0.5)
   out = icl_kd.decompose(params, demos, prefix, query)
-  fm = icl_kd.positive_random_features(4, NUM_FEATURES, key=jax.random.key(0))
+  fm = icl_kd.positive_random_features(4, NUM_FEATURES, key=jax.random.key(0), dtype=jnp.float32)
   zero = jnp.zeros((3, NUM_FEATURES), jnp.float32)
   grad = _grad_sq(zero, params, demos, fm)
   assert _rel(-out.eta * grad, out.w0.to_primal(fm)) <= 1e-5
