@@ -145,7 +145,7 @@ class Claim:
     id: the claim id (e.g. ``thm3.1``): a contract of reports and figures.
     theory: its number in docs/THEORY.md, ``C1`` .. ``C7``.
     check: the check type its evaluation returns; fixes the kind.
-    statement: one line: both sides and the relation, in THEORY's notation.
+    statement: one line: both sides and the relation, in the notation of docs/THEORY.md.
     buckets: fixed shape configurations (NamedTuples); instances are split evenly.
     sample: ``(key, bucket, dtype) -> Instance``: one instance.
     compute: ``(instance, bucket, shared) -> check`` for one instance.
