@@ -145,7 +145,8 @@ def reduce_chunk(check, *, bucket: int, start: int, dtype_name: str,
       capped = np.minimum(lr[ok], LOG_CAP)
       st.min_slack = float(np.min(-np.expm1(capped)))          # (rhs - lhs) / rhs
       ratio = np.exp(capped)
-      st.sum_value, st.sum_sq_value = float(np.sum(ratio)), float(np.sum(ratio * ratio))
+      with np.errstate(over="ignore"):
+        st.sum_value, st.sum_sq_value = float(np.sum(ratio)), float(np.sum(ratio * ratio))
     if kind == "probabilistic bound":
       st.events = int(np.sum(ok & np.asarray(check.violated).reshape(n).astype(bool)))
     order = [int(i) for i in np.argsort(-worst_score, kind="stable") if ok[i]][:TOP_K]
