@@ -34,15 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
+from icl_kd.claims import PromptBucket
 
 NAME = "B1"
-BUCKET = (32, 0, 8, 8, 8, True)  # (N, M, d, d_k, d_v, include_query), one of thm3.1's buckets
+# (N, M, d, d_k, d_v, include_query), one of thm3.1's buckets
+BUCKET = PromptBucket(32, 0, 8, 8, 8, True)
 TARGET = 100.0
 
 
 def claim():
   """``thm3.1`` restricted to the one bucket measured here."""
-  from proofs_check.claims import CLAIMS
+  from icl_kd.claims import CLAIMS
   return dataclasses.replace(CLAIMS["thm3.1"], buckets=(BUCKET,))
 
 
@@ -138,11 +140,14 @@ def sampling_only(dtype, instances: int, seed: int) -> float:
   """
   from proofs_check import sweep
 
-  def evaluate(inst, bucket):
-    total = sum(jnp.sum(v) for v in inst.values())
-    return dict(error=1e-30 * jnp.abs(total), tolerance=jnp.ones_like(total))
+  from icl_kd.claims import IdentityCheck
 
-  c = dataclasses.replace(claim(), evaluate=evaluate)
+  def compute(inst, bucket, shared):
+    del shared
+    total = sum(jnp.sum(v) for v in inst.values())
+    return IdentityCheck(1e-30 * jnp.abs(total), jnp.ones_like(total))
+
+  c = dataclasses.replace(claim(), compute=compute, prepare=lambda inst, bucket: None)
   name = jnp.dtype(dtype).name
   steady, _, _ = harness.time_end_to_end(
       lambda: sweep.sweep(c, instances=instances, seed=seed, dtype=dtype, dtype_name=name,
@@ -171,7 +176,7 @@ def agreement(dtype, seed: int, count: int = 16) -> dict:
     ours = np.asarray(out.attention, np.float64)
     worst_rel = max(worst_rel, float(np.linalg.norm(ours - att) / np.linalg.norm(att)))
     ev = c.evaluate(inst, BUCKET)
-    same_verdict &= bool(float(ev["error"]) <= float(ev["tolerance"])) == bool(err <= tol)
+    same_verdict &= bool(float(ev.error) <= float(ev.tolerance)) == bool(err <= tol)
   return dict(max_rel_diff_attention=worst_rel, same_verdicts=same_verdict, instances=count)
 
 

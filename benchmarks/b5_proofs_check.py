@@ -55,13 +55,16 @@ def run(*, quick: bool, seed: int) -> list[harness.Row]:
 
 
 def _child(out_path: str, argv: list[str]) -> int:
-  """Runs the CLI in this process under a compile-time listener; writes the sums."""
-  from proofs_check import cli
-  args = cli.build_parser().parse_args(argv)
-  cli.set_cpu_compile_flags(args.fast_compile, args.instances)  # before the backend, as ``main``
+  """Runs ``python -m proofs_check`` in this process under a compile-time listener."""
+  import runpy
   with harness.CompileLog() as log:
     t0 = time.perf_counter()
-    code = cli.main(argv)
+    sys.argv = ["proofs_check", *argv]
+    try:
+      runpy.run_module("proofs_check", run_name="__main__", alter_sys=True)
+      code = 0
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else 1
     wall = time.perf_counter() - t0
   with open(out_path, "w") as f:
     json.dump(dict(wall_s=wall, compile_s=log.seconds, backend_compiles=log.backend_compiles,

@@ -22,10 +22,10 @@ import numpy as np
 
 import icl_kd
 from figures import style, table
-from proofs_check import claims as _claims
+from icl_kd import claims
 
 ID, SLUG, CLAIMS = "F1", "decomposition", ("thm3.1",)
-BUCKETS = ((16, 4, 6, 4, 3, True),)  # (N, M, d, d_k, d_v, the query attends to itself)
+BUCKETS = (claims.PromptBucket(16, 4, 6, 4, 3, True),)  # (N, M, d, d_k, d_v, self-attention)
 
 
 class Config(NamedTuple):
@@ -50,14 +50,12 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 
 def _identity_batch(keys, bucket):
   def one(key):
-    inst = _claims.sample_prompt(key, bucket, jnp.float64)
-    out = _claims._decompose(inst, bucket)
-    ev = _claims.eval_thm31(inst, bucket)
-    # the error's unit: sum_j p_j |W^V x_j| (eval_thm31 divides by it)
-    context = jnp.concatenate([inst["demos"], _claims._tail(inst, bucket)])
-    p = jnp.exp(out.scores - out.log_partition)
-    scale = jnp.sum(p * jnp.linalg.norm(jnp.dot(context, inst["w_v"].T), axis=-1))
-    return out.attention, out.reference, ev["error"], ev["tolerance"], out.max_abs_score, scale
+    inst = claims.sample_prompt(key, bucket, jnp.float64)
+    out = claims.decompose_prompt(inst, bucket)
+    # the C1 error of proofs_check's thm3.1, in units of sum_j p_j |W^V x_j| (e.unit)
+    e = claims.c1_error(claims.prompt_params(inst), inst["demos"], inst["prefix"], inst["query"],
+                        tau=inst["tau"], include_query=bucket.include_query, decomposition=out)
+    return out.attention, out.reference, e.error, e.tolerance, out.max_abs_score, e.unit
   return jax.vmap(one)(keys)
 
 
@@ -66,17 +64,10 @@ _identity_batch = jax.jit(_identity_batch, static_argnums=1)
 
 def _prompt(key, bucket, score):
   """A prompt (params, demos, prefix, query) scaled so that max_j |s_j| = score (tau = 1)."""
-  n, m, d, d_k, d_v = bucket
-  ks = jax.random.split(key, 4)
-  params = icl_kd.init_params(d, d_k, d_v, key=ks[0], dtype=jnp.float64)
   # tokens N(0, I/d), so |x| ~ 1 and kappa stays O(1): the regime of the error rates.
-  demos = jax.random.normal(ks[1], (n, d), jnp.float64) / jnp.sqrt(d)
-  prefix = jax.random.normal(ks[2], (m, d), jnp.float64) / jnp.sqrt(d)
-  query = jax.random.normal(ks[3], (d,), jnp.float64) / jnp.sqrt(d)
-  context = jnp.concatenate([demos, prefix, query[None]])
-  raw = jnp.dot(jnp.dot(context, params.w_k.T), jnp.dot(params.w_q, query))
-  params = params._replace(w_q=params.w_q * (score / jnp.max(jnp.abs(raw))))
-  return params, demos, prefix, query
+  p = claims.scaled_prompt(key, bucket, jnp.float64, max_abs_score=score,
+                           token_scale=1.0 / np.sqrt(bucket[2]))
+  return p.params, p.demos, p.prefix, p.query
 
 
 def _feature_errors(keys, fkeys, bucket, score, counts, degrees):
@@ -97,9 +88,7 @@ def _feature_errors(keys, fkeys, bucket, score, counts, degrees):
     z = jnp.dot(params.w_q, query)                                           # (d_k,)
     # errors in units of sum_j p_j |W^V x_j| (as proofs_check's C1 check): |h| itself can
     # cancel to ~0 and would turn a small absolute error into an arbitrary relative one
-    context = jnp.concatenate([demos, prefix, query[None]])                 # (N + M + 1, d)
-    p = jnp.exp(out.scores - out.log_partition)                              # (N + M + 1,)
-    norm = jnp.sum(p * jnp.linalg.norm(jnp.dot(context, params.w_v.T), axis=1))
+    norm = claims.c1_error(params, demos, prefix, query, decomposition=out).unit
 
     def rf(orthogonal):
       fm = icl_kd.positive_random_features(d_k, m_max, key=fkey, orthogonal=orthogonal,

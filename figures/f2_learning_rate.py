@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import icl_kd
 from figures import style, table
-from proofs_check import claims as _claims
+from icl_kd import claims
+from icl_kd.claims import c2_kd_step, c3_dw_step, c7_lr_proxy
 
-ID, SLUG, CLAIMS = "F2", "learning_rate", ("kd-step", "dw-step-squared", "lr-proxy")
-BUCKET = (16, 4, 6, 4, 3, True)   # (N, M, d, d_k, d_v, the query attends to itself)
+ID, SLUG, CLAIMS = "F2", "learning_rate", ("kd-step", "dw-step-linear", "dw-step-squared",
+                                          "lr-proxy")
+BUCKET = claims.PromptBucket(16, 4, 6, 4, 3, True)   # (N, M, d, d_k, d_v, self-attention)
 
 
 class Config(NamedTuple):
@@ -44,31 +45,24 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 
 def _instance(key, score):
   """A prompt of BUCKET (tau = 1) with w_q scaled so that max_j |s_j| = score."""
-  n, m, d, d_k, d_v, _ = BUCKET
-  ks = jax.random.split(key, 5)
-  params = icl_kd.init_params(d, d_k, d_v, key=ks[0], dtype=jnp.float64)
-  demos = jax.random.normal(ks[1], (n, d), jnp.float64)
-  prefix = jax.random.normal(ks[2], (m, d), jnp.float64)
-  query = jax.random.normal(ks[3], (d,), jnp.float64)
-  context = jnp.concatenate([demos, prefix, query[None]])
-  raw = jnp.dot(jnp.dot(context, params.w_k.T), jnp.dot(params.w_q, query))
-  return dict(w_q=params.w_q * (score / jnp.max(jnp.abs(raw))), w_k=params.w_k, w_v=params.w_v,
-              demos=demos, prefix=prefix, query=query, tau=jnp.asarray(1.0, jnp.float64),
-              omega=jax.random.normal(ks[4], (32, d_k), jnp.float64))
+  k_prompt, k_omega = jax.random.split(key)
+  p = claims.scaled_prompt(k_prompt, BUCKET, jnp.float64, max_abs_score=score)
+  return dict(w_q=p.params.w_q, w_k=p.params.w_k, w_v=p.params.w_v, demos=p.demos,
+              prefix=p.prefix, query=p.query, tau=p.tau,
+              omega=jax.random.normal(k_omega, (32, BUCKET.d_k), jnp.float64))
 
 
 def _sweep(keys, scores):
   def one(key, score):
     inst = _instance(key, score)
-    lr = _claims.eval_lr_proxy(inst, BUCKET)
-    kd = _claims.eval_kd_step(inst, BUCKET)
-    lin = _claims.eval_dw_linear(inst, BUCKET)
-    # log ||R||_HS / ||dW||_HS (eval_dw_squared's value, kept in log space: it underflows)
-    out = _claims._decompose(inst, BUCKET)
-    resid = icl_kd.squared_step_residual(out.w0, _claims._params(inst), _claims._tail(inst, BUCKET))
-    log_ratio = resid.log_hs_norm() - out.dw.log_hs_norm()
-    return (lr["extra_log_eta"], lr["extra_entropy"], lr["extra_log_partition"], kd["error"],
-            log_ratio / np.log(10.0), lin["error"])
+    out = claims.decompose_prompt(inst, BUCKET)          # shared by the three checks
+    lr = c7_lr_proxy.compute(inst, BUCKET, out).extras
+    kd = c2_kd_step.compute(inst, BUCKET, out)
+    lin = c3_dw_step.compute_linear(inst, BUCKET, out)
+    # log ||R||_HS / ||dW||_HS (dw-step-squared's value, kept in log space: it underflows)
+    log_ratio = c3_dw_step.log_residual_ratio(inst, BUCKET, out)
+    return (lr.log_eta, lr.entropy, lr.log_partition, kd.error, log_ratio / np.log(10.0),
+            lin.error)
   per_key = lambda k: jax.vmap(lambda s: one(k, s))(scores)
   return jax.vmap(per_key)(keys)                                       # each (P, S)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 import icl_kd
 from figures import style, table
-from icl_kd import bounds, distributions, mmd
+from icl_kd import bounds, claims, distributions, mmd
 
 ID, SLUG, CLAIMS = "F3", "rademacher", ("thm3.2", "rademacher-empirical")
 D, DELTA, RADIUS, ETA = 3, 0.05, 1.0, 0.5
@@ -53,8 +53,6 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 def _gaps(params, keys, x_pop, n):
   """(L - L_hat, L_hat, L) of the scaled one-step weights for each key (one sample of size n)."""
   ball = distributions.uniform_ball(D, dtype=jnp.float64)
-  teacher = jnp.dot(x_pop, params.w_v.T)                                 # (P, d_v)
-  pop_keys = jnp.dot(x_pop, params.w_k.T)                                # (P, d_k)
 
   def one(key):
     x = ball.sample(n, key=key)                                          # (n, d)
@@ -62,10 +60,8 @@ def _gaps(params, keys, x_pop, n):
     # scale W itself (not its representation) into the ball: ||W||_HS = min(||W_0||, B)
     shrink = jnp.minimum(0.0, math.log(RADIUS) - w.log_hs_norm())
     w = icl_kd.DualWeights(w.coeffs, w.anchors, w.tau, w.log_scale + shrink)
-    l_hat = bounds.kd_risk(w, params, x)
-    student = jax.vmap(w.apply)(pop_keys)                                # (P, d_v)
-    l_pop = jnp.mean(jnp.sum((teacher - student) ** 2, axis=1))
-    return l_pop - l_hat, l_hat, l_pop, w.hs_norm()
+    g = claims.generalization_gap(w, params, x, x_pop)                   # C4's L - L_hat
+    return g.gap, g.empirical_risk, g.population_risk, w.hs_norm()
   # sequential over samples (lax.map): a vmap would hold (R, P, n) kernel values at once
   return jax.lax.map(one, keys, batch_size=8)
 

@@ -14,11 +14,6 @@ eta = 1/2, tau = 1, over several random layers. For every pair:
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
-import tempfile
 from typing import NamedTuple
 
 import jax
@@ -77,7 +72,7 @@ _pairs = jax.jit(_pairs)
 
 
 def proofs_check_literal(*, seed: int, instances: int, steps: int, quick: bool = False) -> dict:
-  """Runs ``python -m proofs_check --claims thm4.1-literal --adversarial STEPS`` in process.
+  """``proofs_check.check("thm4.1-literal", adversarial=STEPS)``: the CLI's run, from Python.
 
   Returns the report entry of ``thm4.1-literal`` (worst random instance and
   adversarial result, both with their evaluated log_lhs / log_rhs). With
@@ -88,28 +83,22 @@ def proofs_check_literal(*, seed: int, instances: int, steps: int, quick: bool =
   """
   if quick:
     import jax.numpy as jnp
+    from icl_kd.claims import CLAIMS as _CLAIMS, check_values, log_ratio
     from proofs_check import adversarial, sweep
-    from proofs_check.claims import CLAIMS as _CLAIMS
     claim = _CLAIMS["thm4.1-literal"]
     starts = [sweep.instance_of(claim, seed, 0, i, jnp.float64) for i in range(instances)]
     evals = [claim.evaluate(s, claim.buckets[0]) for s in starts]
-    ratios = [float(v["log_lhs"] - v["log_rhs"]) for v in evals]
+    ratios = [float(log_ratio(v)) for v in evals]
     worst = int(np.argmax(ratios))
     adv = adversarial.search(claim, starts, 0, steps=steps)
     return dict(instances=instances, violations=int(np.sum(np.asarray(ratios) > 0)),
                 verdict="quick: adversarial search only",
-                worst_instance=dict(bucket=0, index=worst,
-                                    values={k: float(v) for k, v in evals[worst].items()}),
+                worst_instance=dict(bucket=0, index=worst, values=check_values(evals[worst])),
                 adversarial=adv)
-  from proofs_check import cli
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "report.json")
-    argv = ["--claims", "thm4.1-literal", "--instances", str(instances), "--seed", str(seed),
-            "--adversarial", str(steps), "--json", path, "--no-progress"]
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-      cli.main(argv)
-    with open(path) as f:
-      return json.load(f)["claims"]["thm4.1-literal"]
+  import proofs_check
+  report = proofs_check.check("thm4.1-literal", instances=instances, seed=seed,
+                              adversarial=steps)
+  return report.claims["thm4.1-literal"].to_json()
 
 
 def compute(cfg: Config) -> dict:

@@ -5,8 +5,14 @@ reference model W phi(W^K x) in one distillation step (Li, Liu, Li, 2025,
 "Brewing Knowledge in Context: Distillation Perspectives on In-Context
 Learning", arXiv:2506.11516). This package computes both sides of each of the
 paper's claims exactly; ``proofs_check`` verifies them at scale.
+
+Dtypes: float32 or float64 (half precision is refused); ``dtype`` arguments
+default to the type JAX gives a new float array (float64 under
+``jax_enable_x64``). A NumPy float64 input computed in float32 because x64 is
+off emits :class:`Float64TruncatedWarning` once.
 """
 
+from icl_kd._checks import Float64TruncatedWarning, default_float_dtype
 from icl_kd.attention import (AttentionParams, Decomposition, attention_scores, check_params,
                               decompose, implicit_learning_rate, init_params, softmax_attention)
 from icl_kd.dual import (DualWeights, aligned_difference, log_softmax_kernel, relative_hs_error,
@@ -20,10 +26,11 @@ from icl_kd import bounds, distributions, mmd  # noqa: E402  (submodules: icl_kd
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttentionParams", "Decomposition", "DualWeights", "LOSS_KINDS", "PositiveRandomFeatures",
-    "TaylorFeatures", "aligned_difference", "attention_scores", "check_params", "decompose",
-    "implicit_learning_rate", "init_params", "kd_loss", "kd_step_dual", "kd_step_increment",
-    "log_softmax_kernel", "one_step_kd_weights", "positive_random_features", "relative_hs_error",
-    "softmax_attention", "softmax_kernel", "squared_step_residual", "taylor_features",
-    "taylor_remainder_bound", "__version__", "bounds", "distributions", "mmd",
+    "AttentionParams", "Decomposition", "DualWeights", "Float64TruncatedWarning", "LOSS_KINDS",
+    "PositiveRandomFeatures", "TaylorFeatures", "aligned_difference", "attention_scores",
+    "check_params", "decompose", "default_float_dtype", "implicit_learning_rate", "init_params",
+    "kd_loss", "kd_step_dual", "kd_step_increment", "log_softmax_kernel", "one_step_kd_weights",
+    "positive_random_features", "relative_hs_error", "softmax_attention", "softmax_kernel",
+    "squared_step_residual", "taylor_features", "taylor_remainder_bound", "__version__", "bounds",
+    "distributions", "mmd",
 ]

@@ -6,15 +6,101 @@ positivity) can only run on concrete arrays: they raise when a function is
 called eagerly; under a transformation the public functions instead poison
 their result with NaN (see :func:`poison_if_nonfinite`), so a non-finite input
 never yields a silently finite number.
+
+Dtype policy: every array argument must be float32 or float64. float16 and
+bfloat16 are refused (TypeError naming the argument): the exact identities are
+checked to 1e-12 (float64) and 1e-5 (float32), and half precision (relative
+rounding 1e-3 to 8e-3) cannot meet either. Arguments named ``dtype`` default
+to the type JAX gives a new float array (float64 when ``jax_enable_x64`` is
+on, float32 otherwise; :func:`default_float_dtype`). A NumPy float64 array
+passed while x64 is off is computed in float32: the first such input emits a
+:class:`Float64TruncatedWarning` (once per process).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class Float64TruncatedWarning(UserWarning):
+  """A float64 input was computed in float32 because ``jax_enable_x64`` is off."""
+
+
+_truncation_warned = False
+
+
+def _warn_truncated(name: str) -> None:
+  global _truncation_warned
+  if _truncation_warned:
+    return
+  _truncation_warned = True
+  warnings.warn(
+      f"{name} is a float64 array but jax_enable_x64 is off, so it is computed in float32 "
+      "(~1e-7 relative rounding). Call jax.config.update('jax_enable_x64', True) before "
+      "creating any array (or set JAX_ENABLE_X64=1) for float64, or pass float32 to silence "
+      "this warning (shown once).", Float64TruncatedWarning, stacklevel=4)
+
+
+def default_float_dtype() -> jnp.dtype:
+  """The dtype JAX gives a new float array: float64 under x64, float32 otherwise."""
+  return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+_HALF = "float16/bfloat16 (and other sub-32-bit floats) are not supported"
+
+
+def resolve_dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
+  """``None`` -> :func:`default_float_dtype`; float32/float64 accepted; others refused.
+
+  float64 requested while x64 is off resolves to float32, with a
+  :class:`Float64TruncatedWarning` (once).
+  """
+  if dtype is None:
+    return default_float_dtype()
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+  if not jnp.issubdtype(dt, jnp.floating) or dt.itemsize not in (4, 8):
+    raise TypeError(f"{name} must be float32 or float64, got {dt}"
+                    + (f" ({_HALF})" if jnp.issubdtype(dt, jnp.floating) else ""))
+  if dt.itemsize == 8 and not jax.config.jax_enable_x64:
+    _warn_truncated(name)
+    return jnp.dtype(jnp.float32)
+  return dt
+
+
+def check_key(key: Any, name: str = "key") -> Any:
+  """Checks that ``key`` is one JAX PRNG key: ``jax.random.key(seed)`` (or a legacy uint32 key).
+
+  Runs on static shapes and dtypes only, so it also raises under jit/vmap.
+  Returns ``key`` unchanged.
+  """
+  hint = "e.g. jax.random.key(0)"
+  if not isinstance(key, (jax.Array, np.ndarray)):
+    what = f"{type(key).__name__} {key!r}" if isinstance(key, (int, float, str)) else type(
+        key).__name__
+    raise TypeError(f"{name} must be a JAX PRNG key ({hint}), got {what}")
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    shape = key.shape
+  elif key.dtype == np.uint32:
+    try:
+      shape = jax.eval_shape(jax.random.wrap_key_data, key).shape
+    except (TypeError, ValueError):
+      raise TypeError(f"{name} must be a JAX PRNG key ({hint}); got a uint32 array of shape "
+                      f"{key.shape}, which is not legacy key data") from None
+  else:
+    raise TypeError(f"{name} must be a JAX PRNG key ({hint}), got an array of dtype {key.dtype} "
+                    f"and shape {key.shape}")
+  if shape != ():
+    raise ValueError(f"{name} must be a single PRNG key, got a batch of keys of shape {shape}; "
+                     "pass one key (index or split the batch)")
+  return key
 
 
 def is_concrete(x: Any) -> bool:
@@ -32,9 +118,17 @@ def as_float_array(name: str, x: Any, *, ndim: int | None = None) -> jax.Array:
     raise TypeError(f"{name} must be a floating array, got a bool")
   if not isinstance(x, (jax.Array, np.ndarray, float, int, np.generic, list, tuple)):
     raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+  src = getattr(x, "dtype", None) if isinstance(x, (np.ndarray, np.generic)) else None
   arr = jnp.asarray(x)
   if not jnp.issubdtype(arr.dtype, jnp.floating):
     raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {arr.dtype}")
+  if arr.dtype.itemsize < 4:
+    raise TypeError(f"{name} must be float32 or float64, got {arr.dtype} ({_HALF}: half "
+                    "precision cannot meet the identities' tolerances; cast with "
+                    ".astype(jnp.float32))")
+  if src is not None and np.dtype(src).itemsize > arr.dtype.itemsize and jnp.issubdtype(
+      src, np.floating):
+    _warn_truncated(name)
   if ndim is not None and arr.ndim != ndim:
     raise ValueError(f"{name} must have rank {ndim}, got shape {arr.shape}")
   return arr

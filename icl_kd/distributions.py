@@ -78,6 +78,7 @@ class UniformBall:
   def sample(self, n: int, *, key) -> jax.Array:
     """n points, (n, d): direction uniform on the sphere, radius * U^(1/d) along it."""
     n = _check_n(n)
+    _checks.check_key(key)
     k_dir, k_rad = jax.random.split(key)
     dtype = self.shift.dtype
     g = jax.random.normal(k_dir, (n, self.d), dtype)                        # (n, d)
@@ -123,6 +124,7 @@ class TruncatedGaussianMixture:
   def sample(self, n: int, *, key) -> jax.Array:
     """n points, (n, d); components and truncated normals drawn exactly (no rejection)."""
     n = _check_n(n)
+    _checks.check_key(key)
     k_comp, k_noise = jax.random.split(key)
     dtype = self.shift.dtype
     comp = jax.random.categorical(k_comp, self.log_weights, shape=(n,))     # (n,)
@@ -155,7 +157,7 @@ jax.tree_util.register_dataclass(
 
 
 def uniform_ball(d: int, *, radius=1.0, shift=None, scale=1.0, rotation=None,
-                 dtype=jnp.float32) -> UniformBall:
+                 dtype=None) -> UniformBall:
   """Uniform distribution on a ball of ``radius`` in R^d, with the affine knobs.
 
   Args:
@@ -164,10 +166,12 @@ def uniform_ball(d: int, *, radius=1.0, shift=None, scale=1.0, rotation=None,
     shift: (d,) translation (default 0).
     scale: > 0 dilation.
     rotation: (d, d) orthogonal matrix (default I); see :func:`givens_rotation`.
-    dtype: float32 or float64.
+    dtype: float32 or float64 (default: JAX's default float type, float64
+      under x64).
   """
   if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
     raise ValueError(f"d must be a positive int, got {d!r}")
+  dtype = _checks.resolve_dtype(dtype)
   radius = _checks.scalar_param("radius", radius, dtype)
   shift, scale, rotation = _affine(shift, scale, rotation, int(d), dtype)
   return UniformBall(radius, shift, scale, rotation)
@@ -208,12 +212,13 @@ def truncated_gaussian_mixture(means, *, weights=None, std=1.0, truncation=2.0, 
   return TruncatedGaussianMixture(means, log_weights, std, truncation, shift, scale, rotation)
 
 
-def givens_rotation(d: int, angle, *, i: int = 0, j: int = 1, dtype=jnp.float32) -> jax.Array:
+def givens_rotation(d: int, angle, *, i: int = 0, j: int = 1, dtype=None) -> jax.Array:
   """The (d, d) rotation by ``angle`` (radians) in the (e_i, e_j) plane; a rotation knob."""
   if not isinstance(d, (int, np.integer)) or d < 2:
     raise ValueError(f"a plane rotation needs d >= 2, got d={d!r}")
   if not (0 <= i < d and 0 <= j < d and i != j):
     raise ValueError(f"i and j must be distinct axes in [0, {d}), got i={i}, j={j}")
+  dtype = _checks.resolve_dtype(dtype)
   angle = _checks.scalar_param("angle", angle, dtype, positive=False)
   c, s = jnp.cos(angle), jnp.sin(angle)
   r = jnp.eye(d, dtype=dtype)
@@ -221,24 +226,27 @@ def givens_rotation(d: int, angle, *, i: int = 0, j: int = 1, dtype=jnp.float32)
   return r
 
 
-def random_rotation(d: int, *, key, dtype=jnp.float32) -> jax.Array:
+def random_rotation(d: int, *, key, dtype=None) -> jax.Array:
   """A Haar-distributed orthogonal (d, d) matrix (QR of a Gaussian matrix, signs fixed).
 
   Mezzadri (2007), "How to generate random matrices from the classical compact groups".
   """
   if not isinstance(d, (int, np.integer)) or d < 1:
     raise ValueError(f"d must be a positive int, got {d!r}")
+  _checks.check_key(key)
+  dtype = _checks.resolve_dtype(dtype)
   g = jax.random.normal(key, (d, d), dtype)
   q, r = jnp.linalg.qr(g)
   signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)          # (d,)
   return q * signs[None, :]
 
 
-def axis_shift(d: int, magnitude, *, axis: int = 0, dtype=jnp.float32) -> jax.Array:
+def axis_shift(d: int, magnitude, *, axis: int = 0, dtype=None) -> jax.Array:
   """The shift vector magnitude * e_axis, (d,): a one-number MMD knob."""
   if not isinstance(d, (int, np.integer)) or d < 1:
     raise ValueError(f"d must be a positive int, got {d!r}")
   if not 0 <= axis < d:
     raise ValueError(f"axis must lie in [0, {d}), got {axis}")
+  dtype = _checks.resolve_dtype(dtype)
   magnitude = _checks.scalar_param("magnitude", magnitude, dtype, positive=False)
   return jnp.zeros((d,), dtype).at[axis].set(magnitude)

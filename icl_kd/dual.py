@@ -90,8 +90,9 @@ class DualWeights:
     return cls(coeffs, anchors, tau, log_scale)
 
   @classmethod
-  def zeros(cls, d_v: int, d_k: int, *, tau=1.0, dtype=jnp.float32) -> "DualWeights":
-    """The zero weight (no anchors)."""
+  def zeros(cls, d_v: int, d_k: int, *, tau=1.0, dtype=None) -> "DualWeights":
+    """The zero weight (no anchors); ``dtype`` defaults to JAX's default float type."""
+    dtype = _checks.resolve_dtype(dtype)
     return cls(jnp.zeros((0, d_v), dtype), jnp.zeros((0, d_k), dtype),
                jnp.asarray(tau, dtype), jnp.asarray(0.0, dtype))
 

@@ -1,13 +1,13 @@
 """Knowledge distillation: the losses and the one-step weights (claims C2, C3).
 
-THEORY.md C2 (``kd-step``): with the squared KD loss over the demonstrations
+docs/THEORY.md C2 (``kd-step``): with the squared KD loss over the demonstrations
 
     L_D(W) = (1/N) sum_i || W^V x_i - W phi(W^K x_i) ||^2,
 
 one gradient step from W = 0 with learning rate eta gives
 W_1 = (2 eta / N) sum_i W^V x_i phi(W^K x_i)^T, which is W_0 at eta* = N/(2D').
 
-THEORY.md C3 (``dw-step``): the linear loss
+docs/THEORY.md C3 (``dw-step``): the linear loss
 L_lin(W) = -(1/M) sum_j <W^V x'_j, W phi(W^K x'_j)> over the query tokens adds
 exactly dW in one step of size M/D'; the squared loss started at W_0 with
 eta = M/(2D') adds dW - R.
@@ -15,6 +15,14 @@ eta = M/(2D') adds dW - R.
 The losses come in two forms: on explicit features (primal weights, a
 (d_v, m) matrix, for ``jax.grad`` and optax) and as exact functional
 gradients in dual form.
+
+Validation (the library's convention, :mod:`icl_kd._checks`): shapes and
+dtypes raise ValueError/TypeError, also under ``jit``; values seen only at run
+time (a non-finite input, tau <= 0, eta <= 0) raise when called eagerly and
+poison the result with NaN under a transformation.
+
+Checked by ``proofs_check`` claims ``kd-step``, ``dw-step-linear`` and
+``dw-step-squared`` (:mod:`icl_kd.claims.c2_kd_step`, :mod:`icl_kd.claims.c3_dw_step`).
 """
 
 from __future__ import annotations
@@ -45,6 +53,11 @@ def _log_step(dtype, eta, log_eta) -> jax.Array:
   return jnp.log(_checks.scalar_param("eta", eta, dtype))
 
 
+def _step_ok(log_step: jax.Array) -> jax.Array:
+  """The step's log as a poison input: eta <= 0 (log -inf or NaN) or log_eta = +inf are invalid."""
+  return jnp.where(jnp.isneginf(log_step), jnp.nan, log_step)
+
+
 def one_step_kd_weights(params: AttentionParams, demos, *, eta=None, log_eta=None,
                         tau=1.0) -> DualWeights:
   """W_1 = (2 eta / N) sum_i W^V x_i phi(W^K x_i)^T, in dual form (C2).
@@ -69,7 +82,8 @@ def one_step_kd_weights(params: AttentionParams, demos, *, eta=None, log_eta=Non
   values = jnp.dot(demos, params.w_v.T, precision=HIGHEST)                  # (N, d_v)
   keys = jnp.dot(demos, params.w_k.T, precision=HIGHEST)                    # (N, d_k)
   log_scale = jnp.log(jnp.asarray(2.0, dtype)) + log_step - jnp.log(jnp.asarray(n, dtype))
-  return DualWeights(values, keys, tau, log_scale)
+  out = DualWeights(values, keys, tau, log_scale)
+  return _checks.poison_if_nonfinite(out, *params, demos, _step_ok(log_step), positive=(tau,))
 
 
 def kd_loss(weights: jax.Array, params: AttentionParams, inputs, *, feature_map: Callable,
@@ -87,20 +101,25 @@ def kd_loss(weights: jax.Array, params: AttentionParams, inputs, *, feature_map:
     kind: "squared" or "linear".
 
   Differentiable with ``jax.grad`` in ``weights``; usable as an optax objective.
+  Non-finite ``weights`` or ``inputs`` raise eagerly and give NaN under ``jit``.
   """
   _check_kind(kind)
   params = check_params(params)
   inputs = _check_tokens("inputs", inputs, params.d, allow_empty=False)
   weights = _checks.as_float_array("weights", weights, ndim=2)
   _checks.check_dim("weights", weights, 0, params.d_v, "d_v, the rows of params.w_v")
+  _checks.check_same_dtype(params=params.w_k, inputs=inputs, weights=weights)
+  _checks.check_finite(inputs=inputs, weights=weights)
   keys = jnp.dot(inputs, params.w_k.T, precision=HIGHEST)                   # (n, d_k)
   feats = jax.vmap(feature_map)(keys)                                       # (n, m)
   _checks.check_dim("weights", weights, 1, feats.shape[1], "m, the feature dimension")
   teacher = jnp.dot(inputs, params.w_v.T, precision=HIGHEST)                # (n, d_v)
   student = jnp.dot(feats, weights.T, precision=HIGHEST)                    # (n, d_v)
   if kind == "squared":
-    return jnp.mean(jnp.sum((teacher - student) ** 2, axis=-1))
-  return -jnp.mean(jnp.sum(teacher * student, axis=-1))
+    loss = jnp.mean(jnp.sum((teacher - student) ** 2, axis=-1))
+  else:
+    loss = -jnp.mean(jnp.sum(teacher * student, axis=-1))
+  return _checks.poison_if_nonfinite(loss, *params, inputs, weights)
 
 
 def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs, *, eta=None,
@@ -134,6 +153,7 @@ def kd_step_increment(weights: DualWeights, params: AttentionParams, inputs, *, 
     raise ValueError(f"weights act on (d_v, d_k) = ({weights.d_v}, {weights.d_k}); params "
                      f"need ({params.d_v}, {params.d_k})")
   log_step = _log_step(dtype, eta, log_eta)
+  _checks.check_finite(inputs=inputs)
   n = inputs.shape[0]
   keys = jnp.dot(inputs, params.w_k.T, precision=HIGHEST)                   # (n, d_k)
   teacher = jnp.dot(inputs, params.w_v.T, precision=HIGHEST)                # (n, d_v)
@@ -143,7 +163,9 @@ def kd_step_increment(weights: DualWeights, params: AttentionParams, inputs, *, 
   else:
     coeffs, factor = teacher, 1.0
   log_scale = log_step + jnp.log(jnp.asarray(factor / n, dtype))
-  return DualWeights(coeffs, keys, weights.tau, log_scale)
+  out = DualWeights(coeffs, keys, weights.tau, log_scale)
+  return _checks.poison_if_nonfinite(out, *params, inputs, _step_ok(log_step),
+                                     positive=(weights.tau,))
 
 
 def squared_step_residual(w0: DualWeights, params: AttentionParams, tokens) -> DualWeights:
@@ -155,6 +177,8 @@ def squared_step_residual(w0: DualWeights, params: AttentionParams, tokens) -> D
   """
   params = check_params(params)
   tokens = _check_tokens("tokens", tokens, params.d, allow_empty=False)
+  _checks.check_finite(tokens=tokens)
   keys = jnp.dot(tokens, params.w_k.T, precision=HIGHEST)                   # (M, d_k)
   student = jax.vmap(w0.apply)(keys)                                        # (M, d_v)
-  return DualWeights(student, keys, w0.tau, w0.log_scale)
+  out = DualWeights(student, keys, w0.tau, w0.log_scale)
+  return _checks.poison_if_nonfinite(out, *params, tokens, positive=(w0.tau,))

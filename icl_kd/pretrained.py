@@ -560,7 +560,36 @@ def sentence_embedding(model: Bert, input_ids, mask=None) -> jax.Array:
 def augment(x: jax.Array) -> jax.Array:
   """[x; 1]: appends a constant 1 to the last axis, (..., d) -> (..., d + 1).
 
-  With it a biased map is linear: W x + b = [W b] [x; 1].
+  Folding a biased head. A transformer head computes q = W^Q x' + b^Q,
+  k_j = W^K x_j + b^K, v_j = W^V x_j + b^V; THEORY's layer (claim C1) has no
+  biases. A constant coordinate makes each biased map linear,
+
+      W x + b = [W  b] [x; 1] = [W  b] augment(x),
+
+  so AttentionParams with w_q = [W^Q b^Q], w_k = [W^K b^K], w_v = [W^V b^V]
+  (each (d_head, d + 1)) acting on ``augment(tokens)`` reproduce the head
+  exactly, and :func:`icl_kd.decompose` splits it into W_0 + dW verbatim
+  (the bias terms are carried by the constant coordinate of every token, the
+  query included). :func:`head_params` builds these parameters from a
+  checkpoint; tau is sqrt(d_head).
+
+  Example (a random biased head, d = 4, d_head = 2):
+    >>> import jax, jax.numpy as jnp
+    >>> import icl_kd
+    >>> from icl_kd.pretrained import augment
+    >>> kw, kb, kx = jax.random.split(jax.random.key(0), 3)
+    >>> ws, bs = jax.random.normal(kw, (3, 2, 4)), jax.random.normal(kb, (3, 2))
+    >>> params = icl_kd.AttentionParams(*(jnp.concatenate([w, b[:, None]], axis=1)
+    ...                                   for w, b in zip(ws, bs)))          # [W b]: (2, 5)
+    >>> x = jax.random.normal(kx, (6, 4))           # 5 demonstrations, then the query
+    >>> xa = augment(x)                             # (6, 5): [x; 1]
+    >>> out = icl_kd.decompose(params, xa[:5], None, xa[5], tau=2 ** 0.5)
+    >>> q, k, v = (x @ w.T + b for w, b in zip(ws, bs))   # the biased head itself
+    >>> head = jax.nn.softmax(k @ q[5] / 2 ** 0.5) @ v
+    >>> bool(jnp.allclose(out.attention, head, rtol=1e-5, atol=1e-6))
+    True
+    >>> bool(jnp.allclose(out.reference, head, rtol=1e-5, atol=1e-6))
+    True
   """
   x = jnp.asarray(x)
   return jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), x.dtype)], axis=-1)

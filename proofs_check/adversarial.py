@@ -4,9 +4,9 @@ Starting from the worst random instances of the sweep, gradient ascent (Adam)
 on log(lhs) - log(rhs) over every array of the instance that the claim lets
 vary, projecting back inside the claim's assumptions after each step
 (``Claim.project``). The largest ratio seen is re-evaluated with the claim's
-own evaluation and returned with its instance. A true bound must stay <= 1
-(beyond rounding); for the conjecture ``thm4.1-literal`` whatever is found is
-the result.
+own evaluation and returned with its instance (``values``: the check's fields).
+A true bound must stay <= 1 (beyond rounding); for a conjecture such as
+``thm4.1-literal`` whatever is found is the result.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from proofs_check.claims import Claim
+from icl_kd.claims import Claim, check_values, log_ratio
 
 FIXED = ("tau", "log_eta")  # hyperparameters of the claim, not searched over
 
 
 def _objective(claim: Claim, cfg):
   def f(inst):
-    v = claim.evaluate(inst, cfg)
-    return v["log_lhs"] - v["log_rhs"]
+    return log_ratio(claim.evaluate(inst, cfg))
   return f
 
 
@@ -70,7 +69,7 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
   i = int(np.argmax(best_val))
   winner = {**{k: jnp.asarray(v[i]) for k, v in best.items()},
             **{k: v[i] for k, v in fixed.items()}}
-  final = {k: float(v) for k, v in claim.evaluate(winner, cfg).items()}
+  final = check_values(claim.evaluate(winner, cfg))
   return dict(steps=steps, starts=len(starts), bucket=bucket,
               initial_max_ratio=float(np.exp(np.max(initial[np.isfinite(initial)])))
               if np.isfinite(initial).any() else None,

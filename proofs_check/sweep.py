@@ -17,10 +17,7 @@ the same numbers (only process 0 prints and writes).
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
 import zlib
 from typing import Callable
 
@@ -29,8 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from icl_kd import runtime
+from icl_kd.claims import Claim
 from proofs_check import verdicts
-from proofs_check.claims import Claim
+
+Progress = runtime.Progress  # the project's one progress bar
 
 
 def claim_key(seed: int, claim_id: str) -> jax.Array:
@@ -77,12 +77,13 @@ def _batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
   round some of them differently on CPU.
   """
   cfg = claims[0].buckets[bucket]
-  sample = claims[0].sample
+  sample, prepare = claims[0].sample, claims[0].prepare
   mb = _micro(chunk)
 
   def one(bkey, i):
     inst = sample(jax.random.fold_in(bkey, i), cfg, dtype)
-    return {c.id: c.evaluate(inst, cfg) for c in claims}
+    shared = prepare(inst, cfg)                    # the group's shared work, once per instance
+    return {c.id: c.compute(inst, cfg, shared) for c in claims}
 
   def block(bkey, indices):                                        # (per_device,)
     blocks = indices.reshape(-1, mb)                               # (blocks, mb)
@@ -116,52 +117,29 @@ def _gather(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-class Progress:
-  """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
-
-  def __init__(self, label: str, total: int, enabled: bool = True):
-    self.label, self.total, self.enabled = label, total, enabled and jax.process_index() == 0
-    self.start = time.perf_counter()
-    self.tty = sys.stderr.isatty()
-    self.next_pct = 25
-
-  def update(self, done: int) -> None:
-    if not self.enabled:
-      return
-    pct = 100 * done // max(self.total, 1)
-    el = time.perf_counter() - self.start
-    if self.tty:
-      bar = "#" * (pct // 5) + "." * (20 - pct // 5)
-      sys.stderr.write(f"\r  {self.label:<40} [{bar}] {done:>11,}/{self.total:,}  {el:6.1f}s")
-      if done >= self.total:
-        sys.stderr.write("\n")
-      sys.stderr.flush()
-    elif pct >= self.next_pct or done >= self.total:
-      sys.stderr.write(f"  {self.label:<40} {done:>11,}/{self.total:,}  {el:6.1f}s\n")
-      self.next_pct = pct // 25 * 25 + 25
-
-
 def _chunk_path(directory: str, claim_id: str, bucket: int, chunk: int) -> str:
   return os.path.join(directory, claim_id, f"b{bucket}_c{chunk:08d}.json")
 
 
 def _atomic_write(path: str, payload: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f)
-  os.replace(tmp, path)
+  runtime.write_json(path, payload, indent=None, flag="--checkpoint")
 
 
 def _load(path: str) -> verdicts.Stats:
-  with open(path) as f:
-    return verdicts.Stats.from_json(json.load(f))
+  return verdicts.Stats.from_json(runtime.read_json(path, flag="--checkpoint"))
+
+
+class Sweep(dict):
+  """The merged Stats by claim id, with how many chunks were loaded from the checkpoint."""
+  loaded_chunks: int = 0
+  computed_chunks: int = 0
 
 
 def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtype_name: str,
           checkpoint: str | None = None, progress: bool = True,
           mesh: Mesh | None = None, chunk: int | None = None,
-          stop_after_chunks: int | None = None) -> dict[str, verdicts.Stats]:
+          stop_after_chunks: int | None = None) -> Sweep:
   """Evaluates ``instances`` instances of each claim of one group; returns merged Stats by id.
 
   Args:
@@ -172,6 +150,8 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
       checkpointing and of host reduction, independent of the device count.
     stop_after_chunks: compute at most this many new chunks, then raise
       KeyboardInterrupt (used to test resumption).
+  Returns:
+    A :class:`Sweep`: Stats by claim id, and ``loaded_chunks`` / ``computed_chunks``.
   """
   claims = [claims] if isinstance(claims, Claim) else list(claims)
   group = claims[0].group_id
@@ -183,7 +163,7 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
   counts = bucket_counts(instances, len(claims[0].buckets))
   bar = Progress(", ".join(c.id for c in claims), instances, progress)
   merged: dict[str, verdicts.Stats] = {c.id: verdicts.Stats() for c in claims}
-  done, computed = 0, 0
+  done, computed, loaded = 0, 0, 0
   gkey = claim_key(seed, group)
   for b, n_b in enumerate(counts):
     if n_b == 0:
@@ -198,6 +178,7 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
                for cl in claims}
       if checkpoint and all(os.path.exists(p) for p in paths.values()):
         stats = {cid: _load(p) for cid, p in paths.items()}
+        loaded += 1
       else:
         if stop_after_chunks is not None and computed >= stop_after_chunks:
           raise KeyboardInterrupt(f"stopped after {computed} new chunks")
@@ -205,14 +186,16 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
         values = _run_sharded(fn, bkey, start, padded, mesh)
         stats = {}
         for cl in claims:
-          vals = {k: v[:valid] for k, v in values[cl.id].items()}
-          stats[cl.id] = verdicts.reduce_chunk(cl.kind, vals, bucket=b, start=start,
+          check = jax.tree_util.tree_map(lambda v: v[:valid], values[cl.id])
+          stats[cl.id] = verdicts.reduce_chunk(check, bucket=b, start=start,
                                                dtype_name=dtype_name)
           if checkpoint and jax.process_index() == 0:
             _atomic_write(paths[cl.id], stats[cl.id].to_json())
         computed += 1
       for cid, st in stats.items():
-        merged[cid] = verdicts.merge(merged[cid], st) if merged[cid].count else st
+        merged[cid] = verdicts.merge(merged[cid], st)
       done += valid
       bar.update(done)
-  return merged
+  out = Sweep(merged)
+  out.loaded_chunks, out.computed_chunks = loaded, computed
+  return out

@@ -180,3 +180,107 @@ def test_c7_sharp_limit():
   entropies = [float(icl_kd.decompose(*make_instance(9, 10, 3, 4, 4, 2, jnp.float64, sc)).entropy)
                for sc in (-2.0, 0.0, 1.0, 2.0)]
   assert all(a > b for a, b in zip(entropies, entropies[1:]))  # sharper -> lower entropy
+
+
+# --- padded, masked contexts: one compile for many lengths ------------------------------------
+
+N_PAD, M_PAD = 8, 4
+TRUE_LENGTHS = [(3, 0), (5, 2), (8, 4), (1, 1), (6, 3)]   # (N, M) of each prompt, padded to (8, 4)
+_TRACES = []
+
+
+def _decompose_padded(params, demos, prefix, query, demo_mask, prefix_mask):
+  _TRACES.append(demos.shape)  # Python side effect: runs once per trace, not per call
+  return icl_kd.decompose(params, demos, prefix, query, demo_mask=demo_mask,
+                          prefix_mask=prefix_mask)
+
+
+decompose_padded = jax.jit(_decompose_padded)
+
+
+def _pad(x, rows, key):
+  """x padded to ``rows`` rows with large finite junk (it must not leak into the result)."""
+  junk = 5.0 * jax.random.normal(key, (rows - x.shape[0], x.shape[1]), x.dtype)
+  return jnp.concatenate([x, junk]), jnp.arange(rows) < x.shape[0]
+
+
+def _close(a, b, tol=1e-13):
+  """Relative 2-norm difference (the C1 error unit), with a tiny absolute floor."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert np.linalg.norm(a - b) <= tol * np.linalg.norm(b) + 1e-300, (a, b)
+
+
+def _assert_same_decomposition(padded, plain, n, m):
+  for field in ("attention", "reference", "log_partition", "eta", "log_eta", "max_abs_score"):
+    _close(getattr(padded, field), getattr(plain, field))
+  _close(padded.entropy, plain.entropy, 1e-12) if float(plain.entropy) > 1e-3 else (
+      np.testing.assert_allclose(padded.entropy, plain.entropy, atol=1e-15))
+  scores = np.asarray(padded.scores)
+  kept = np.r_[np.arange(n), N_PAD + np.arange(m), N_PAD + M_PAD]
+  _close(scores[kept], plain.scores)
+  assert np.all(np.isneginf(np.delete(scores, kept)))
+  # The dual weights act identically: evaluated at random feature points, and in norm.
+  zs = jax.random.normal(jax.random.key(9), (3, plain.w0.d_k), jnp.float64)
+  for part in ("w0", "dw"):
+    wp, wu = getattr(padded, part), getattr(plain, part)
+    for z in zs:
+      _close(wp.apply(z), wu.apply(z), 1e-12)
+    _close(wp.log_hs_norm(), wu.log_hs_norm(), 1e-12)
+  _close(padded.w0.inner(padded.dw), plain.w0.inner(plain.dw), 1e-12)
+
+
+@pytest.mark.parametrize("log10_scale", [0.0, 3.0])
+def test_masked_padding_matches_unpadded_with_one_compile(log10_scale):
+  """Five prompt lengths padded to one bucket: one trace, and float64 agreement ~1e-13.
+
+  At log10_scale = 3 the scores reach +-1e3, where exp over- and underflows:
+  masked anchors must not change the max-shift of the log-space sums.
+  """
+  for i, (n, m) in enumerate(TRUE_LENGTHS):
+    params, demos, prefix, query = make_instance(40 + i, n, m, 5, 3, 2, jnp.float64, log10_scale)
+    kd, kp = jax.random.split(jax.random.key(100 + i))
+    demos_p, demo_mask = _pad(demos, N_PAD, kd)
+    prefix_p, prefix_mask = _pad(prefix, M_PAD, kp)
+    padded = decompose_padded(params, demos_p, prefix_p, query, demo_mask, prefix_mask)
+    plain = icl_kd.decompose(params, demos, prefix if m else None, query)
+    _assert_same_decomposition(padded, plain, n, m)
+    np.testing.assert_allclose(padded.log_eta, np.log(n / 2) - float(plain.log_partition),
+                               rtol=1e-13)  # N counts kept demonstrations only
+  assert len(_TRACES) == 1, _TRACES  # over both scales too: same shapes, one program
+
+
+def test_masked_softmax_attention_and_query_switch():
+  params, demos, prefix, query = make_instance(7, 4, 2, 5, 3, 2, jnp.float64, 0.5)
+  context = jnp.concatenate([demos, prefix])
+  padded, mask = _pad(context, 9, jax.random.key(1))
+  np.testing.assert_allclose(icl_kd.softmax_attention(params, padded, query, mask=mask),
+                             _naive_attention(params, context, query, 1.0), rtol=1e-13)
+  # include_query=False with every prefix token masked: dW is the zero weight.
+  prefix_p, _ = _pad(prefix[:0], 3, jax.random.key(2))
+  out = icl_kd.decompose(params, demos, prefix_p, query, include_query=False,
+                         prefix_mask=jnp.zeros(3, bool))
+  plain = icl_kd.decompose(params, demos, None, query, include_query=False)
+  np.testing.assert_allclose(out.attention, plain.attention, rtol=1e-13)
+  np.testing.assert_allclose(out.reference, out.attention, rtol=1e-13)
+  assert float(out.dw.hs_norm()) == 0.0
+  np.testing.assert_array_equal(out.dw.apply(jnp.ones(3)), np.zeros(2))
+
+
+def test_prefix_none_is_an_empty_prefix():
+  params, demos, _, query = make_instance(5, 6, 0, 4, 4, 3, jnp.float64, 0.0)
+  explicit = icl_kd.decompose(params, demos, jnp.zeros((0, 4)), query)
+  for none in (icl_kd.decompose(params, demos, None, query),
+               icl_kd.decompose(params, demos, query=query),
+               icl_kd.decompose(params, demos, [], query)):
+    for a, b in zip(jax.tree_util.tree_leaves(none), jax.tree_util.tree_leaves(explicit)):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(icl_kd.implicit_learning_rate(params, demos, None, query),
+                                explicit.eta)
+
+
+def test_init_params_default_dtype_follows_x64():
+  """The suite runs with x64 on: the default is float64, like jax.random.normal's."""
+  params = icl_kd.init_params(3, key=jax.random.key(0))
+  assert {p.dtype for p in params} == {jax.random.normal(jax.random.key(0), (2,)).dtype}
+  assert params.w_q.dtype == jnp.float64
+  assert icl_kd.init_params(3, key=jax.random.key(0), dtype=jnp.float32).w_q.dtype == jnp.float32

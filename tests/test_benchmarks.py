@@ -99,7 +99,7 @@ def test_b1_numpy_check_matches_the_proofs_check_path():
                            inst["demos"], inst["prefix"], inst["query"], tau=inst["tau"])
     np.testing.assert_allclose(np.asarray(out.attention), att, rtol=1e-11, atol=1e-14)
     ev = c.evaluate(inst, b1_claims.BUCKET)
-    assert err <= tol and float(ev["error"]) <= float(ev["tolerance"])
+    assert err <= tol and float(ev.error) <= float(ev.tolerance)
 
 
 def test_b1_numpy_check_against_brute_force():

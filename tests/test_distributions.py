@@ -130,14 +130,14 @@ def test_knobs_sweep_mmd_upward():
 
 
 def test_determinism_jit_and_float32():
-  b = dist.uniform_ball(3, radius=1.0)
+  b = dist.uniform_ball(3, radius=1.0, dtype=jnp.float32)
   k = jax.random.key(3)
   x1, x2 = b.sample(50, key=k), b.sample(50, key=k)
   assert x1.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(x1), np.asarray(x2))
   assert not np.allclose(np.asarray(x1), np.asarray(b.sample(50, key=jax.random.key(4))))
   # A traced knob under jit (closed-over distribution): knobs are sweepable inside jit/vmap.
-  f = jax.jit(jax.vmap(lambda s: b.transformed(shift=dist.axis_shift(3, s)).sample(50, key=k)))
+  f = jax.jit(jax.vmap(lambda s: b.transformed(shift=dist.axis_shift(3, s, dtype=jnp.float32)).sample(50, key=k)))
   xs = f(jnp.array([0.0, 1.0], jnp.float32))
   np.testing.assert_allclose(np.asarray(xs[1] - xs[0]), np.tile([1.0, 0.0, 0.0], (50, 1)),
                              atol=1e-6)
@@ -186,3 +186,88 @@ def test_bad_inputs():
     dist.givens_rotation(3, 0.1, i=1, j=1)
   with pytest.raises(ValueError, match="axis"):
     dist.axis_shift(3, 1.0, axis=3)
+
+
+# --- laws, not only invariants ------------------------------------------------------------------
+
+_rotations = jax.jit(jax.vmap(lambda k: dist.random_rotation(5, key=k, dtype=jnp.float64)))
+
+
+def test_random_rotation_is_haar():
+  """S = 4000 draws of a 5x5 rotation against the moments of Haar measure on O(5).
+
+  For Haar Q: (Q_11 + 1)/2 ~ Beta((d-1)/2, (d-1)/2) (density of Q_11 prop. to
+  (1 - x^2)^{(d-3)/2}), checked by Kolmogorov-Smirnov (reject at p < 1e-3, false
+  alarm 1e-3); tr Q has mean 0 and E (tr Q)^2 = 1, with Var (tr Q)^2 = 2 for
+  d >= 4 (Diaconis-Shahshahani: the first d moments of tr Q are those of N(0,1)),
+  each within 4.5 SE (false alarm ~7e-6). A QR without the sign fix keeps
+  Q orthogonal but makes diag Q one-signed: every check here catches it.
+  """
+  s_draws, d = 4000, 5
+  q = np.asarray(_rotations(jax.random.split(jax.random.key(5), s_draws)))       # (S, d, d)
+  np.testing.assert_allclose(q[0] @ q[0].T, np.eye(d), atol=1e-13)
+  assert stats.kstest((q[:, 0, 0] + 1) / 2, stats.beta((d - 1) / 2, (d - 1) / 2).cdf).pvalue > 1e-3
+  assert stats.kstest((q[:, 2, 3] + 1) / 2, stats.beta((d - 1) / 2, (d - 1) / 2).cdf).pvalue > 1e-3
+  tr = np.trace(q, axis1=1, axis2=2)
+  assert abs(tr.mean()) <= 4.5 / np.sqrt(s_draws)
+  assert abs(np.mean(tr ** 2) - 1.0) <= 4.5 * np.sqrt(2.0 / s_draws)
+
+
+def _mean_cov_z(x, mean, cov):
+  """z-scores of the sample mean and covariance entries against their exact values.
+
+  The standard errors come from the sample itself: Var(mean_i) = cov_ii / n and
+  Var(cov_ij estimate) ~ Var((x_i - mu_i)(x_j - mu_j)) / n.
+  """
+  n = x.shape[0]
+  z_mean = (x.mean(0) - mean) / np.sqrt(np.diag(cov) / n)
+  c = x - mean
+  prod = c[:, :, None] * c[:, None, :]                                             # (n, d, d)
+  z_cov = (prod.mean(0) - cov) / (prod.std(0, ddof=1) / np.sqrt(n))
+  return z_mean, z_cov
+
+
+def test_uniform_ball_moments_and_knobs():
+  """Uniform d-ball of radius R: E|u|^2 = d R^2/(d+2), E|u|^4 = d R^4/(d+4); x = shift + s R u
+  has mean shift and covariance s^2 R^2/(d+2) I.
+
+  n = 20000 per case (d = 3 and d = 6, fixed seeds); every check within 4.5 SE
+  (false alarm ~7e-6 each, under 2e-4 for the 2 x (2 + d + d^2) checks). A radius
+  drawn as U^(1/2) instead of U^(1/d) fails E|u|^2 for d != 2.
+  """
+  n, radius = 20000, 1.5
+  for d, seed in ((3, 0), (6, 1)):
+    base = dist.uniform_ball(d, radius=radius, dtype=jnp.float64)
+    u = np.asarray(base.sample(n, key=jax.random.key(seed)))
+    sq = np.sum(u ** 2, axis=1)
+    m2, m4 = d * radius ** 2 / (d + 2), d * radius ** 4 / (d + 4)
+    assert abs(sq.mean() - m2) <= 4.5 * np.sqrt((m4 - m2 ** 2) / n)
+    shift = np.linspace(-1.0, 2.0, d)
+    rot = dist.givens_rotation(d, 0.7, i=0, j=d - 1, dtype=jnp.float64)
+    moved = base.transformed(shift=jnp.asarray(shift), scale=2.5, rotation=rot)
+    x = np.asarray(moved.sample(n, key=jax.random.key(seed + 10)))
+    z_mean, z_cov = _mean_cov_z(x, shift, 2.5 ** 2 * radius ** 2 / (d + 2) * np.eye(d))
+    assert np.all(np.abs(z_mean) <= 4.5) and np.all(np.abs(z_cov) <= 4.5), (z_mean, z_cov)
+
+
+def test_mixture_moments_follow_the_rotation():
+  """Rotated, shifted, scaled mixture: mean = shift + s R mu_bar, cov = s^2 R Sigma R^T.
+
+  Sigma = sum_c w_c mu_c mu_c^T - mu_bar mu_bar^T + std^2 v_t I with v_t the
+  variance of N(0, 1) truncated to [-t, t] (SciPy). n = 40000, d = 3 (fixed seed);
+  the means are off-axis, so R versus R^T, a dropped shift or a scale applied
+  twice moves the mean or the covariance by many SE. Each of the 3 + 9 checks
+  within 4.5 SE (false alarm ~7e-6 each).
+  """
+  n = 40000
+  g = _mixture(3)
+  rot = np.asarray(dist.givens_rotation(3, 0.9, i=0, j=1, dtype=jnp.float64))
+  shift, scale = np.array([0.5, -1.0, 2.0]), 1.7
+  moved = g.transformed(shift=jnp.asarray(shift), scale=scale, rotation=jnp.asarray(rot))
+  x = np.asarray(moved.sample(n, key=jax.random.key(8)))
+  w, mu = np.array([0.2, 0.3, 0.5]), np.asarray(g.means)
+  mu_bar = w @ mu
+  v_t = stats.truncnorm(-1.5, 1.5).var()
+  sigma = (mu.T * w) @ mu - np.outer(mu_bar, mu_bar) + 0.5 ** 2 * v_t * np.eye(3)
+  z_mean, z_cov = _mean_cov_z(x, shift + scale * rot @ mu_bar, scale ** 2 * rot @ sigma @ rot.T)
+  assert np.all(np.abs(z_mean) <= 4.5) and np.all(np.abs(z_cov) <= 4.5), (z_mean, z_cov)

@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 
 import figures  # noqa: E402
 from figures.__main__ import main  # noqa: E402
+from icl_kd.claims import identity_tolerance  # noqa: E402
 
 IDS = list(figures.FIGURES)
 
@@ -75,7 +76,7 @@ def test_f1_identity_on_the_line(quick_out):
   gap = np.sqrt(sq)                                              # per prompt, from the points
   order = np.argsort(err["instance"])
   unit, rel = err["error_unit"][order], err["relative_error"][order]
-  tol = 1e-12 * np.maximum(1.0, 10 ** err["log10_max_score"][order] / 10.0)
+  tol = np.asarray(identity_tolerance(np.float64, 10 ** err["log10_max_score"][order]))
   assert np.all(gap <= tol * unit), np.max(gap / (tol * unit))
   np.testing.assert_allclose(gap, rel * unit, rtol=1e-9, atol=0)
   np.testing.assert_allclose(err["tolerance"][order], tol, rtol=1e-12)

@@ -70,7 +70,7 @@ def test_c2_closed_form_equals_autodiff_and_optax(seed, shape):
 def test_c2_autodiff_in_float32():
   params, demos, prefix, query = make_instance(7, 16, 5, 6, 4, 3, jnp.float32, 0.5)
   out = icl_kd.decompose(params, demos, prefix, query)
-  fm = icl_kd.positive_random_features(4, NUM_FEATURES, key=jax.random.key(0))
+  fm = icl_kd.positive_random_features(4, NUM_FEATURES, key=jax.random.key(0), dtype=jnp.float32)
   zero = jnp.zeros((3, NUM_FEATURES), jnp.float32)
   grad = _grad_sq(zero, params, demos, fm)
   assert _rel(-out.eta * grad, out.w0.to_primal(fm)) <= 1e-5
@@ -146,3 +146,75 @@ def test_c3_residual_ratio_is_reported_nonzero():
   resid = icl_kd.squared_step_residual(out.w0, params, tokens)
   ratio = float(resid.hs_norm() / out.dw.hs_norm())
   assert 1e-3 < ratio < 1e3
+
+
+# --- validation: the library's convention (raise eagerly; NaN under jit for run-time values) ---
+
+def _kd_inputs():
+  params, demos, prefix, query = make_instance(3, 6, 2, 4, 3, 2, jnp.float64, 0.0)
+  return params, demos, prefix
+
+
+@jax.jit
+def _w1_jit(params, demos, tau, eta):
+  w = icl_kd.one_step_kd_weights(params, demos, eta=eta, tau=tau)
+  return w.coeffs, w.log_scale, w.tau
+
+
+@jax.jit
+def _loss_jit(weights, params, inputs, omega, tau):
+  fm = icl_kd.PositiveRandomFeatures(omega, tau)
+  return icl_kd.kd_loss(weights, params, inputs, feature_map=fm)
+
+
+@jax.jit
+def _inc_jit(params, demos, prefix, eta, tau):
+  w0 = icl_kd.one_step_kd_weights(params, demos, eta=1.0, tau=tau)
+  inc = icl_kd.kd_step_increment(w0, params, prefix, eta=eta)
+  res = icl_kd.squared_step_residual(w0, params, prefix)
+  return inc.coeffs, inc.log_scale, res.coeffs
+
+
+def test_kd_bad_values_under_jit_poison_to_nan():
+  """tau <= 0, eta <= 0 or a non-finite token give NaN under jit (finite garbage before)."""
+  params, demos, prefix = _kd_inputs()
+  one = jnp.asarray(1.0)
+  good = _w1_jit(params, demos, one, one)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in good)
+  for tau, eta in ((0.0, 1.0), (-1.0, 1.0), (1.0, 0.0), (1.0, -2.0)):
+    out = _w1_jit(params, demos, jnp.asarray(tau), jnp.asarray(eta))
+    assert all(bool(jnp.all(jnp.isnan(x))) for x in out), (tau, eta)
+  bad_demos = demos.at[0, 0].set(jnp.inf)
+  assert bool(jnp.all(jnp.isnan(_w1_jit(params, bad_demos, one, one)[0])))
+  omega = jax.random.normal(jax.random.key(0), (8, params.d_k), jnp.float64)
+  w = jnp.ones((params.d_v, 8))
+  assert bool(jnp.isfinite(_loss_jit(w, params, demos, omega, one)))
+  assert bool(jnp.isnan(_loss_jit(w.at[0, 0].set(jnp.nan), params, demos, omega, one)))
+  assert bool(jnp.isnan(_loss_jit(w, params, bad_demos, omega, one)))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in _inc_jit(params, demos, prefix, one, one))
+  for eta, tau in ((0.0, 1.0), (1.0, 0.0)):
+    out = _inc_jit(params, demos, prefix, jnp.asarray(eta), jnp.asarray(tau))
+    assert bool(jnp.all(jnp.isnan(out[0]))) and bool(jnp.all(jnp.isnan(out[1]))), (eta, tau)
+  out = _inc_jit(params, demos, prefix.at[0, 1].set(jnp.nan), one, one)
+  assert bool(jnp.all(jnp.isnan(out[0]))) and bool(jnp.all(jnp.isnan(out[2])))
+
+
+def test_kd_bad_values_eagerly_raise_naming_the_argument():
+  params, demos, prefix = _kd_inputs()
+  import pytest
+  with pytest.raises(ValueError, match="tau"):
+    icl_kd.one_step_kd_weights(params, demos, eta=1.0, tau=0.0)
+  with pytest.raises(ValueError, match="eta"):
+    icl_kd.one_step_kd_weights(params, demos, eta=-1.0)
+  with pytest.raises(ValueError, match="demos"):
+    icl_kd.one_step_kd_weights(params, demos.at[0, 0].set(jnp.nan), eta=1.0)
+  w0 = icl_kd.one_step_kd_weights(params, demos, eta=1.0)
+  with pytest.raises(ValueError, match="inputs"):
+    icl_kd.kd_step_increment(w0, params, prefix.at[0, 0].set(jnp.inf), eta=1.0)
+  with pytest.raises(ValueError, match="tokens"):
+    icl_kd.squared_step_residual(w0, params, prefix.at[0, 0].set(jnp.inf))
+  fm = icl_kd.PositiveRandomFeatures(jnp.ones((4, params.d_k)), 1.0)
+  with pytest.raises(ValueError, match="weights"):
+    icl_kd.kd_loss(jnp.full((params.d_v, 4), jnp.nan), params, demos, feature_map=fm)
+  with pytest.raises(TypeError, match="dtype"):
+    icl_kd.kd_loss(jnp.ones((params.d_v, 4), jnp.float32), params, demos, feature_map=fm)

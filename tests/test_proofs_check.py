@@ -1,4 +1,9 @@
-"""proofs_check: checkers, verdict machinery, CLI, determinism, resume, sharding, replay."""
+"""proofs_check: checkers, verdict machinery, check(), CLI, determinism, resume, sharding, replay.
+
+The documented verdict rules (proofs_check/verdicts.py) are tested here at
+their boundaries; the claims' own samplers and negative controls are in
+tests/test_claims.py.
+"""
 
 import json
 import os
@@ -10,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proofs_check import cli, sweep, verdicts
-from proofs_check.claims import CLAIMS
+import proofs_check
+from icl_kd.claims import CLAIMS, BoundCheck, EventCheck, IdentityCheck, Measurement
+from proofs_check import sweep, verdicts
+from proofs_check.report import Report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = 96  # instances per group in these tests: a few per bucket
@@ -37,7 +44,7 @@ def test_each_checker_holds_on_small_instances(small_run, cid):
   claim = CLAIMS[cid]
   st = small_run[cid]
   v = verdicts.decide(claim.kind, st, delta=claim.delta)
-  assert st.count > 0 and st.nonfinite == 0
+  assert st.count > 0 and st.out_of_range == 0
   assert v.passed, (cid, v.detail)
   if claim.kind == "identity":
     assert v.detail["max_error_over_tolerance"] <= 1.0
@@ -47,7 +54,7 @@ def test_each_checker_holds_on_small_instances(small_run, cid):
 
 def test_squared_residual_is_measured_and_its_identity_holds(small_run):
   st = small_run["dw-step-squared"]
-  assert st.count > 0 and st.nonfinite == 0
+  assert st.count > 0 and st.out_of_range == 0
   assert np.median(st.sample) > 1e-3  # R is not negligible: the squared loss is not attention
   err = np.asarray(st.extra_samples["identity_error"])
   assert np.all(err <= 1e-10), err.max()  # step == dW - R at every measured instance
@@ -66,8 +73,8 @@ def test_literal_c5_form_is_violated_by_random_instances(small_run):
 def test_planted_bound_violation_is_a_failure():
   log_lhs = np.log(np.array([0.5, 0.9, 1.2, 0.1]))
   wrong_rhs = np.zeros(4)                        # rhs = 1 < lhs at instance 2
-  st = verdicts.reduce_chunk("bound", dict(log_lhs=log_lhs, log_rhs=wrong_rhs), bucket=0,
-                             start=0, dtype_name="float64")
+  st = verdicts.reduce_chunk(BoundCheck(log_lhs, wrong_rhs), bucket=0, start=0,
+                             dtype_name="float64")
   v = verdicts.decide("bound", st)
   assert not v.passed and v.verdict == "FAILS" and st.violations == 1
   assert st.worst_index == (0, 2)
@@ -76,25 +83,25 @@ def test_planted_bound_violation_is_a_failure():
 
 
 def test_bound_within_rounding_holds_and_beyond_fails():
-  ok = verdicts.reduce_chunk("bound", dict(log_lhs=np.array([np.log1p(1e-12)]),
-                                           log_rhs=np.zeros(1)), bucket=0, start=0,
-                             dtype_name="float64")
+  ok = verdicts.reduce_chunk(BoundCheck(np.array([np.log1p(1e-12)]), np.zeros(1)), bucket=0,
+                             start=0, dtype_name="float64")
   assert verdicts.decide("bound", ok).passed
-  bad = verdicts.reduce_chunk("bound", dict(log_lhs=np.array([np.log1p(1e-6)]),
-                                            log_rhs=np.zeros(1)), bucket=0, start=0,
-                              dtype_name="float64")
+  bad = verdicts.reduce_chunk(BoundCheck(np.array([np.log1p(1e-6)]), np.zeros(1)), bucket=0,
+                              start=0, dtype_name="float64")
   assert not verdicts.decide("bound", bad).passed
 
 
 def test_planted_identity_failure_and_nonfinite():
-  st = verdicts.reduce_chunk("identity", dict(error=np.array([1e-15, 3e-12]),
-                                              tolerance=np.array([1e-12, 1e-12])),
+  st = verdicts.reduce_chunk(IdentityCheck(np.array([1e-15, 3e-12]), np.array([1e-12, 1e-12])),
                              bucket=1, start=10, dtype_name="float64")
   v = verdicts.decide("identity", st)
   assert not v.passed and st.worst_index == (1, 11) and v.detail["max_error"] == 3e-12
-  nan = verdicts.reduce_chunk("identity", dict(error=np.array([np.nan]), tolerance=np.ones(1)),
-                              bucket=0, start=0, dtype_name="float64")
-  assert not verdicts.decide("identity", nan).passed and nan.nonfinite == 1
+  nan = verdicts.reduce_chunk(IdentityCheck(np.array([np.nan]), np.ones(1)), bucket=0, start=0,
+                              dtype_name="float64")
+  # out of range, not a violation; with no instance in range the claim is undecided (fails)
+  v = verdicts.decide("identity", nan)
+  assert nan.out_of_range == 1 and nan.violations == 0
+  assert not v.passed and v.verdict == "undecided"
 
 
 def test_probabilistic_bound_binomial_test():
@@ -102,9 +109,8 @@ def test_probabilistic_bound_binomial_test():
   def run(events):
     violated = np.zeros(100, bool)
     violated[:events] = True
-    st = verdicts.reduce_chunk("probabilistic bound", dict(
-        log_lhs=np.zeros(100), log_rhs=np.ones(100), violated=violated), bucket=0, start=0,
-        dtype_name="float64")
+    st = verdicts.reduce_chunk(EventCheck(np.zeros(100), np.ones(100), violated), bucket=0,
+                               start=0, dtype_name="float64")
     return verdicts.decide("probabilistic bound", st, delta=0.05)
   assert run(10).passed and not run(15).passed
   # exact binomial tail against a direct sum
@@ -114,10 +120,10 @@ def test_probabilistic_bound_binomial_test():
 
 
 def test_merge_is_order_consistent():
-  a = verdicts.reduce_chunk("bound", dict(log_lhs=np.array([-1.0, -0.5]), log_rhs=np.zeros(2)),
-                            bucket=0, start=0, dtype_name="float64")
-  b = verdicts.reduce_chunk("bound", dict(log_lhs=np.array([-0.2, -3.0]), log_rhs=np.zeros(2)),
-                            bucket=0, start=2, dtype_name="float64")
+  a = verdicts.reduce_chunk(BoundCheck(np.array([-1.0, -0.5]), np.zeros(2)), bucket=0, start=0,
+                            dtype_name="float64")
+  b = verdicts.reduce_chunk(BoundCheck(np.array([-0.2, -3.0]), np.zeros(2)), bucket=0, start=2,
+                            dtype_name="float64")
   m = verdicts.merge(a, b)
   assert m.count == 4 and m.worst_index == (0, 2)
   np.testing.assert_allclose(m.worst, -0.2)
@@ -134,11 +140,12 @@ def _cli(*args, env=None, timeout=600):
 
 
 SUBSET = ["--claims", "thm3.1,thm4.1-*", "--instances", "64", "--chunk", "32", "--no-progress"]
+NO_CACHE = ["--no-compile-cache"]
 
 
 def _numbers(report):
   """Every number of a report except wall-clock seconds."""
-  claims = {k: {kk: vv for kk, vv in v.items() if kk != "seconds"}
+  claims = {k: {kk: vv for kk, vv in v.items() if kk not in ("seconds",)}
             for k, v in report["claims"].items()}
   return json.dumps(claims, sort_keys=True)
 
@@ -146,31 +153,59 @@ def _numbers(report):
 @pytest.fixture(scope="module")
 def subset_report(tmp_path_factory):
   path = tmp_path_factory.mktemp("report") / "r.json"
-  res = _cli(*SUBSET, "--json", str(path))
+  res = _cli(*SUBSET, *NO_CACHE, "--json", str(path))
   assert res.returncode == 0, res.stderr + res.stdout
   return res, json.loads(path.read_text()), path
 
 
 def test_cli_table_json_schema_and_exit_code(subset_report):
   res, report, _ = subset_report
-  assert "thm3.1" in res.stdout and "violations" in res.stdout and "all claims hold" in res.stdout
+  assert "thm3.1" in res.stdout and "viol." in res.stdout
+  # theorems and conjectures are told apart in the summary
+  assert "3 checks hold; 1 conjecture violated: thm4.1-literal" in res.stdout
+  assert max(len(line) for line in res.stdout.splitlines()) <= 120
   for key in ("version", "seed", "dtype", "jax_version", "platform", "device_count", "claims"):
     assert key in report
   assert report["dtype"] == "float64" and report["seed"] == 0
   assert set(report["claims"]) == {"thm3.1", "thm4.1-identity", "thm4.1-bound", "thm4.1-literal"}
   for entry in report["claims"].values():
-    for key in ("kind", "instances", "violations", "verdict", "passed", "seconds", "detail",
-                "worst_instance"):
+    for key in ("kind", "theory", "instances", "violations", "out_of_range", "verdict", "passed",
+                "seconds", "detail", "worst", "worst_label", "min_slack", "worst_instance"):
       assert key in entry
     assert entry["instances"] == 64
     assert set(entry["worst_instance"]) >= {"bucket", "index", "config", "values", "arrays"}
 
 
-def test_cli_same_seed_same_numbers(subset_report, tmp_path):
+def test_cli_same_seed_same_numbers_with_and_without_compile_cache(subset_report, tmp_path):
+  """A second run, now through a fresh persistent compile cache, gives the same numbers."""
   _, report, _ = subset_report
   path = tmp_path / "again.json"
-  assert _cli(*SUBSET, "--json", str(path)).returncode == 0
+  cache = tmp_path / "cache"
+  res = _cli(*SUBSET, "--compile-cache", str(cache), "--json", str(path))
+  assert res.returncode == 0, res.stderr
+  assert os.listdir(cache)                         # the cache was written
   assert _numbers(json.loads(path.read_text())) == _numbers(report)
+
+
+def test_check_agrees_with_the_cli_json(subset_report):
+  """proofs_check.check() in this process gives the CLI's report, number for number."""
+  _, report, _ = subset_report
+  ours = proofs_check.check("thm3.1,thm4.1-*", instances=64, chunk=32).to_json()
+  assert _numbers(json.loads(json.dumps(ours))) == _numbers(report)
+  assert ours["passed"] == report["passed"] and ours["summary"] == report["summary"]
+  back = Report.from_json(report)
+  assert back.ok == report["passed"] and list(back.claims) == list(report["claims"])
+  assert _numbers(json.loads(json.dumps(back.to_json()))) == _numbers(report)
+
+
+def test_table_worst_is_the_json_worst_and_the_largest_error_over_tolerance(subset_report):
+  res, report, _ = subset_report
+  entry = report["claims"]["thm3.1"]
+  assert entry["worst_label"] == "error/tolerance"
+  vals = entry["worst_instance"]["values"]
+  np.testing.assert_allclose(entry["worst"], vals["error"] / vals["tolerance"], rtol=1e-6)
+  row = next(line for line in res.stdout.splitlines() if line.startswith("thm3.1 "))
+  assert f"{entry['worst']:.2g}" in row and f"{entry['worst_error']:.2e}" in row
 
 
 def test_cli_sharded_equals_unsharded(subset_report, tmp_path):
@@ -188,53 +223,98 @@ def test_cli_sharded_equals_unsharded(subset_report, tmp_path):
 
 def test_cli_replay_reproduces_worst_instances(subset_report):
   _, _, path = subset_report
-  res = _cli("--replay", str(path))
+  res = _cli("--replay", str(path), *NO_CACHE)
   assert res.returncode == 0, res.stdout + res.stderr
   assert "replay reproduces the report" in res.stdout and "DIFFERS" not in res.stdout
 
 
+def test_replay_of_an_empty_prefix_worst_instance(subset_report, tmp_path):
+  """A worst instance with M = 0 (prefix saved as shape (0, d)) replays by verdict."""
+  _, report, _ = subset_report
+  claim = CLAIMS["thm3.1"]
+  assert claim.buckets[0].m == 0
+  inst = sweep.instance_of(claim, 0, 0, 5, jnp.float64)
+  from icl_kd.claims import check_values
+  values = check_values(claim.evaluate(inst, claim.buckets[0]))
+  entry = report["claims"]["thm3.1"]
+  entry["worst_instance"] = dict(
+      bucket=0, index=5, config=list(claim.buckets[0]), values=values,
+      arrays={k: np.asarray(v).tolist() for k, v in inst.items()})   # no shapes: old reports
+  entry["worst"] = values["error"] / values["tolerance"]
+  entry["worst_error"] = values["error"]
+  assert entry["worst_instance"]["arrays"]["prefix"] == []
+  path = tmp_path / "m0.json"
+  path.write_text(json.dumps(report))
+  lines = proofs_check.replay(Report.from_json(json.loads(path.read_text())), "thm3.1")
+  assert lines and all(ln.agrees for ln in lines), lines
+  res = _cli("--replay", str(path), "--claims", "thm3.1", *NO_CACHE)
+  assert res.returncode == 0 and "replay reproduces the report" in res.stdout, res.stdout + res.stderr
+
+
 def test_cli_replay_detects_a_tampered_report(subset_report, tmp_path):
   _, report, _ = subset_report
-  report["claims"]["thm3.1"]["worst_instance"]["values"]["error"] *= 2
+  report = json.loads(json.dumps(report))
+  report["claims"]["thm3.1"]["worst"] = 2.0          # a violation the instance does not have
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps(report))
-  res = _cli("--replay", str(bad), "--claims", "thm3.1")
+  res = _cli("--replay", str(bad), "--claims", "thm3.1", *NO_CACHE)
   assert res.returncode == 1 and "DIFFERS" in res.stdout
 
 
 @pytest.mark.parametrize("args", [["--claims", "nope"], ["--instances", "0"],
                                   ["--dtype", "float16"], ["--adversarial", "-1"],
-                                  ["--bogus"]])
+                                  ["--bogus"], ["--replay", "/no/such/report.json"],
+                                  ["--claims", "thm3.1", "--json", "/no/such/folder/r.json"]])
 def test_cli_bad_usage_exits_2(args):
-  res = _cli(*args)
+  res = _cli(*args, *NO_CACHE)
   assert res.returncode == 2, (args, res.stdout, res.stderr)
   assert "error" in res.stderr
+  assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 3
+
+
+def test_cli_bad_replay_file_is_one_line(tmp_path):
+  bad = tmp_path / "x.json"
+  bad.write_text("{not json")
+  res = _cli("--replay", str(bad), *NO_CACHE)
+  assert res.returncode == 2 and "Traceback" not in res.stderr and "--replay" in res.stderr
 
 
 def test_cli_list():
-  res = _cli("--list")
+  res = _cli("--list", *NO_CACHE)
   assert res.returncode == 0
   for cid in ("thm3.1", "kd-step", "dw-step-linear", "dw-step-squared", "thm3.2",
               "rademacher-empirical", "thm4.1-identity", "thm4.1-bound", "thm4.1-literal",
               "thm4.2-prediction", "thm4.2-risk", "lr-proxy"):
-    assert cid in res.stdout
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith(cid + " "))
+    c = CLAIMS[cid]
+    assert c.theory in line and c.figure in line and c.kind in line
 
 
-def test_cli_planted_failure_exits_1(monkeypatch, capsys):
-  """A claim whose right side is deliberately wrong fails the run (exit 1)."""
+def test_select_by_theory_number_glob_and_id():
+  assert proofs_check.select("C5") == ["thm4.1-identity", "thm4.1-bound", "thm4.1-literal"]
+  assert proofs_check.select("C4,thm3.1") == ["thm3.2", "rademacher-empirical", "thm3.1"]
+  assert proofs_check.select("thm4.2-*") == ["thm4.2-prediction", "thm4.2-risk"]
+  with pytest.raises(ValueError, match="--claims"):
+    proofs_check.select("C9")
+
+
+def test_check_planted_failure_is_not_ok(monkeypatch):
+  """A claim whose right side is deliberately wrong fails the report (the CLI exits 1)."""
   import dataclasses
-  from proofs_check import claims as claims_mod
+  from icl_kd import claims as claims_pkg
+  from icl_kd.claims import c5_mmd_bias
 
-  def wrong_rhs(inst, bucket):
-    v = claims_mod.eval_c5_bound(inst, bucket)
-    return dict(log_lhs=v["log_lhs"], log_rhs=v["log_rhs"] - 1.0)  # rhs / e: now too small
+  def wrong_rhs(inst, bucket, shared):
+    v = c5_mmd_bias.compute_bound(inst, bucket, shared)
+    return v._replace(log_rhs=v.log_rhs - 1.0)              # rhs / e: now too small
 
-  planted = dataclasses.replace(CLAIMS["thm4.1-bound"], id="planted", evaluate=wrong_rhs,
+  planted = dataclasses.replace(CLAIMS["thm4.1-bound"], id="planted", compute=wrong_rhs,
                                 group="planted")
-  monkeypatch.setitem(claims_mod.CLAIMS, "planted", planted)
-  code = cli.main(["--claims", "planted", "--instances", "32", "--chunk", "32", "--no-progress"])
-  out = capsys.readouterr().out
-  assert code == 1 and "FAILS" in out and "SOME CLAIMS FAIL" in out
+  monkeypatch.setitem(claims_pkg.CLAIMS, "planted", planted)
+  report = proofs_check.check("planted", instances=32, chunk=32)
+  r = report.claims["planted"]
+  assert not report.ok and r.verdict == "FAILS" and r.violations > 0
+  assert "1 FAIL: planted" in report.summary()
 
 
 # --- resume --------------------------------------------------------------------------------
@@ -266,6 +346,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     sweep._batch_fn = orig
   total_chunks = sum(-(-n // 16) for n in sweep.bucket_counts(200, len(group[0].buckets)))
   assert len(calls) == total_chunks - 5       # the saved chunks were not redone
+  assert resumed.loaded_chunks == 5 and resumed.computed_chunks == total_chunks - 5
   for cid in ("thm3.1", "lr-proxy"):
     assert resumed[cid].to_json() == full[cid].to_json()
 
@@ -284,7 +365,7 @@ def test_instance_of_regenerates_the_swept_instance():
     np.testing.assert_array_equal(arr, batch[name][idx])
   v = claim.evaluate(inst, claim.buckets[b])
   # a genuine ratio (not a rounding-level error), so eager and batched agree closely
-  np.testing.assert_allclose(float(v["log_lhs"] - v["log_rhs"]), st.worst, rtol=1e-10)
+  np.testing.assert_allclose(float(v.log_lhs - v.log_rhs), st.worst, rtol=1e-10)
 
 
 # --- adversarial search ----------------------------------------------------------------------
@@ -305,7 +386,7 @@ def test_adversarial_cannot_push_a_true_bound_above_one():
   inst = {k: jnp.asarray(v) for k, v in res["instance"].items()}
   assert float(jnp.max(jnp.linalg.norm(inst["x_p"], axis=-1))) <= 1.0 + 1e-12
   v = claim.evaluate(inst, claim.buckets[0])
-  np.testing.assert_allclose(np.exp(float(v["log_lhs"] - v["log_rhs"])), res["max_ratio"],
+  np.testing.assert_allclose(np.exp(float(v.log_lhs - v.log_rhs)), res["max_ratio"],
                              rtol=1e-12)
 
 
@@ -316,3 +397,115 @@ def test_adversarial_raises_the_literal_ratio():
   res = adversarial.search(claim, starts, 0, steps=40)
   assert res["max_ratio"] > res["initial_max_ratio"]
   assert res["max_ratio"] > 1.0
+
+
+# --- documented verdict rules at their boundaries (proofs_check/verdicts.py) -------------------
+
+def _id(err, tol=None, bucket=0, start=0):
+  err = np.asarray(err, np.float64)
+  tol = np.full_like(err, 1e-12) if tol is None else np.asarray(tol, np.float64)
+  return verdicts.reduce_chunk(IdentityCheck(err, tol), bucket=bucket, start=start,
+                               dtype_name="float64")
+
+
+def test_identity_error_exactly_at_tolerance_holds():
+  """Rule: an identity holds on an instance when error <= tolerance (equality included)."""
+  st = _id([1e-12, 5e-13])
+  v = verdicts.decide("identity", st)
+  assert v.passed and st.violations == 0 and st.worst == 1.0 and st.worst_index == (0, 0)
+  above = _id([np.nextafter(1e-12, 1.0)])
+  assert not verdicts.decide("identity", above).passed and above.violations == 1
+
+
+def test_bound_at_the_rounding_allowance_holds_and_just_beyond_fails():
+  """Rule: a bound is violated when log(lhs/rhs) > log1p(float_slack), strictly."""
+  at = np.log1p(verdicts.float_slack("float64"))
+  st = verdicts.reduce_chunk(BoundCheck(np.array([at]), np.zeros(1)), bucket=0, start=0,
+                             dtype_name="float64")
+  assert st.violations == 0 and verdicts.decide("bound", st).passed
+  st = verdicts.reduce_chunk(BoundCheck(np.array([np.nextafter(at, 1.0)]), np.zeros(1)),
+                             bucket=0, start=0, dtype_name="float64")
+  assert st.violations == 1
+  # float32 runs allow 1e-4: the same ratio holds there
+  st = verdicts.reduce_chunk(BoundCheck(np.array([np.log1p(5e-5)]), np.zeros(1)), bucket=0,
+                             start=0, dtype_name="float32")
+  assert st.violations == 0
+
+
+def test_ties_keep_the_earliest_instance_whatever_the_merge_order():
+  """Rule: equal worst values go to the instance first in (bucket, index) order."""
+  a = _id([5e-13, 9e-13], bucket=1, start=0)        # worst 0.9 at (1, 1)
+  b = _id([9e-13, 1e-13], bucket=0, start=40)       # worst 0.9 at (0, 40)
+  c = _id([9e-13], bucket=0, start=60)              # worst 0.9 at (0, 60)
+  for order in ((a, b, c), (c, b, a), (b, a, c), (a, c, b)):
+    m = verdicts.Stats()
+    for st in order:
+      m = verdicts.merge(m, st)
+    assert m.worst_index == (0, 40) and m.worst == 0.9 and m.count == 5
+    assert verdicts.decide("identity", m).detail == verdicts.decide(
+        "identity", verdicts.merge(verdicts.merge(a, b), c)).detail
+  # within a chunk the first of equal values is kept
+  assert _id([9e-13, 9e-13], start=7).worst_index == (0, 7)
+
+
+def test_empty_chunks_are_the_identity_of_the_merge():
+  empty = _id(np.zeros(0))
+  assert empty.count == 0 and empty.worst_index == ()
+  a = _id([3e-13, 4e-13], bucket=2, start=8)
+  for m in (verdicts.merge(empty, a), verdicts.merge(a, empty)):
+    assert m.to_json() == a.to_json()
+  assert verdicts.decide("identity", empty).verdict == "undecided"
+
+
+def test_merge_order_does_not_change_the_reported_numbers():
+  rng = np.random.default_rng(0)
+  chunks = [verdicts.reduce_chunk(BoundCheck(rng.normal(-1, 0.5, 16), np.zeros(16)),
+                                  bucket=k % 2, start=16 * k, dtype_name="float64")
+            for k in range(5)]
+  details = []
+  for perm in ((0, 1, 2, 3, 4), (4, 3, 2, 1, 0), (2, 0, 4, 1, 3)):
+    m = verdicts.Stats()
+    for k in perm:
+      m = verdicts.merge(m, chunks[k])
+    details.append((verdicts.decide("bound", m).detail, m.worst_index, m.top, m.violations))
+  assert details[0] == details[1] == details[2]
+
+
+def test_out_of_range_is_counted_apart_and_never_crashes():
+  """Overflowed sides (+inf, NaN) are out of range; huge finite ratios do not overflow the mean."""
+  log_lhs = np.array([0.0, np.inf, np.nan, 800.0, -np.inf, 1.0])
+  log_rhs = np.array([1.0, 0.0, 0.0, 0.0, -np.inf, -np.inf])
+  st = verdicts.reduce_chunk(BoundCheck(log_lhs, log_rhs), bucket=0, start=0,
+                             dtype_name="float32")
+  assert st.out_of_range == 2                  # +inf lhs and NaN
+  assert st.violations == 2                    # ratio e^800 and rhs = 0 < lhs are real violations
+  v = verdicts.decide("bound", st)
+  assert not v.passed and v.detail["out_of_range"] == 2 and np.isfinite(v.detail["max_ratio"])
+  st = verdicts.reduce_chunk(BoundCheck(np.array([0.0, np.inf]), np.ones(2)), bucket=0,
+                             start=0, dtype_name="float32")
+  v = verdicts.decide("bound", st)
+  assert v.passed and st.out_of_range == 1 and st.violations == 0
+  m = verdicts.reduce_chunk(Measurement(np.array([1e300, 1e300, np.inf])), bucket=0, start=0,
+                            dtype_name="float64")
+  v = verdicts.decide("measurement", m)      # mean/std of 1e300s: inf, not OverflowError
+  assert m.out_of_range == 1 and v.detail["max"] == 1e300
+
+
+def test_stats_json_round_trip_with_non_finite_fields():
+  st = verdicts.reduce_chunk(BoundCheck(np.array([-np.inf, np.inf]), np.zeros(2)), bucket=0,
+                             start=0, dtype_name="float64")
+  back = verdicts.Stats.from_json(json.loads(json.dumps(st.to_json(), allow_nan=False)))
+  assert back.to_json() == st.to_json()
+
+
+# --- float32 ----------------------------------------------------------------------------------
+
+def test_cli_float32_every_claim_completes():
+  """The default claims in float32 (few instances): no crash; out-of-range apart from violations."""
+  res = _cli("--dtype", "float32", "--instances", "24", "--chunk", "24", "--no-progress",
+             *NO_CACHE, timeout=900)
+  assert res.returncode in (0, 1), res.stderr[-3000:]
+  assert "Traceback" not in res.stderr
+  for cid in CLAIMS:
+    assert any(line.startswith(cid + " ") for line in res.stdout.splitlines()), cid
+  assert "o.o.r." in res.stdout and "check" in res.stdout.splitlines()[-1]

@@ -1,4 +1,17 @@
-"""Bad input: clear errors naming the argument, eagerly and under jit."""
+"""Bad input: clear errors naming the argument, eagerly and under jit.
+
+Every case that used to pass silently has a row: float16 / bfloat16 inputs
+(refused: "float32 or float64"), d_k = 0 and d_v = 0 (refused), keys that are
+not one PRNG key (``key=0``, a float array, a batch of keys, bad uint32 data),
+three arrays given to ``decompose`` (no query), and bad masks. Shape and dtype
+errors also fire under jit (at trace time); a mask that keeps no demonstration
+is a run-time value, so under jit it poisons the result to NaN (documented in
+``decompose``).
+"""
+
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +41,30 @@ INF_QUERY = QUERY.at[0].set(jnp.inf)
 _attn = lambda **kw: icl_kd.softmax_attention(**{"params": P, "context": DEMOS, "query": QUERY, **kw})
 _dec = lambda **kw: icl_kd.decompose(**{"params": P, "demos": DEMOS, "prefix": PREFIX,
                                         "query": QUERY, **kw})
+F16, BF16 = jnp.float16, jnp.bfloat16
+NO_DK = P._replace(w_q=jnp.zeros((0, D), F), w_k=jnp.zeros((0, D), F))
+NO_DV = P._replace(w_v=jnp.zeros((0, D), F))
+KEY = jax.random.key(0)
+_BALL = icl_kd.distributions.uniform_ball(D)
+_MIX = icl_kd.distributions.truncated_gaussian_mixture(jnp.zeros((2, D)))
+
+# Every public function of attention, features, distributions that takes ``key``.
+KEYED = {
+    "init_params": lambda k: icl_kd.init_params(D, key=k),
+    "positive_random_features": lambda k: icl_kd.positive_random_features(DK, 4, key=k),
+    "orthogonal_features": lambda k: icl_kd.positive_random_features(DK, 4, key=k, orthogonal=True),
+    "uniform_ball.sample": lambda k: _BALL.sample(3, key=k),
+    "mixture.sample": lambda k: _MIX.sample(3, key=k),
+    "random_rotation": lambda k: icl_kd.distributions.random_rotation(D, key=k),
+}
+BAD_KEYS = [
+    ("int", 0, TypeError, "key must be a JAX PRNG key .*got int 0"),
+    ("float-array", jnp.zeros(2, jnp.float32), TypeError,
+     r"key must be a JAX PRNG key .*dtype float32 and shape \(2,\)"),
+    ("batch", jax.random.split(KEY, 3), ValueError, r"key must be a single PRNG key.*shape \(3,\)"),
+    ("uint32-shape", jnp.zeros(3, jnp.uint32), TypeError, r"key must be .*uint32 array of shape \(3,\)"),
+    ("none", None, TypeError, "key must be a JAX PRNG key .*got NoneType"),
+]
 
 # (id, thunk, exception, message fragment that must name the argument / expectation)
 CASES = [
@@ -71,7 +108,48 @@ CASES = [
         jnp.ones(DK + 1)), ValueError, r"z must have shape \(3,\)"),
     ("feature-z", lambda: icl_kd.positive_random_features(DK, 8, key=jax.random.key(0))(jnp.ones(2)),
      ValueError, r"z must have shape \(3,\)"),
-]
+    # dtype policy: half precision is refused, naming the argument.
+    ("float16-context", lambda: _attn(context=DEMOS.astype(F16)), TypeError,
+     "context must be float32 or float64, got float16"),
+    ("bfloat16-demos", lambda: _dec(demos=DEMOS.astype(BF16)), TypeError,
+     "demos must be float32 or float64, got bfloat16"),
+    ("float16-params", lambda: _attn(params=_params(F16)), TypeError,
+     "dtype must be float32 or float64, got float16"),
+    ("bfloat16-w_q", lambda: _attn(params=P._replace(w_q=P.w_q.astype(BF16))), TypeError,
+     "params.w_q must be float32 or float64, got bfloat16"),
+    ("float16-features", lambda: icl_kd.positive_random_features(DK, 4, key=KEY, dtype=F16),
+     TypeError, "dtype must be float32 or float64, got float16"),
+    ("bfloat16-ball", lambda: icl_kd.distributions.uniform_ball(D, dtype=BF16), TypeError,
+     "dtype must be float32 or float64, got bfloat16"),
+    ("float16-mixture", lambda: icl_kd.distributions.truncated_gaussian_mixture(
+        jnp.zeros((2, D), F16)), TypeError, "means must be float32 or float64, got float16"),
+    ("float16-dual", lambda: icl_kd.DualWeights.create(np.ones((3, DV), np.float16),
+                                                        np.ones((3, DK))), TypeError,
+     "coeffs must be float32 or float64, got float16"),
+    # d_k = 0 (uniform attention) and d_v = 0 (empty output) are refused.
+    ("d_k-zero", lambda: _attn(params=NO_DK), ValueError, r"params.w_q has shape \(0, 4\): d_k = 0"),
+    ("d_v-zero", lambda: _dec(params=NO_DV), ValueError, r"params.w_v has shape \(0, 4\): d_v = 0"),
+    ("init-d_k-zero", lambda: icl_kd.init_params(D, 0, key=KEY), ValueError,
+     "d_k must be a positive int, got 0"),
+    ("init-d_v-zero", lambda: icl_kd.init_params(D, DK, 0, key=KEY), ValueError,
+     "d_v must be a positive int, got 0"),
+    # decompose's positional contract (params, demos, prefix, query).
+    ("three-arrays", lambda: icl_kd.decompose(P, DEMOS, QUERY), TypeError,
+     r"decompose\(params, demos, prefix, query\): got 3 arrays.*query.*missing.*prefix=None"),
+    ("no-query", lambda: icl_kd.decompose(P, DEMOS, PREFIX), TypeError,
+     "query .* is missing; pass prefix=None"),
+    ("demo-mask-dtype", lambda: _dec(demo_mask=jnp.ones(5)), TypeError,
+     "demo_mask must have dtype bool"),
+    ("demo-mask-shape", lambda: _dec(demo_mask=jnp.ones(4, bool)), ValueError,
+     r"demo_mask must have shape \(5,\)"),
+    ("prefix-mask-shape", lambda: _dec(prefix_mask=jnp.ones(3, bool)), ValueError,
+     r"prefix_mask must have shape \(2,\)"),
+    ("demo-mask-empty", lambda: _dec(demo_mask=jnp.zeros(5, bool)), ValueError,
+     "demo_mask masks out every row of demos"),
+    ("attention-mask-empty", lambda: _attn(mask=np.zeros(5, bool)), ValueError,
+     "mask masks out every row of context"),
+] + [(f"key-{kind}-{fn}", (lambda f=f, k=k: f(k)), exc, msg)
+     for fn, f in KEYED.items() for kind, k, exc, msg in BAD_KEYS]
 
 
 @pytest.mark.parametrize("thunk,exc,msg", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -97,6 +175,24 @@ JIT_CASES = [
      "demos must hold at least one"),
     ("tau-vector", lambda: _jit_attention(P, DEMOS, QUERY, tau=jnp.ones(2)), ValueError,
      "tau must be a scalar"),
+    ("float16-context", lambda: _jit_attention(P, DEMOS.astype(F16), QUERY), TypeError,
+     "context must be float32 or float64, got float16"),
+    ("bfloat16-query", lambda: _jit_decompose(P, DEMOS, PREFIX, QUERY.astype(BF16)), TypeError,
+     "query must be float32 or float64, got bfloat16"),
+    ("bfloat16-params", lambda: _jit_attention(jax.tree.map(lambda w: w.astype(BF16), P), DEMOS,
+                                               QUERY), TypeError,
+     "params.w_q must be float32 or float64, got bfloat16"),
+    ("d_k-zero", lambda: _jit_attention(NO_DK, DEMOS, QUERY), ValueError, "d_k = 0"),
+    ("d_v-zero", lambda: _jit_decompose(NO_DV, DEMOS, PREFIX, QUERY), ValueError, "d_v = 0"),
+    ("three-arrays", lambda: _jit_decompose(P, DEMOS, QUERY), TypeError, "got 3 arrays"),
+    ("demo-mask-shape", lambda: _jit_decompose(P, DEMOS, PREFIX, QUERY, demo_mask=jnp.ones(4, bool)),
+     ValueError, r"demo_mask must have shape \(5,\)"),
+] + [(f"key-{kind}-{fn}", (lambda f=f, k=k: jax.jit(f)(k)), exc, msg)
+     for fn, f in KEYED.items()
+     for kind, k, exc, msg in BAD_KEYS if kind in ("float-array", "batch")] + [
+    # A Python int passed to jit becomes an int32 tracer: still named as a bad key.
+    ("key-int-traced", lambda: jax.jit(KEYED["init_params"])(0), TypeError,
+     "key must be a JAX PRNG key .*dtype int"),
 ]
 
 
@@ -116,6 +212,65 @@ def test_non_finite_under_jit_poisons_the_result():
   out = _jit_decompose(P, NAN_DEMOS, PREFIX, QUERY)
   for leaf in jax.tree_util.tree_leaves(out):
     assert np.all(np.isnan(leaf))
+
+
+def test_mask_keeping_nothing_under_jit_poisons_the_result():
+  """A demo_mask with no True entry is a run-time value under jit: every field is NaN."""
+  good = _jit_decompose(P, DEMOS, PREFIX, QUERY, demo_mask=jnp.arange(5) < 2)
+  assert all(np.all(np.isfinite(leaf)) for leaf in (good.attention, good.reference, good.eta))
+  bad = _jit_decompose(P, DEMOS, PREFIX, QUERY, demo_mask=jnp.zeros(5, bool))
+  for leaf in jax.tree_util.tree_leaves(bad):
+    assert np.all(np.isnan(leaf))
+  f = jax.jit(lambda m: icl_kd.softmax_attention(P, DEMOS, QUERY, mask=m))
+  assert np.all(np.isnan(f(jnp.zeros(5, bool)))) and np.all(np.isfinite(f(jnp.ones(5, bool))))
+
+
+def test_valid_keys_are_accepted():
+  """Typed keys and legacy uint32 keys both work, under jit too, with the same draws."""
+  typed, legacy = jax.random.key(3), jax.random.PRNGKey(3)
+  for fn, f in KEYED.items():
+    a, b = jax.tree_util.tree_leaves(f(typed)), jax.tree_util.tree_leaves(f(legacy))
+    c = jax.tree_util.tree_leaves(jax.jit(f)(legacy))
+    for x, y, z in zip(a, b, c):
+      np.testing.assert_array_equal(x, y, err_msg=fn)
+      np.testing.assert_allclose(z, x, rtol=1e-12, atol=1e-15, err_msg=fn)  # jit: rounding only
+
+
+_X64_SCRIPT = textwrap.dedent("""
+    import warnings
+    import jax, numpy as np
+    import icl_kd
+    assert not jax.config.jax_enable_x64
+    params = icl_kd.init_params(4, key=jax.random.key(0))
+    assert params.w_q.dtype == np.float32, params.w_q.dtype
+    rng = np.random.default_rng(0)
+    demos, query = rng.normal(size=(6, 4)), rng.normal(size=4)       # NumPy float64
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = icl_kd.decompose(params, demos, None, query)
+        icl_kd.decompose(params, demos, None, query)
+        icl_kd.softmax_attention(params, demos, query)
+    kinds = [w for w in caught if issubclass(w.category, icl_kd.Float64TruncatedWarning)]
+    assert len(kinds) == 1, [str(w.message) for w in caught]
+    assert "demos is a float64 array but jax_enable_x64 is off" in str(kinds[0].message)
+    assert out.attention.dtype == np.float32
+    print("ok")
+""")
+
+
+def test_float64_truncation_warns_once_without_x64():
+  """With x64 off: init_params gives float32, and float64 NumPy input warns exactly once."""
+  env = {**__import__("os").environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
+  res = subprocess.run([sys.executable, "-c", _X64_SCRIPT], capture_output=True, text=True,
+                       env=env, timeout=300)
+  assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
+
+
+def test_no_truncation_warning_with_x64():
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", icl_kd.Float64TruncatedWarning)
+    icl_kd.decompose(P, np.asarray(DEMOS), None, np.asarray(QUERY))
 
 
 def test_non_positive_tau_under_jit_poisons_the_result():

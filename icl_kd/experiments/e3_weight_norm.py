@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import bounds, decompose, models, tasks, train
+from icl_kd import bounds, claims, decompose, models, tasks, train
 from icl_kd.experiments import _common
 
 NAME = "E3"
@@ -97,10 +97,9 @@ def _c4_prompt(params, xs, ys, query, w, key, cfg: Config):
   fresh_x = jax.random.normal(kx, (cfg.n_fresh, xs.shape[1]), xs.dtype)
   fresh_y = jnp.dot(fresh_x, w) + cfg.noise_std * jax.random.normal(ke, (cfg.n_fresh,), xs.dtype)
   fresh = tasks.regression_tokens(fresh_x, fresh_y)
-  l_hat = bounds.kd_risk(w0, params, demos)
-  l_pop = bounds.kd_risk(w0, params, fresh)
+  gap = claims.generalization_gap(w0, params, demos, fresh).gap            # C4's L - L_hat
   consts = bounds.sample_bounds(params, jnp.concatenate([demos, fresh]))
-  return l_pop - l_hat, w0.hs_norm(), consts.log_feature_bound, consts.teacher_bound
+  return gap, w0.hs_norm(), consts.log_feature_bound, consts.teacher_bound
 
 
 def run(config: Config = Config()) -> Results:

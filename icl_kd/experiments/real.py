@@ -84,12 +84,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import mmd, pretrained, text_corpus
+from icl_kd import claims, mmd, pretrained, text_corpus
 from icl_kd.attention import decompose
 from icl_kd.kd import one_step_kd_weights
 
 QUERIES = ("last", "last_word")
-TOL = {"float32": 1e-5, "float64": 1e-12}
 
 
 class RealConfig(NamedTuple):
@@ -330,7 +329,7 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
             "domain_index": dom_idx, "num_tokens": lengths}
   for dt, name in ((jnp.float32, "f32"), (jnp.float64, "f64")):
     s = stats[dt]
-    tol = TOL[jnp.dtype(dt).name] * np.maximum(1.0, s["max_abs_score"] / 10)
+    tol = np.asarray(claims.identity_tolerance(dt, s["max_abs_score"]))
     arrays[f"c1_err_{name}"] = s["err"].max(axis=1)
     arrays[f"c1_model_err_{name}"] = s["model_err"].max(axis=1)
     arrays[f"c1_tol_ratio_{name}"] = (s["err"] / tol).max(axis=1)
