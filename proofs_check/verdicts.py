@@ -22,8 +22,10 @@ Documented rules (tested in tests/test_proofs_check.py):
   ratio 0; rhs = 0 < lhs is an infinite ratio, a violation.
 - The worst instance: the largest worst value; ties go to the instance first in
   (bucket, index) order, whatever the chunking and the merge order.
-- Chunks are merged in a fixed order; every reported number (counts, worst,
-  min slack, means, quantiles, events) is independent of the merge order.
+- Chunks are merged in a fixed order (so a report is reproducible bit for bit);
+  the counts, the worst instance, the min slack, the quantiles and the events
+  do not depend on the merge order at all, the means and standard deviations
+  only to float64 rounding.
 - An empty chunk (no instance) is the identity of the merge.
 
 Per chunk the numbers are reduced on the host, in float64, to a small
