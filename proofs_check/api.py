@@ -12,7 +12,6 @@ and :func:`replay`.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 import platform as _platform

@@ -8,7 +8,6 @@ Statistical tests use fixed seeds; sample sizes and false-alarm rates are
 written next to them.
 """
 
-import dataclasses
 import math
 import os
 
@@ -20,8 +19,7 @@ import pytest
 import icl_kd
 from icl_kd import claims
 from icl_kd.claims import (CLAIMS, BoundCheck, ConjectureCheck, EventCheck, IdentityCheck,
-                           c1_decomposition, c2_kd_step, c3_dw_step, c4_rademacher, c5_mmd_bias,
-                           c6_downstream, c7_lr_proxy)
+                           c1_decomposition, c2_kd_step, c4_rademacher, c5_mmd_bias, c7_lr_proxy)
 from proofs_check import sweep, verdicts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
