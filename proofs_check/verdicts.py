@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from icl_kd import runtime
-from icl_kd.claims.base import KINDS, RATIO_KINDS
+from icl_kd.claims.base import KINDS, RATIO_KINDS, bound_slack
 
 SUBSAMPLE = 4096  # per-instance values kept (first instances of each bucket) for quantiles
 TOP_K = 16        # worst instances kept (ratio kinds): the adversarial search starts there
@@ -91,8 +91,8 @@ class Stats:
 
 
 def float_slack(dtype_name: str) -> float:
-  """Relative allowance for rounding when comparing the two sides of a bound."""
-  return 1e-9 if dtype_name == "float64" else 1e-4
+  """Relative allowance for rounding when comparing the two sides of a bound (1e-9 | 1e-4)."""
+  return bound_slack(dtype_name)
 
 
 def _kind_of(check) -> str:
