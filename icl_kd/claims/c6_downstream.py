@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from icl_kd import bounds
 from icl_kd.claims.base import BoundCheck, Claim, ConjectureCheck, ConsistencyCheck
-from icl_kd.claims.c5_mmd_bias import (PAIRS, _convention, convention_events, pair_params,
-                                       prepare_pair, project_pair, sample_pair)
+from icl_kd.claims.c5_mmd_bias import (PAIRS, _convention, pair_params, prepare_pair,
+                                       project_pair, sample_pair)
 
 
 def compute_prediction(inst, bucket, shared) -> ConsistencyCheck:
@@ -34,10 +34,9 @@ def compute_mmd(inst, bucket, shared) -> BoundCheck:
 
 
 def compute_literal(inst, bucket, shared) -> ConjectureCheck:
+  """Both sides carry c here, so the ratio (and the verdict) is the same under both conventions."""
   g = shared.prediction
-  return ConjectureCheck(g.log_lhs, g.log_literal_rhs, (),
-                         convention_events(g.log_lhs, g.log_literal_rhs, bucket,
-                                           inst["x_p"].dtype))
+  return ConjectureCheck(g.log_lhs, g.log_literal_rhs)
 
 
 def risk_logs(r: bounds.RiskBound):
