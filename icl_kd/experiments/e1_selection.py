@@ -36,15 +36,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import baselines, models, mmd, tasks
+from icl_kd import baselines, models, mmd, runtime, tasks
 from icl_kd.experiments import _common
 
 NAME = "E1"
+DESCRIPTION = "MMD-guided demonstration selection under distribution shift (C5/C6)"
 STRATEGIES = ("random", "retrieval", "mmd_greedy", "knn_per_query")
 SHARED = ("random", "retrieval", "mmd_greedy")
 
 
 class Config(NamedTuple):
+  """Sizes of one E1 run (``run`` draws everything from its key)."""
   d: int = 4
   k: int = 8                  # demonstrations per prompt
   n_pool: int = 128
@@ -59,11 +61,18 @@ class Config(NamedTuple):
   batch: int = 128
   learning_rate: float = 1e-2
   n_boot: int = 1000
-  seed: int = 0
   progress: bool = True
 
 
 QUICK = Config(n_pool=64, n_trials=12, n_mixture=4, train_steps=200, n_boot=200)
+
+FLAGS = (
+    _common.Flag("--trials", "n_trials", int, "trials (a task, queries and a pool each)"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the attention layer"),
+    _common.Flag("--k", "k", int, "demonstrations per prompt"),
+    _common.Flag("--pool", "n_pool", int, "candidate demonstrations per trial"),
+    _common.Flag("--shift", "query_shift", float, "length of the query distribution's mean shift"),
+)
 
 
 class Results(NamedTuple):
@@ -180,10 +189,14 @@ def training_prompts(key, cfg: Config) -> tasks.RegressionPrompts:
                        queries=base.queries + v[:, None, :], targets=base.targets + dy[:, None])
 
 
-def run(config: Config = Config()) -> Results:
-  """Trains the layer, runs every selection strategy on ``n_trials`` trials; see module doc."""
+def run(config: Config = Config(), *, key) -> Results:
+  """Trains the layer, runs every selection strategy on ``n_trials`` trials; see module doc.
+
+  Args:
+    config: the sizes (:data:`QUICK` for a small run).
+    key: PRNG key (keyword-only); the model, the trials and the bootstrap are drawn from it.
+  """
   cfg = config
-  key = jax.random.key(cfg.seed)
   k_model, k_trials = jax.random.split(key)
   d_tok = cfg.d + 1
   model = models.SoftmaxAttentionLayer(d_k=d_tok, d_v=1, tau=1.0, init_scale=0.5)
@@ -247,14 +260,12 @@ def run(config: Config = Config()) -> Results:
   trial = jax.jit(trial)
   outs, mixes = [], []
   keys = jax.random.split(k_trials, cfg.n_trials)
+  bar = runtime.Progress("E1 trials", cfg.n_trials, enabled=cfg.progress)
   for t in range(cfg.n_trials):
     o, m = trial(params, keys[t])
     outs.append(jax.tree_util.tree_map(np.asarray, o))
     mixes.append(jax.tree_util.tree_map(np.asarray, m))
-    if cfg.progress:
-      sys.stderr.write(f"\rE1 trials {t + 1}/{cfg.n_trials}")
-  if cfg.progress:
-    sys.stderr.write("\n")
+    bar.update(t + 1)
   get = lambda s, i: np.array([o[s][i] for o in outs])
   error = {s: get(s, 0) for s in STRATEGIES}
   mmd2_ = {s: get(s, 1) for s in STRATEGIES}
@@ -265,7 +276,8 @@ def run(config: Config = Config()) -> Results:
   all_mmd = np.concatenate([np.stack([mmd2_[s] for s in SHARED], 1), mix_mmd], 1)  # (T, .)
   all_err = np.concatenate([np.stack([error[s] for s in SHARED], 1), mix_err], 1)
   groups = np.repeat(np.arange(cfg.n_trials), all_mmd.shape[1])
-  corr = _common.bootstrap_spearman(all_mmd.ravel(), all_err.ravel(), seed=cfg.seed,
+  corr = _common.bootstrap_spearman(all_mmd.ravel(), all_err.ravel(),
+                                    seed=_common.seed_of(jax.random.fold_in(key, 2)),
                                     groups=groups, n_boot=cfg.n_boot)
   wins = {"mmd_greedy<retrieval": float(np.mean(error["mmd_greedy"] < error["retrieval"])),
           "mmd_greedy<random": float(np.mean(error["mmd_greedy"] < error["random"])),
@@ -275,18 +287,20 @@ def run(config: Config = Config()) -> Results:
 
 
 def summary(res: Results) -> tuple[str, dict]:
+  """The printed table (one row per strategy, the correlation, the win rates) and its numbers."""
   rows = []
   for s in STRATEGIES:
     e = res.error[s]
     rows.append([s, float(np.mean(e)), float(np.std(e) / np.sqrt(len(e))), float(np.median(e)),
                  float(np.mean(res.mmd2[s])), float(np.mean(res.ridge_error[s])),
                  float(np.mean(res.gd_error[s]))])
-  table = _common.format_table(
+  table = runtime.format_table(
       ["strategy", "model err", "se", "median", "MMD^2", "ridge err", "1-step GD err"], rows)
   c = res.correlation
   text = (f"{table}\nSpearman(MMD^2, model error) over {c.n} shared prompts: "
           f"{c.rho:.3f} [95% CI {c.lo:.3f}, {c.hi:.3f}]\n"
-          + ", ".join(f"P({k}) = {v:.2f}" for k, v in res.wins.items()))
+          + ", ".join(f"P({k}) = {v:.2f}" for k, v in res.wins.items())
+          + f"\n{_common.MMD2_NOTE}")
   data = {"strategies": {r[0]: dict(zip(["error_mean", "error_se", "error_median", "mmd2_mean",
                                          "ridge_error_mean", "gd_error_mean"], r[1:]))
                          for r in rows},
@@ -295,26 +309,21 @@ def summary(res: Results) -> tuple[str, dict]:
   return text, data
 
 
-def cli(argv=None) -> Results:
-  """Parses the command line, runs the experiment, prints and saves; returns the results."""
-  p = _common.parser(NAME, "MMD-guided demonstration selection (THEORY.md E1).")
-  p.add_argument("--trials", dest="n_trials", type=int)
-  p.add_argument("--steps", dest="train_steps", type=int)
-  p.add_argument("--k", type=int)
-  p.add_argument("--pool", dest="n_pool", type=int)
-  p.add_argument("--shift", dest="query_shift", type=float)
-  args, cfg = _common.configure(
-      p, argv, Config(), QUICK, ["n_trials", "train_steps", "k", "n_pool", "query_shift"])
-  res = run(cfg)
-  arrays = {f"error_{s}": res.error[s] for s in STRATEGIES}
-  arrays.update({f"mmd2_{s}": res.mmd2[s] for s in STRATEGIES})
-  arrays.update(mixture_error=res.mixture_error, mixture_mmd2=res.mixture_mmd2,
-                train_losses=res.train_losses)
-  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
-  return res
+def arrays(res: Results) -> dict:
+  """The per-trial arrays saved in ``E1.npz``."""
+  out = {f"error_{s}": res.error[s] for s in STRATEGIES}
+  out.update({f"mmd2_{s}": res.mmd2[s] for s in STRATEGIES})
+  out.update(mixture_error=res.mixture_error, mixture_mmd2=res.mixture_mmd2,
+             train_losses=res.train_losses)
+  return out
+
+
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``E1.json`` (info and summary), ``E1.npz`` (arrays), ``E1_model.npz`` under ``out``."""
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
+                      params=res.params)
 
 
 def main(argv=None) -> int:
-  """``python -m icl_kd.experiments E1 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
-  cli(argv)
-  return 0
+  """``python -m icl_kd.experiments E1 [--quick] [--seed S] [--out DIR] ...``; returns 0."""
+  return _common.main(sys.modules[__name__], argv)
