@@ -39,7 +39,7 @@ def compute(cfg: Config) -> dict:
   """Per-strategy errors and the MMD-error pairs from the E1 results."""
   arrays, summary = experiment_results(
       "E1", results_dir=cfg.results_dir, seed=cfg.seed, quick=cfg.quick,
-      extra_args=("--trials", "6", "--steps", "60"))
+      overrides=dict(n_trials=6, train_steps=60))
   strat = {"strategy": [], "error_mean": [], "error_se": [], "ridge_error_mean": [],
            "mmd2_mean": []}
   for s in STRATEGIES:
@@ -83,7 +83,8 @@ def make(results: dict):
     sel = p["kind"] == kind
     ax.scatter(p["mmd2"][sel], p["error"][sel], s=10, marker=style.MARKERS[i],
                color=style.CYCLE[i], alpha=0.8, label=kind.replace("_", " "), rasterized=True)
-  ax.set_xlabel("MMD$^2$(prompt, queries) (unbiased, Gaussian $k$)")
+  ax.set_xlabel("MMD$^2$(prompt, queries) (unbiased, Gaussian $k$;\n"
+                "the unbiased estimate can fall below 0)")
   ax.set_ylabel("relative ICL error")
   ax.set_title("(b) MMD vs ICL error", loc="left")
   style.legend_below(ax, ncols=4, bbox_to_anchor=(0.5, -0.2), handletextpad=0.2,
