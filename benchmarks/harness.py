@@ -220,16 +220,6 @@ class Row:
     return f"speed-up {1 / r:.3g}x" if r else ""
 
 
-def _fmt_s(t: float | None) -> str:
-  if t is None or (isinstance(t, float) and math.isnan(t)):
-    return "-"
-  if t >= 1.0:
-    return f"{t:.2f}s"
-  if t >= 1e-3:
-    return f"{t * 1e3:.1f}ms"
-  return f"{t * 1e6:.0f}us"
-
-
 def _fmt_pct(x: float | None) -> str:
   return "-" if x is None else (f"{100 * x:.1f}%" if x >= 1e-3 else f"{100 * x:.2g}%")
 
@@ -239,8 +229,30 @@ QUICK_LINE = ("QUICK RUN: small sizes and few repeats; these numbers are not the
               "measurements (run without --quick for those).")
 
 
-def _short(case: str) -> str:
-  return case.replace("float32", "f32").replace("float64", "f64")
+_SHORT_CASE = (("float32", "f32"), ("float64", "f64"), (" inst ", " "), ("[XLA default]", "[default]"),
+               ("[xla opt level 0]", "[opt-0]"), ("[opt level 0]", "[opt-0]"),
+               ("permutations", "perms"), ("fresh output", "fresh"),
+               ("python -m proofs_check", "proofs_check"))
+_SHORT_BASE = (("dot_product_attention", "jax dpa"), ("scipy cdist", "cdist"),
+               ("NumPy sq. dists", "NumPy sq.d."), ("recompute per permutation", "recompute/perm."),
+               ("(float64)", "(f64)"), ("(float32)", "(f32)"))
+
+
+def _short(text: str, table=_SHORT_CASE) -> str:
+  """The table's abbreviation of a case or baseline name (the JSON keeps the full one)."""
+  for a, b in table:
+    text = text.replace(a, b)
+  return text
+
+
+def _fmt_time(t: float | None) -> str:
+  if t is None or (isinstance(t, float) and math.isnan(t)):
+    return "-"
+  if t >= 1.0:
+    return f"{t:.3g}s"
+  if t >= 1e-3:
+    return f"{t * 1e3:.3g}ms"
+  return f"{t * 1e6:.3g}us"
 
 
 def format_table(rows: list[Row], limits: dict, *, quick: bool = False) -> str:
@@ -248,31 +260,35 @@ def format_table(rows: list[Row], limits: dict, *, quick: bool = False) -> str:
 
   One line per row: the median time of ours with its interquartile range,
   the compile time, the baseline's time and name ('*': timed on a subset and
-  scaled), the speed-up (baseline / ours time), the shares of the measured
-  matmul and copy limits, and whether the target is met ("[k]": see note k
-  under the table). Every number is also in the JSON report.
+  scaled), the speed-up (baseline / ours time; "[k]": see note k under the
+  table), the shares of the measured matmul and copy limits, and whether the
+  target is met. Names are abbreviated (f32 = float32, dpa =
+  jax.nn.dot_product_attention, ...); every number and full name is in the JSON.
   """
-  head = ["bench", "case", "ours ±IQR", "compile", "baseline", "speed-up", "%matmul", "%copy",
+  head = ["bench", "case", "ours ±IQR", "compile", "baseline", "speedup", "%matmul", "%copy",
           "target"]
   body, notes = [], []
   for r in rows:
     fr = r.fractions(limits)
-    ours = "-" if r.ours is None else f"{_fmt_s(r.ours.median)} ±{100 * r.ours.spread:.0f}%"
+    ours = "-" if r.ours is None else f"{_fmt_time(r.ours.median)} ±{100 * r.ours.spread:.0f}%"
     base = "-" if r.baseline is None else (
-        _fmt_s(r.baseline.median * r.scaled) + ("*" if r.scaled != 1.0 else "") +
-        f" {r.baseline_name}")
+        _fmt_time(r.baseline.median * r.scaled) + ("*" if r.scaled != 1.0 else "") +
+        f" {_short(r.baseline_name, _SHORT_BASE)}")
     ratio = r.ratio
     speed = "-" if not ratio else f"{1 / ratio:.3g}x"
-    target = "-" if r.met is None else ("met" if r.met else "MISSED")
     if r.note:
       notes.append(r.note)
-      target += f" [{len(notes)}]"
-    body.append([r.bench, _short(r.case), ours, _fmt_s(r.ours.compile if r.ours else None), base,
-                 speed, _fmt_pct(fr.get("frac_matmul")), _fmt_pct(fr.get("frac_copy")), target])
+      speed += f"[{len(notes)}]"
+    target = "-" if r.met is None else ("met" if r.met else "MISSED")
+    body.append([r.bench, _short(r.case), ours, _fmt_time(r.ours.compile if r.ours else None),
+                 base, speed, _fmt_pct(fr.get("frac_matmul")), _fmt_pct(fr.get("frac_copy")),
+                 target])
   lines = [runtime.format_table(head, body, align="lllrlrrrl", max_width=TABLE_WIDTH)]
-  legend = ("speed-up = baseline time / ours (median over repeats); compile = XLA compile "
-            "(or persistent-cache load) time; * = baseline timed on a subset and scaled; "
-            "%matmul, %copy = share of this machine's measured limits.")
+  legend = ("speedup = baseline time / ours (medians); compile = XLA compile (or persistent-cache "
+            "load) time; * = baseline timed on a subset and scaled; %matmul, %copy = share of "
+            "this machine's measured limits; f32/f64 = float32/float64, dpa = "
+            "jax.nn.dot_product_attention, opt-0 = XLA backend optimisation level 0. Targets: "
+            "see the summary below; full names and every number: the JSON report.")
   lines += textwrap.wrap(legend, TABLE_WIDTH)
   for i, n in enumerate(notes, 1):
     lines += textwrap.wrap(f"[{i}] {n}", TABLE_WIDTH, subsequent_indent="    ")
