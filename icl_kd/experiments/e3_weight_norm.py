@@ -179,8 +179,13 @@ def summary(res: Results) -> tuple[str, dict]:
                  res.violations[i]])
   headers = ["wd", "|W^K|", "|W^V|", "train mse", "test mse", "ICL gap", "B", "C",
              "KD gap med", "KD gap max", "C4 bound", "bound/max", "viol."]
-  text = (runtime.format_table(headers, rows)
-          + "\nC and D_T are sample suprema (Gaussian inputs are unbounded); "
+  shown = ["wd", "|W^K|", "|W^V|", "train", "test", "ICL gap", "B", "C", "KD med", "KD max",
+           "C4 bound", "bound/max", "viol."]
+  cells = [[f"{v:.3g}" for v in r] for r in rows]
+  text = (runtime.format_table(shown, cells, align="r" * len(shown))
+          + "\ntrain, test: ICL mean squared errors; KD med, KD max: the KD generalization\n"
+            "gap L - L_hat of W_0 (median, max over prompts; it can be negative).\n"
+            "C and D_T are sample suprema (Gaussian inputs are unbounded); "
             "bound = Hoeffding form, delta = 0.05, n = N demonstrations.")
   data = {"rows": [dict(zip(headers, r)) for r in rows]}
   return text, data
