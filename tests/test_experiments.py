@@ -94,6 +94,8 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   res = _common.run_cli(module, ["--quick", "--seed", str(seed), "--out", out,
                                  "--no-compile-cache", "--no-progress"])
   printed = capsys.readouterr().out
+  # the summary fits a 120-column terminal (the closing line names the saved files)
+  assert max(len(line) for line in printed.splitlines() if not line.startswith("saved")) <= 120
   with open(os.path.join(out, f"{module.NAME}.json")) as f:
     data = json.load(f)
   # every saved summary says which run it is: experiment, quick, seed, config
@@ -110,6 +112,7 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
 def test_e1_runs_end_to_end(tmp_path, monkeypatch, capsys):
   res, printed, data = _run_cli(e1_selection, E1_TINY, tmp_path, monkeypatch, capsys)
   assert "mmd_greedy" in printed and set(data["strategies"]) == set(e1_selection.STRATEGIES)
+  assert "can be slightly negative" in printed          # the unbiased MMD^2 column is explained
   for s in e1_selection.STRATEGIES:
     for table in (res.error, res.mmd2, res.ridge_error, res.gd_error):
       assert table[s].shape == (4,) and np.all(np.isfinite(table[s]))

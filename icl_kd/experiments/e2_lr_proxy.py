@@ -157,7 +157,7 @@ def summary(res: Results) -> tuple[str, dict]:
   t = runtime.format_table(["layer", "head", "mean log eta*", "entropy",
                             "rho(log eta*, order sens.)", "rho(log eta*, perturb sens.)"], rows)
   text = (f"{t}\nmedian order sensitivity {np.median(res.order_sensitivity):.4g}, "
-          f"median perturbation sensitivity {np.median(res.perturb_sensitivity):.4g} "
+          f"median perturbation sensitivity {np.median(res.perturb_sensitivity):.4g}\n"
           f"(final train loss {np.mean(res.train_losses[-20:]):.4g}); layers and heads "
           "are numbered from 0")
   data = {"heads": [dict(layer=r[0], head=r[1], mean_log_eta=r[2], entropy=r[3],

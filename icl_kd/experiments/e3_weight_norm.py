@@ -185,7 +185,7 @@ def summary(res: Results) -> tuple[str, dict]:
   text = (runtime.format_table(shown, cells, align="r" * len(shown))
           + "\ntrain, test: ICL mean squared errors; KD med, KD max: the KD generalization\n"
             "gap L - L_hat of W_0 (median, max over prompts; it can be negative).\n"
-            "C and D_T are sample suprema (Gaussian inputs are unbounded); "
+            "C and D_T are sample suprema (Gaussian inputs are unbounded);\n"
             "bound = Hoeffding form, delta = 0.05, n = N demonstrations.")
   data = {"rows": [dict(zip(headers, r)) for r in rows]}
   return text, data

@@ -189,7 +189,7 @@ def summary(res: Results) -> tuple[str, dict]:
                              "entropy"], rows)
   t2 = runtime.format_table(["predictor", "ICL mse"], [[k, v] for k, v in res.icl_mse.items()])
   text = (f"{t1}\n{t2}\nrelative squared distance of the transformer from one distilled KD "
-          f"step (single layer): {res.distance_to_one_step:.4g}; layers and heads are "
+          f"step (single layer): {res.distance_to_one_step:.4g}\nlayers and heads are "
           "numbered from 0")
   data = {"heads": [dict(zip(["layer", "head", "residual", "consistency", "log_eta", "entropy"],
                              r)) for r in rows],
