@@ -167,8 +167,9 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
   Reads ``<results_dir>/<name>.npz`` and ``.json`` as written by
   ``python -m icl_kd.experiments NAME --out <results_dir>``; when they are
   missing, runs the experiment first through its library protocol
-  (``run(config, key=jax.random.key(seed))`` and ``save``), with its
-  ``QUICK`` config under ``quick`` and the config fields in ``overrides``.
+  (``run(config, key=jax.random.key(seed))`` and ``save``): its full
+  ``Config()``, or under ``quick`` its ``QUICK`` config with the fields in
+  ``overrides`` (smaller still, for quick figures).
   """
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
   if not (os.path.exists(npz) and os.path.exists(js)):
@@ -176,7 +177,8 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
     from icl_kd.experiments import _common
     from icl_kd.experiments.__main__ import module as experiment
     mod = experiment(name)
-    config = (mod.QUICK if quick else mod.Config())._replace(progress=False, **(overrides or {}))
+    config = (mod.QUICK._replace(**(overrides or {})) if quick else mod.Config())
+    config = config._replace(progress=False)
     results = mod.run(config, key=jax.random.key(seed))
     mod.save(results, results_dir, info=_common.run_info(mod, config, seed=seed, quick=quick))
   with np.load(npz) as f:
