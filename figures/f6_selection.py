@@ -1,12 +1,15 @@
-"""F6 (E1): MMD-guided demonstration selection.
+"""F6 (E1): demonstration selection by the theory's MMD.
 
 From ``python -m icl_kd.experiments E1`` (run when its results are missing):
-(a) the relative ICL error of a trained softmax-attention layer per
-    selection strategy (random, nearest-neighbour retrieval, greedy MMD,
-    k-NN per query), mean +- SE over trials, with the ridge baseline on the
-    same prompts;
-(b) MMD^2(prompt, queries) against the ICL error for every shared and
-    mixture prompt, with Spearman rho and its bootstrap 95 % interval over trials.
+(a) the relative ICL error of a trained softmax-attention layer per selection
+    rule (``mmd_kv``, ``mmd_kx``: greedy MMD with the layer's own W^K, W^V;
+    ``gaussian``: greedy Gaussian MMD on the inputs; ``retrieval``, ``random``,
+    and per-query ``knn``), mean +- SE over trials, with ridge on the same prompts;
+(b) Spearman rho between each MMD (MMD_kV, MMD_kx, Gaussian) and the ICL
+    error over the one-prompt and mixture prompts, pooled and within trials, with
+    bootstrap 95 % intervals over trials;
+(c) MMD_kV^2(prompt, target) against the ICL error, per rule (log scale: the
+    exponential kernel makes MMD_kV heavy-tailed).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import numpy as np
 from figures import experiment_results, style, table
 
 ID, SLUG, CLAIMS = "F6", "selection", ("E1",)
-STRATEGIES = ("random", "retrieval", "mmd_greedy", "knn_per_query")
+RULES = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random", "knn")
+SHARED = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random")
+MMDS = ("mmd_kv", "mmd_kx", "gaussian")
 
 
 class Config(NamedTuple):
@@ -36,61 +41,80 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 
 
 def compute(cfg: Config) -> dict:
-  """Per-strategy errors and the MMD-error pairs from the E1 results."""
+  """Per-rule errors, the correlations of each MMD, and the MMD_kV-error pairs from E1."""
   arrays, summary = experiment_results(
       "E1", results_dir=cfg.results_dir, seed=cfg.seed, quick=cfg.quick,
       overrides=dict(n_trials=6, train_steps=60))
-  strat = {"strategy": [], "error_mean": [], "error_se": [], "ridge_error_mean": [],
-           "mmd2_mean": []}
-  for s in STRATEGIES:
-    e = arrays[f"error_{s}"]
-    strat["strategy"].append(s)
-    strat["error_mean"].append(float(e.mean()))
-    strat["error_se"].append(float(e.std(ddof=1) / np.sqrt(e.size)))
-    strat["ridge_error_mean"].append(float(summary["strategies"][s]["ridge_error_mean"]))
-    strat["mmd2_mean"].append(float(arrays[f"mmd2_{s}"].mean()))
-  points = {"kind": [], "mmd2": [], "error": []}
-  for s in STRATEGIES[:3]:
-    points["kind"] += [s] * arrays[f"error_{s}"].size
-    points["mmd2"] += arrays[f"mmd2_{s}"].ravel().tolist()
-    points["error"] += arrays[f"error_{s}"].ravel().tolist()
+  rules = {"rule": [], "error_mean": [], "error_se": [], "ridge_error_mean": []}
+  for r in RULES:
+    e = arrays[f"error_{r}"]
+    rules["rule"].append(r)
+    rules["error_mean"].append(float(e.mean()))
+    rules["error_se"].append(float(e.std(ddof=1) / np.sqrt(e.size)))
+    rules["ridge_error_mean"].append(float(summary["rules"][r]["ridge_error_mean"]))
+  corr = {"mmd": [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
+  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
+    for m in MMDS:
+      c = summary[key][m]
+      corr["mmd"].append(m)
+      corr["kind"].append(kind)
+      for f in ("rho", "lo", "hi", "n"):
+        corr[f].append(c[f])
+  points = {"kind": [], "mmd_kv2": [], "gaussian2": [], "error": []}
+  for r in SHARED:
+    points["kind"] += [r] * arrays[f"error_{r}"].size
+    points["mmd_kv2"] += arrays[f"mmd_kv2_{r}"].ravel().tolist()
+    points["gaussian2"] += arrays[f"gaussian2_{r}"].ravel().tolist()
+    points["error"] += arrays[f"error_{r}"].ravel().tolist()
   points["kind"] += ["mixture"] * arrays["mixture_error"].size
-  points["mmd2"] += arrays["mixture_mmd2"].ravel().tolist()
+  points["mmd_kv2"] += arrays["mixture_mmd_kv2"].ravel().tolist()
+  points["gaussian2"] += arrays["mixture_gaussian2"].ravel().tolist()
   points["error"] += arrays["mixture_error"].ravel().tolist()
   meta = dict(id=ID, claims=list(CLAIMS), results_dir=cfg.results_dir, seed=cfg.seed,
-              spearman=summary["spearman"], wins=summary["wins"],
+              quick=bool(cfg.quick or summary.get("quick", False)), wins=summary["wins"],
+              heads=summary["heads"], target=summary["target"],
               experiment_config=summary["config"])
-  return dict(meta=meta, tables=dict(strategies=strat, points=points))
+  return dict(meta=meta, tables=dict(rules=rules, correlations=corr, points=points))
 
 
 @style.styled
 def make(results: dict):
-  """Bar chart of error per strategy; MMD^2 vs error scatter with Spearman rho."""
-  meta, s, p = results["meta"], table(results, "strategies"), table(results, "points")
-  fig, axes = style.figure(1, 2, height=3.2)
+  """Error per rule; Spearman rho of each MMD with the error; MMD_kV^2 vs error scatter."""
+  s, c, p = table(results, "rules"), table(results, "correlations"), table(results, "points")
+  fig, axes = style.figure(1, 3, height=3.2)
   ax = axes[0, 0]
-  x = np.arange(len(s["strategy"]))
+  x = np.arange(len(s["rule"]))
   ax.bar(x - 0.2, s["error_mean"], 0.4, yerr=s["error_se"], capsize=2,
-         color=style.PALETTE["blue"], label="trained attention layer (mean $\\pm$ SE)")
+         color=style.PALETTE["blue"], label="trained layer (mean $\\pm$ SE)")
   ax.bar(x + 0.2, s["ridge_error_mean"], 0.4, color=style.PALETTE["orange"],
-         label="ridge on the same prompts")
-  ax.set_xticks(x, [n.replace("_per_", " per\n").replace("_", "\n") for n in s["strategy"]])
+         label="ridge, same prompts")
+  ax.set_xticks(x, [str(n) for n in s["rule"]], rotation=35, ha="right")
   ax.set_ylabel("relative ICL error (MSE / mean $y^2$)")
-  ax.set_title("(a) ICL error per selection rule", loc="left")
-  style.legend(ax, loc="upper right", bbox_to_anchor=(1.0, 1.02))
+  ax.set_title("(a) error per selection rule", loc="left")
+  style.legend_below(ax, ncols=1, bbox_to_anchor=(0.5, -0.3))
   ax = axes[0, 1]
-  for i, kind in enumerate(("random", "retrieval", "mmd_greedy", "mixture")):
+  for i, kind in enumerate(("pooled", "within trials")):
+    sel = c["kind"] == kind
+    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
+    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
+    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=style.MARKERS[i], color=style.CYCLE[i],
+                capsize=2, label=kind)
+  ax.axhline(0.0, color=style.REFERENCE, lw=0.8)
+  ax.set_xticks(np.arange(len(MMDS)), ["MMD$_{kV}$", "MMD$_{kx}$", "Gaussian"])
+  ax.set_ylabel("Spearman $\\rho$(MMD$^2$, error), 95% CI")
+  ax.set_title("(b) which MMD tracks the error", loc="left")
+  style.legend(ax, loc="upper left")
+  ax = axes[0, 2]
+  for i, kind in enumerate(SHARED + ("mixture",)):
     sel = p["kind"] == kind
-    ax.scatter(p["mmd2"][sel], p["error"][sel], s=10, marker=style.MARKERS[i],
-               color=style.CYCLE[i], alpha=0.8, label=kind.replace("_", " "), rasterized=True)
-  ax.set_xlabel("MMD$^2$(prompt, queries) (unbiased, Gaussian $k$;\n"
-                "the unbiased estimate can fall below 0)")
+    ax.scatter(np.maximum(p["mmd_kv2"][sel], 1e-300), p["error"][sel], s=8,
+               marker=style.MARKERS[i], color=style.CYCLE[i], alpha=0.7,
+               label=kind.replace("_", " "), rasterized=True)
+  ax.set_xscale("log")
+  ax.set_xlabel("MMD$_{kV}^2$(prompt, target)")
   ax.set_ylabel("relative ICL error")
-  ax.set_title("(b) MMD vs ICL error", loc="left")
-  style.legend_below(ax, ncols=4, bbox_to_anchor=(0.5, -0.2), handletextpad=0.2,
+  ax.set_title("(c) MMD$_{kV}$ vs error", loc="left")
+  style.legend_below(ax, ncols=3, bbox_to_anchor=(0.5, -0.22), handletextpad=0.2,
                      columnspacing=0.8)
-  sp = meta["spearman"]
-  style.annotate(ax, f"Spearman $\\rho$ = {sp['rho']:.2f}\n95% CI [{sp['lo']:.2f}, {sp['hi']:.2f}]"
-                 f", n = {sp['n']}", loc="upper left")
-  fig.suptitle("F6. Experiment E1: choosing demonstrations close in MMD to the queries")
+  fig.suptitle("F6. Experiment E1: selecting demonstrations by the layer's own MMD$_{kV}$")
   return fig

@@ -17,7 +17,16 @@ come from ``jax.vmap``.
 
 :func:`one_step_risk` is the closed-form risk of the averaging estimator as a
 function of its learning rate (quadratic in eta) for inputs with i.i.d.
-coordinates, and :func:`optimal_one_step` its minimiser.
+coordinates and label noise of variance sigma^2, and :func:`optimal_one_step`
+its minimiser. Two published values follow from them (reproduced in
+tests/test_reproductions.py):
+
+- von Oswald et al. (2023), d = N = 10, x ~ U(-1/2, 1/2)^d, w ~ N(0, I), no
+  noise, loss (1/2) E (y_hat - y)^2: eta* = 200/33 and loss 245/1188 = 0.206229
+  (:data:`VON_OSWALD_ETA`, :data:`VON_OSWALD_LOSS`);
+- isotropic Gaussian x, w ~ N(0, I_d) (Ahn et al., 2023; Zhang, Frei & Bartlett,
+  2023): eta* = N/(N + d + 1 + sigma^2) and error d (d + 1 + sigma^2)/(N + d + 1 + sigma^2)
+  (:func:`isotropic_one_step_optimum`).
 """
 
 from __future__ import annotations
@@ -109,32 +118,40 @@ def _moments(x_dist: str) -> InputMoments:
   raise ValueError(f"x_dist must be 'gaussian' or 'uniform', got {x_dist!r}")
 
 
-def _one_step_coefficients(d: int, n: int, x_dist: str) -> tuple[float, float, float]:
-  """(s2, A, B) with A = E tr(S^2), B = E tr(S), S = (1/n) sum_i x_i x_i^T."""
+def _one_step_coefficients(d: int, n: int, x_dist: str,
+                           noise_var=0.0) -> tuple[float, float, float]:
+  """(s2, A, B) with A = E tr(S^2) + sigma^2 d s2 / n, B = E tr(S), S = (1/n) sum_i x_i x_i^T."""
   for name, v in (("d", d), ("n", n)):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ValueError(f"{name} must be a positive int, got {v!r}")
+  if isinstance(noise_var, bool) or not isinstance(noise_var, (int, float)) or not (
+      noise_var >= 0 and noise_var != float("inf")):
+    raise ValueError(f"noise_var must be a finite float >= 0, got {noise_var!r}")
   m = _moments(x_dist)
   # E |x|^4 = d m4 + d(d-1) s2^2;  E <x_i, x_j>^2 = d s2^2 for i != j.
   a = (d * m.fourth + d * (d - 1) * m.var ** 2) / n + (n - 1) / n * d * m.var ** 2
+  a = a + noise_var * d * m.var / n
   b = d * m.var
   return m.var, a, b
 
 
-def one_step_risk(eta, *, d: int, n: int, x_dist: str = "gaussian") -> jax.Array:
+def one_step_risk(eta, *, d: int, n: int, x_dist: str = "gaussian",
+                  noise_var: float = 0.0) -> jax.Array:
   """E (y_hat - y')^2 of the averaging estimator with learning rate eta, closed form.
 
-  With w ~ N(0, I_d), noiseless labels, S = (1/n) sum_i x_i x_i^T and
-  y_hat = eta <S w, x'>, the error is <(eta S - I) w, x'>, so
+  With w ~ N(0, I_d), labels y_i = <w, x_i> + e_i (Var e_i = sigma^2 = ``noise_var``),
+  S = (1/n) sum_i x_i x_i^T and y_hat = eta <S w + (1/n) sum_i e_i x_i, x'>, the
+  error against the noiseless query label y' = <w, x'> is
 
-      E (y_hat - y')^2 = s2 E tr((eta S - I)^2) = s2 (eta^2 A - 2 eta B + d),
-      A = E tr(S^2) = (d m4 + d(d-1) s2^2)/n + (n-1) d s2^2 / n,   B = d s2,
+      E (y_hat - y')^2 = s2 E tr((eta S - I)^2) + eta^2 sigma^2 d s2^2 / n
+                       = s2 (eta^2 A - 2 eta B + d),
+      A = (d m4 + d(d-1) s2^2)/n + (n-1) d s2^2 / n + sigma^2 d s2 / n,   B = d s2,
 
   where s2 and m4 are the second and fourth moments of one input coordinate.
-  For Gaussian inputs and eta = 1 this is d(d+1)/n: Garg et al.'s (d+1)/k
-  after normalising by d.
+  For Gaussian inputs and eta = 1 this is d(d+1+sigma^2)/n: Garg et al.'s (d+1)/k
+  after normalising by d (noiseless).
   """
-  s2, a, b = _one_step_coefficients(d, n, x_dist)
+  s2, a, b = _one_step_coefficients(d, n, x_dist, noise_var)
   eta = jnp.asarray(eta)
   return s2 * (eta * eta * a - 2 * eta * b + d)
 
@@ -145,7 +162,30 @@ class OneStepOptimum(NamedTuple):
   risk: float
 
 
-def optimal_one_step(*, d: int, n: int, x_dist: str = "gaussian") -> OneStepOptimum:
-  """eta* = B / A and risk* = s2 (d - B^2 / A), the minimum of the quadratic risk."""
-  s2, a, b = _one_step_coefficients(d, n, x_dist)
+def optimal_one_step(*, d: int, n: int, x_dist: str = "gaussian",
+                     noise_var: float = 0.0) -> OneStepOptimum:
+  """eta* = B / A and risk* = s2 (d - B^2 / A), the minimum of :func:`one_step_risk`."""
+  s2, a, b = _one_step_coefficients(d, n, x_dist, noise_var)
   return OneStepOptimum(eta=b / a, risk=s2 * (d - b * b / a))
+
+
+# von Oswald et al. (2023), d = N = 10, x ~ U(-1/2, 1/2)^d, loss (1/2) E (y_hat - y)^2:
+# the exact optimum of one GD step (their notebook's 0.2047 is a finite-sample figure).
+VON_OSWALD_ETA = 200.0 / 33.0
+VON_OSWALD_LOSS = 245.0 / 1188.0          # = 0.206229..., half of optimal_one_step's risk
+
+
+def isotropic_one_step_optimum(*, d: int, n: int, noise_var: float = 0.0) -> OneStepOptimum:
+  """The one-step optimum for x, w ~ N(0, I_d) with label noise sigma^2, in closed form.
+
+      eta* = N / (N + d + 1 + sigma^2),   risk* = d (d + 1 + sigma^2) / (N + d + 1 + sigma^2)
+
+  (Ahn et al., 2023; Zhang, Frei & Bartlett, 2023): :func:`optimal_one_step` with
+  Gaussian moments simplified (A = d (N + d + 1 + sigma^2) / N, B = d). The risk is
+  against the noiseless query label; divide by d for the normalised error
+  (21/41 at d = N = 20, sigma^2 = 0).
+  """
+  s2, _, _ = _one_step_coefficients(d, n, "gaussian", noise_var)   # validates the arguments
+  del s2
+  den = n + d + 1 + noise_var
+  return OneStepOptimum(eta=n / den, risk=d * (d + 1 + noise_var) / den)

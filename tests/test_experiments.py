@@ -111,20 +111,20 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
 
 def test_e1_runs_end_to_end(tmp_path, monkeypatch, capsys):
   res, printed, data = _run_cli(e1_selection, E1_TINY, tmp_path, monkeypatch, capsys)
-  assert "mmd_greedy" in printed and set(data["strategies"]) == set(e1_selection.STRATEGIES)
-  assert "can be slightly negative" in printed          # the unbiased MMD^2 column is explained
-  for s in e1_selection.STRATEGIES:
-    for table in (res.error, res.mmd2, res.ridge_error, res.gd_error):
+  assert "mmd_kv" in printed and tuple(data["rules"]) == e1_selection.RULES
+  assert "biased estimate (V-statistic, >= 0)" in printed   # the MMD^2 columns are explained
+  for s in e1_selection.RULES:
+    for table in (res.error, res.mmd2["gaussian"], res.ridge_error, res.gd_error):
       assert table[s].shape == (4,) and np.all(np.isfinite(table[s]))
     assert np.all(res.error[s] >= 0)
-  assert res.mixture_error.shape == (4, 3) and res.mixture_mmd2.shape == (4, 3)
-  c = res.correlation
-  assert -1 <= c.lo <= c.hi <= 1 and -1 <= c.rho <= 1 and c.n == 4 * (3 + 3)
+  assert res.mixture_error.shape == (4, 3) and res.mixture_mmd2["gaussian"].shape == (4, 3)
+  c = res.correlation["gaussian"]
+  assert -1 <= c.lo <= c.hi <= 1 and -1 <= c.rho <= 1 and c.n == 4 * (5 + 3)
   assert all(0 <= v <= 1 for v in res.wins.values())
   assert res.train_losses.shape == (20,)
-  # greedy selection minimises the (biased) MMD it targets: the reported unbiased MMD^2 is
+  # greedy selection minimises the (biased) MMD it targets: the reported MMD^2 is
   # lower than that of random prompts in every trial of this fixed-seed run.
-  assert np.all(res.mmd2["mmd_greedy"] < res.mmd2["random"])
+  assert np.all(res.mmd2["gaussian"]["gaussian"] < res.mmd2["gaussian"]["random"])
 
 
 # -- E2 -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ EXPERIMENTS = {
     "E2": "icl_kd.experiments.e2_lr_proxy",
     "E3": "icl_kd.experiments.e3_weight_norm",
     "E4": "icl_kd.experiments.e4_layers",
+    "E6": "icl_kd.experiments.e6_interference",
     "real": "icl_kd.experiments.real",
 }
 
