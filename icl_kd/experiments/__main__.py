@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "E4": "icl_kd.experiments.e4_layers",
     "E6": "icl_kd.experiments.e6_interference",
     "real": "icl_kd.experiments.real",
+    "llm": "icl_kd.experiments.llm",
 }
 
 
