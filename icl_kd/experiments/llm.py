@@ -259,7 +259,7 @@ def run(config: Config = Config(), *, key, model=None, log=None) -> Results:
   Args:
     config: sizes (:data:`QUICK` for a small run).
     key: PRNG key (keyword-only); the NumPy generators of every draw and of the
-      bootstrap are seeded from it (:func:`icl_kd.experiments._common.seed_of`).
+      bootstrap are seeded from its last 32-bit word (for ``jax.random.key(s)``: s).
     model: a loaded :class:`icl_kd.llm.Llama` (default: ``config.model_path``, or the
       bundled model when that is None).
     log: progress printer (default: stderr lines when ``config.progress``).
@@ -281,7 +281,9 @@ def run(config: Config = Config(), *, key, model=None, log=None) -> Results:
                      f"got {config.tasks}")
   say = log if log is not None else (runtime.log if config.progress else (lambda m: None))
   t0 = time.time()
-  seed = _common.seed_of(key)
+  # NumPy draws: the key's last 32-bit word, which for jax.random.key(s) is s itself, so
+  # --seed S gives the same draws as NumPy's default_rng(S).
+  seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1])
   rng = np.random.default_rng(seed)
   if model is None:
     say("[llm] loading the model")
