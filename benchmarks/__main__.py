@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only NAME] [--seed S] [--out DIR]``."""
+"""``python -m benchmarks [--quick] [--only NAME] [--seed S] [--out DIR] [--strict]``."""
 
 import sys
 

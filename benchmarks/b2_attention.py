@@ -85,6 +85,7 @@ def _row(case, dtype, batch, t_ours, t_base, base_name, diff, tol, lo=0.8, hi=1.
                      flops=flops_per_instance() * batch, bytes=bytes_per_instance(itemsize) * batch,
                      target=f"ratio {lo}-{hi}, agree {tol:g}",
                      met=bool(ratio <= hi and diff <= tol),
+                     why=f"ratio ours/baseline {ratio:.3g}, agreement {diff:.1e}",
                      extra=dict(instances=batch, max_rel_diff=diff, agreement_tolerance=tol,
                                 ratio_in_range=bool(lo <= ratio <= hi),
                                 faster_than_range=bool(ratio < lo)))

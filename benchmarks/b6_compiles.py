@@ -52,6 +52,7 @@ def run(*, quick: bool, seed: int) -> list[harness.Row]:
     ok = r["compiles"] <= r["buckets"]
     rows.append(harness.Row(NAME, f"c1_batch {phase.replace('_', ' ')}: {r['calls']} calls",
                             target="compiles <= buckets", met=ok,
+                            why=f"{r['compiles']} compiles for {r['buckets']} buckets",
                             extra=dict(compiles=r["compiles"], buckets=r["buckets"],
                                        calls=r["calls"], cache_size=r["cache_size"],
                                        max_traces=res["max_traces"])))
@@ -86,7 +87,8 @@ def count_compiles(name: str):
 
 def _child(seed: int, quick: bool) -> None:
   import jax
-  jax.config.update("jax_enable_x64", True)
+  from icl_kd import runtime
+  runtime.configure(x64=True, fast_compile="off")   # like tests/conftest.py; flags from the parent
   jax.config.update("jax_numpy_rank_promotion", "raise")
   sys.path.insert(0, ROOT)
   import tests.conftest  # noqa: F401  (registers and loads the Hypothesis profiles)

@@ -10,23 +10,27 @@ without the compile step.
 
 Ratios are "ours / baseline" in time: below 1 means ours is faster; the
 speed-up is its inverse.
+
+The printed table fits a 120-column terminal (the JSON holds every number);
+the targets are summarised apart, one line each (:func:`target_lines`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform as _platform
 import statistics
-import sys
+import textwrap
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from icl_kd import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 
@@ -158,6 +162,10 @@ class Row:
     target: the target as text, and ``met`` whether it holds (None: no target).
     extra: any other numbers (agreement, instances/s, fit exponent, counts).
     float64: compare with the float64 matmul limit instead of the float32 one.
+    why: the measured value behind ``met``, e.g. "speed-up 6.9x" (default: the
+      speed-up, when there is a baseline).
+    note: a caveat printed under the table (e.g. a quick size too small for the
+      ratio to mean anything).
   """
   bench: str
   case: str
@@ -171,6 +179,8 @@ class Row:
   met: bool | None = None
   extra: dict = dataclasses.field(default_factory=dict)
   float64: bool = False
+  why: str = ""
+  note: str = ""
 
   @property
   def ratio(self) -> float | None:
@@ -199,78 +209,122 @@ class Row:
                 baseline=self.baseline.to_json() if self.baseline else None,
                 baseline_name=self.baseline_name, baseline_scale=self.scaled,
                 ratio_ours_over_baseline=self.ratio, flops=self.flops, bytes=self.bytes,
-                target=self.target, met=self.met, **self.fractions(limits),
-                extra=self.extra)
+                target=self.target, met=self.met, why=self.reason(), note=self.note,
+                **self.fractions(limits), extra=self.extra)
 
-
-def _fmt_s(t: float | None) -> str:
-  if t is None or (isinstance(t, float) and math.isnan(t)):
-    return "-"
-  if t >= 1.0:
-    return f"{t:.2f}s"
-  if t >= 1e-3:
-    return f"{t * 1e3:.1f}ms"
-  return f"{t * 1e6:.0f}us"
+  def reason(self) -> str:
+    """``why``, or the measured speed-up when there is a baseline."""
+    if self.why:
+      return self.why
+    r = self.ratio
+    return f"speed-up {1 / r:.3g}x" if r else ""
 
 
 def _fmt_pct(x: float | None) -> str:
   return "-" if x is None else (f"{100 * x:.1f}%" if x >= 1e-3 else f"{100 * x:.2g}%")
 
 
-def format_table(rows: list[Row], limits: dict) -> str:
-  """The printed table: one line per row; the ratio column is ours / baseline time."""
-  head = ["bench", "case", "ours (median ±IQR)", "compile", "baseline", "ours/base", "speed-up",
-          "%matmul", "%copy", "target"]
-  body = []
+TABLE_WIDTH = 120
+QUICK_LINE = ("QUICK RUN: small sizes and few repeats; these numbers are not the targets' "
+              "measurements (run without --quick for those).")
+
+
+_SHORT_CASE = (("float32", "f32"), ("float64", "f64"), (" inst ", " "), ("[XLA default]", "[default]"),
+               ("[xla opt level 0]", "[opt-0]"), ("[opt level 0]", "[opt-0]"),
+               ("permutations", "perms"), ("fresh output", "fresh"),
+               ("python -m proofs_check", "proofs_check"))
+_SHORT_BASE = (("dot_product_attention", "jax dpa"), ("scipy cdist", "cdist"),
+               ("NumPy sq. dists", "NumPy sq.d."), ("recompute per permutation", "recompute/perm."),
+               ("(float64)", "(f64)"), ("(float32)", "(f32)"))
+
+
+def _short(text: str, table=_SHORT_CASE) -> str:
+  """The table's abbreviation of a case or baseline name (the JSON keeps the full one)."""
+  for a, b in table:
+    text = text.replace(a, b)
+  return text
+
+
+def _fmt_time(t: float | None) -> str:
+  if t is None or (isinstance(t, float) and math.isnan(t)):
+    return "-"
+  if t >= 1.0:
+    return f"{t:.3g}s"
+  if t >= 1e-3:
+    return f"{t * 1e3:.3g}ms"
+  return f"{t * 1e6:.3g}us"
+
+
+def format_table(rows: list[Row], limits: dict, *, quick: bool = False) -> str:
+  """The printed table, at most :data:`TABLE_WIDTH` columns wide, with its legend.
+
+  One line per row: the median time of ours with its interquartile range,
+  the compile time, the baseline's time and name ('*': timed on a subset and
+  scaled), the speed-up (baseline / ours time; "[k]": see note k under the
+  table), the shares of the measured matmul and copy limits, and whether the
+  target is met. Names are abbreviated (f32 = float32, dpa =
+  jax.nn.dot_product_attention, ...); every number and full name is in the JSON.
+  """
+  head = ["bench", "case", "ours ±IQR", "compile", "baseline", "speedup", "%matmul", "%copy",
+          "target"]
+  body, notes = [], []
   for r in rows:
     fr = r.fractions(limits)
-    ours = "-" if r.ours is None else f"{_fmt_s(r.ours.median)} ±{100 * r.ours.spread:.0f}%"
+    ours = "-" if r.ours is None else f"{_fmt_time(r.ours.median)} ±{100 * r.ours.spread:.0f}%"
     base = "-" if r.baseline is None else (
-        _fmt_s(r.baseline.median * r.scaled) + (" (scaled)" if r.scaled != 1.0 else "") +
-        f" {r.baseline_name}")
+        _fmt_time(r.baseline.median * r.scaled) + ("*" if r.scaled != 1.0 else "") +
+        f" {_short(r.baseline_name, _SHORT_BASE)}")
     ratio = r.ratio
-    target = r.target + ("" if r.met is None else (" met" if r.met else " MISSED"))
-    body.append([r.bench, r.case, ours, _fmt_s(r.ours.compile if r.ours else None), base,
-                 "-" if ratio is None else f"{ratio:.3g}",
-                 "-" if not ratio else f"{1 / ratio:.3g}x",
-                 _fmt_pct(fr.get("frac_matmul")), _fmt_pct(fr.get("frac_copy")), target])
-  widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-            for i, h in enumerate(head)]
-  line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-  return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+    speed = "-" if not ratio else f"{1 / ratio:.3g}x"
+    if r.note:
+      notes.append(r.note)
+      speed += f"[{len(notes)}]"
+    target = "-" if r.met is None else ("met" if r.met else "MISSED")
+    body.append([r.bench, _short(r.case), ours, _fmt_time(r.ours.compile if r.ours else None),
+                 base, speed, _fmt_pct(fr.get("frac_matmul")), _fmt_pct(fr.get("frac_copy")),
+                 target])
+  lines = [runtime.format_table(head, body, align="lllrlrrrl", max_width=TABLE_WIDTH)]
+  legend = ("speedup = baseline time / ours (medians); compile = XLA compile (or persistent-cache "
+            "load) time; * = baseline timed on a subset and scaled; %matmul, %copy = share of "
+            "this machine's measured limits; f32/f64 = float32/float64, dpa = "
+            "jax.nn.dot_product_attention, opt-0 = XLA backend optimisation level 0. Targets: "
+            "see the summary below; full names and every number: the JSON report.")
+  lines += textwrap.wrap(legend, TABLE_WIDTH)
+  for i, n in enumerate(notes, 1):
+    lines += textwrap.wrap(f"[{i}] {n}", TABLE_WIDTH, subsequent_indent="    ")
+  if quick:
+    lines += textwrap.wrap(QUICK_LINE, TABLE_WIDTH)
+  return "\n".join(lines)
 
 
-def jsonable(x):
-  """Plain JSON types; non-finite floats as strings (JSON has no NaN)."""
-  if isinstance(x, dict):
-    return {str(k): jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [jsonable(v) for v in x]
-  if isinstance(x, (bool, np.bool_)):
-    return bool(x)
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (float, np.floating)):
-    x = float(x)
-    return x if math.isfinite(x) else repr(x)
-  if isinstance(x, np.ndarray):
-    return jsonable(x.tolist())
-  return x
+def target_lines(rows: list[Row], *, quick: bool = False) -> list[str]:
+  """The targets, one line each: met or MISSED, and the measured value behind it."""
+  out = []
+  for r in rows:
+    if r.met is None:
+      continue
+    why = r.reason()
+    line = (f"{'met   ' if r.met else 'MISSED'}  {r.bench} {_short(r.case)}: target {r.target}"
+            + (f"; measured {why}" if why else "") + (f" ({r.note})" if r.note and quick else ""))
+    out.append(line)
+  return out
 
 
 def write_report(out_dir: str, report: dict) -> str:
-  """Writes ``<out_dir>/<platform>-<UTC date>.json``; returns the path."""
+  """Writes ``<out_dir>/<platform>-<UTC date>.json`` (valid JSON, see icl_kd.runtime)."""
   os.makedirs(out_dir, exist_ok=True)
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
   path = os.path.join(out_dir, f"{report['machine']['platform']}-{date}.json")
-  with open(path, "w") as f:
-    json.dump(jsonable(report), f, indent=1, allow_nan=False)
-    f.write("\n")
-  return path
+  return runtime.write_json(path, report, indent=1, flag="--out")
+
+
+QUIET = False   # set by ``--no-progress``
 
 
 def log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
+  """One progress line on stderr (nothing under ``--no-progress``)."""
+  if not QUIET:
+    runtime.log(msg)
 
 
 # -- compile accounting ------------------------------------------------------------

@@ -12,6 +12,11 @@ Each figure is a module with
 :func:`run` saves ``<out>/<ID>_<SLUG>.{pdf,png,json}`` and one CSV per table
 (``<ID>_<SLUG>_<table>.csv``), so every plotted value can be checked without
 rerunning. The same seed writes byte-identical JSON and CSV files.
+
+Every JSON carries ``"quick": true|false``; a quick figure is drawn with a
+"QUICK RUN" watermark (:func:`draw`) and its PNG/PDF metadata say so
+(:data:`QUICK_MARK`). Layers and heads are numbered from 0 (layer 0 = the
+first layer) in every figure, table and JSON, as in the README.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import csv
 import importlib
 import io
 import json
-import math
 import os
-from typing import Any
 
 import numpy as np
+
+from icl_kd import runtime
 
 FIGURES = {
     "F1": "figures.f1_decomposition",
@@ -50,25 +55,6 @@ def module(fig_id: str):
   if fig_id not in FIGURES:
     raise ValueError(f"unknown figure {fig_id!r}; expected one of {sorted(FIGURES)}")
   return importlib.import_module(FIGURES[fig_id])
-
-
-def _clean(x: Any) -> Any:
-  """JSON-able copy: arrays to lists, numpy scalars to Python, non-finite floats to strings."""
-  if isinstance(x, dict):
-    return {str(k): _clean(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_clean(v) for v in x]
-  if hasattr(x, "__array__") and not isinstance(x, (str, bytes)):
-    arr = np.asarray(x)
-    return _clean(arr.tolist()) if arr.ndim else _clean(arr.item())
-  if isinstance(x, (bool, np.bool_)):
-    return bool(x)
-  if isinstance(x, (int, np.integer)):
-    return int(x)
-  if isinstance(x, (float, np.floating)):
-    x = float(x)
-    return x if math.isfinite(x) else repr(x)   # 'nan', 'inf', '-inf'
-  return x
 
 
 def _float(v) -> float:
@@ -103,12 +89,13 @@ def _csv_text(columns: dict[str, list]) -> str:
 
 
 def save_data(results: dict, stem: str) -> list[str]:
-  """Writes ``stem.json`` (everything) and ``stem_<table>.csv`` per table; returns the paths."""
-  clean = _clean(results)
-  paths = [stem + ".json"]
-  with open(paths[0], "w") as f:
-    json.dump(clean, f, indent=1, sort_keys=True)
-    f.write("\n")
+  """Writes ``stem.json`` (everything) and ``stem_<table>.csv`` per table; returns the paths.
+
+  The JSON follows :mod:`icl_kd.runtime`'s policy (valid JSON; non-finite
+  floats as the strings 'nan', 'inf', '-inf'), keys sorted.
+  """
+  clean = runtime.jsonable(results)
+  paths = [runtime.write_json(stem + ".json", clean, indent=1, sort_keys=True)]
   for name, cols in sorted(clean.get("tables", {}).items()):
     path = f"{stem}_{name}.csv"
     with open(path, "w") as f:
@@ -123,51 +110,79 @@ def load_data(path: str) -> dict:
     return json.load(f)
 
 
-def save_figure(fig, stem: str) -> list[str]:
-  """Writes ``stem.pdf`` and ``stem.png`` without time stamps (reproducible files)."""
+QUICK_MARK = "QUICK RUN: small sizes, not the published result"
+
+
+def is_quick(results: dict) -> bool:
+  """Whether ``results`` (a figure's numbers) come from a quick run."""
+  return bool(results.get("quick", results.get("meta", {}).get("quick", False)))
+
+
+def draw(mod, results: dict):
+  """``mod.make(results)``, with the :data:`QUICK_MARK` watermark when the run was quick."""
+  from figures import style
+  fig = mod.make(results)
+  if is_quick(results):
+    style.watermark(fig, QUICK_MARK)
+  return fig
+
+
+def save_figure(fig, stem: str, *, quick: bool = False) -> list[str]:
+  """Writes ``stem.pdf`` and ``stem.png`` without time stamps (reproducible files).
+
+  The run kind goes into the files' metadata: the PNG text field ``Run`` and
+  the PDF ``Subject`` are :data:`QUICK_MARK` for a quick run, "full run" otherwise.
+  """
   import matplotlib.pyplot as plt
   from figures import style
+  kind = QUICK_MARK if quick else "full run"
   with plt.rc_context(style.RC):
-    fig.savefig(stem + ".pdf", metadata={"CreationDate": None, "ModDate": None})
-    fig.savefig(stem + ".png", metadata={"Software": None})
+    fig.savefig(stem + ".pdf", metadata={"CreationDate": None, "ModDate": None, "Subject": kind})
+    fig.savefig(stem + ".png", metadata={"Software": None, "Run": kind})
   return [stem + ".pdf", stem + ".png"]
 
 
 def run(fig_id: str, *, out: str, quick: bool = False, seed: int = 0, **overrides) -> list[str]:
-  """Computes, saves the numbers of, draws and saves figure ``fig_id``; returns the paths."""
+  """Computes, saves the numbers of, draws and saves figure ``fig_id``; returns the paths.
+
+  The JSON gets ``"quick": quick`` (top level and in ``meta``).
+  """
   import matplotlib.pyplot as plt
   mod = module(fig_id)
   os.makedirs(out, exist_ok=True)
   cfg = mod.config(quick=quick, seed=seed, out=out, **overrides)
   results = mod.compute(cfg)
+  results = {**results, "quick": bool(quick),
+             "meta": {**results.get("meta", {}), "quick": bool(quick)}}
   stem = os.path.join(out, f"{mod.ID}_{mod.SLUG}")
   paths = save_data(results, stem)
-  fig = mod.make(load_data(stem + ".json"))   # drawn from the saved numbers, as a reader would
-  paths += save_figure(fig, stem)
+  fig = draw(mod, load_data(stem + ".json"))   # drawn from the saved numbers, as a reader would
+  paths += save_figure(fig, stem, quick=quick)
   plt.close(fig)
   return paths
 
 
 def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
-                       extra_args: tuple = ()) -> tuple[dict, dict]:
+                       overrides: dict | None = None) -> tuple[dict, dict]:
   """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4, real).
 
   Reads ``<results_dir>/<name>.npz`` and ``.json`` as written by
   ``python -m icl_kd.experiments NAME --out <results_dir>``; when they are
-  missing, runs that command in process first (with ``--quick`` and
-  ``extra_args`` under ``quick``).
+  missing, runs the experiment first through its library protocol
+  (``run(config, key=jax.random.key(seed))`` and ``save``): its full
+  ``Config()``, or under ``quick`` its ``QUICK`` config with the fields in
+  ``overrides`` (smaller still, for quick figures).
   """
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
   if not (os.path.exists(npz) and os.path.exists(js)):
-    import contextlib
-    from icl_kd.experiments.__main__ import main as run_experiment
-    argv = [name, "--out", results_dir, "--seed", str(seed)]
-    argv += (["--quick", *extra_args] if quick else [])
-    with contextlib.redirect_stdout(io.StringIO()):
-      run_experiment(argv)
-    if not os.path.exists(npz):
-      raise FileNotFoundError(f"{npz} missing: run `python -m icl_kd.experiments {name} "
-                              f"--out {results_dir} --seed {seed}` first")
+    import jax
+    from icl_kd.experiments import _common
+    from icl_kd.experiments.__main__ import module as experiment
+    mod = experiment(name)
+    config = (mod.QUICK._replace(**(overrides or {})) if quick else mod.Config())
+    config = config._replace(progress=False)
+    results = mod.run(config, key=jax.random.key(seed))
+    mod.save(results, results_dir, info=_common.run_info(mod, config, seed=seed, quick=quick))
   with np.load(npz) as f:
     arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   with open(js) as f:

@@ -3,7 +3,8 @@
 Without ids, every figure is made. One progress line per figure goes to
 stderr. Exit code 0 on success (a figure whose optional dependency is missing,
 F9 without the pretrained model package, is skipped with a message), 1 when a
-figure fails (the others are still made), 2 on bad usage.
+figure fails (the others are still made), 2 on bad usage. Quick figures carry
+a "QUICK RUN" watermark and ``"quick": true`` in their JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 import time
 import traceback
 
+from icl_kd import runtime
+
 
 def build_parser() -> argparse.ArgumentParser:
   from figures import FIGURES
@@ -23,9 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
                   "experiments (E1-E4) as PDF + PNG, with the numbers behind each as JSON/CSV.")
   p.add_argument("ids", nargs="*", metavar="ID",
                  help=f"figures to make (default: all of {', '.join(FIGURES)})")
-  p.add_argument("--quick", action="store_true", help="small sizes (all figures in ~2 minutes)")
-  p.add_argument("--out", default=os.path.join("figures", "out"), help="output directory")
-  p.add_argument("--seed", type=int, default=0, help="integer seed of every random draw")
+  p.add_argument("--quick", action="store_true",
+                 help="small sizes (all figures in a few minutes); each figure is watermarked "
+                      "QUICK RUN and its JSON says \"quick\": true")
+  p.add_argument("--out", default=os.path.join("figures", "out"), metavar="DIR",
+                 help="output directory, created if missing (default %(default)s)")
+  runtime.add_runtime_arguments(p)
+  p.epilog = ("Exit code: 0 when every figure was made or skipped for a missing optional "
+              "package, 1 when a figure failed, 2 on bad usage.")
   return p
 
 
@@ -37,11 +45,9 @@ def main(argv=None) -> int:
   unknown = [i for i in ids if i not in FIGURES]
   if unknown:
     parser.error(f"unknown figure id(s) {unknown}; expected some of {list(FIGURES)}")
-  from proofs_check.cli import set_cpu_compile_flags
-  set_cpu_compile_flags("auto", None)  # small programs compiled once each: compile dominates
-  import jax
-  # Identities are drawn in float64; fixed before any array exists.
-  jax.config.update("jax_enable_x64", True)
+  # Identities are drawn in float64; small programs compiled once each, so compile time
+  # dominates (XLA's fast-compile level on CPU); fixed before any array exists.
+  runtime.configure(x64=True, fast_compile="auto", compile_cache=args.compile_cache)
   import figures
   failed = []
   for fig_id in ids:
@@ -58,8 +64,8 @@ def main(argv=None) -> int:
             file=sys.stderr, flush=True)
       continue
     png = next(p for p in paths if p.endswith(".png"))
-    print(f"[figures] {fig_id} done in {time.perf_counter() - t0:.1f} s -> {png}",
-          file=sys.stderr, flush=True)
+    if not args.no_progress:
+      runtime.log(f"[figures] {fig_id} done in {time.perf_counter() - t0:.1f} s -> {png}")
   if failed:
     print(f"[figures] failed: {', '.join(failed)}", file=sys.stderr)
     return 1

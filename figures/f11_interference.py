@@ -43,7 +43,7 @@ def compute(cfg: Config) -> dict:
   """The curves against f and the correlations from the E6 results."""
   arrays, summary = experiment_results(
       "E6", results_dir=cfg.results_dir, seed=cfg.seed, quick=cfg.quick,
-      extra_args=("--trials", "6", "--steps", "60"))
+      overrides=dict(n_trials=6, train_steps=60))
   err, f = arrays["error"], arrays["fractions"]
   n = err.shape[0]
   curves = {"f": f.tolist(), "error_mean": err.mean(0).tolist(),
@@ -70,7 +70,7 @@ def compute(cfg: Config) -> dict:
 @style.styled
 def make(results: dict):
   """Error vs f; MMD^2 vs f; the correlations with their intervals."""
-  meta, cv, c = results["meta"], table(results, "curves"), table(results, "correlations")
+  cv, c = table(results, "curves"), table(results, "correlations")
   fig, axes = style.figure(1, 3, height=3.0)
   ax = axes[0, 0]
   ax.errorbar(cv["f"], cv["error_mean"], yerr=cv["error_se"], marker=style.MARKERS[0],
@@ -106,8 +106,5 @@ def make(results: dict):
   ax.set_ylabel("Spearman $\\rho$, 95% CI")
   ax.set_title("(c) rank correlations", loc="left")
   style.legend(ax, loc="upper left")
-  title = "F11. Experiment E6: cross-task interference and the layer's MMD$_{kV}$"
-  if meta.get("quick"):
-    title += "  [quick run: tiny sizes]"
-  fig.suptitle(title)
+  fig.suptitle("F11. Experiment E6: cross-task interference and the layer's MMD$_{kV}$")
   return fig

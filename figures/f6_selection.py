@@ -44,7 +44,7 @@ def compute(cfg: Config) -> dict:
   """Per-rule errors, the correlations of each MMD, and the MMD_kV-error pairs from E1."""
   arrays, summary = experiment_results(
       "E1", results_dir=cfg.results_dir, seed=cfg.seed, quick=cfg.quick,
-      extra_args=("--trials", "6", "--steps", "60"))
+      overrides=dict(n_trials=6, train_steps=60))
   rules = {"rule": [], "error_mean": [], "error_se": [], "ridge_error_mean": []}
   for r in RULES:
     e = arrays[f"error_{r}"]
@@ -80,7 +80,6 @@ def compute(cfg: Config) -> dict:
 @style.styled
 def make(results: dict):
   """Error per rule; Spearman rho of each MMD with the error; MMD_kV^2 vs error scatter."""
-  meta = results["meta"]
   s, c, p = table(results, "rules"), table(results, "correlations"), table(results, "points")
   fig, axes = style.figure(1, 3, height=3.2)
   ax = axes[0, 0]
@@ -117,8 +116,5 @@ def make(results: dict):
   ax.set_title("(c) MMD$_{kV}$ vs error", loc="left")
   style.legend_below(ax, ncols=3, bbox_to_anchor=(0.5, -0.22), handletextpad=0.2,
                      columnspacing=0.8)
-  title = "F6. Experiment E1: selecting demonstrations by the layer's own MMD$_{kV}$"
-  if meta.get("quick"):
-    title += "  [quick run: tiny sizes]"
-  fig.suptitle(title)
+  fig.suptitle("F6. Experiment E1: selecting demonstrations by the layer's own MMD$_{kV}$")
   return fig

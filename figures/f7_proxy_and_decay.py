@@ -3,7 +3,8 @@
 From ``python -m icl_kd.experiments E2`` and ``E3`` (run when missing):
 (a) E2: per test prompt, log eta* = log N/(2D') at the query (mean over
     the heads of the last layer) against the order sensitivity (std of the
-    prediction over reorderings), with Spearman rho per (layer, head);
+    prediction over reorderings), with Spearman rho per (layer, head),
+    numbered from 0 (L0 = the first layer);
 (b) E3: weight decay on W^V, W^K against ||W^K||_F, ||W^V||_F;
 (c) E3: the ICL generalization gap, the KD gap L - L_hat of W_0 (median over
     prompts) and the C4 bound from the measured norms.
@@ -39,9 +40,9 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 def compute(cfg: Config) -> dict:
   """Per-prompt eta* and sensitivity (E2); per-decay norms, gaps and bound (E3)."""
   e2, _ = experiment_results("E2", results_dir=cfg.e2_dir, seed=cfg.seed, quick=cfg.quick,
-                             extra_args=("--steps", "40", "--test-prompts", "16", "--layers", "1"))
+                             overrides=dict(train_steps=40, n_test=16, n_layers=1))
   e3, _ = experiment_results("E3", results_dir=cfg.e3_dir, seed=cfg.seed, quick=cfg.quick,
-                             extra_args=("--steps", "60", "--decays", "0,10"))
+                             overrides=dict(train_steps=60, weight_decays=(0.0, 10.0)))
   log_eta = e2["log_eta"]                                       # (n_test, L, H)
   prompts = {"log_eta_last_layer": log_eta[:, -1, :].mean(axis=1).tolist(),
              "order_sensitivity": e2["order_sensitivity"].tolist(),
@@ -74,13 +75,14 @@ def make(results: dict):
   ax = axes[0, 0]
   ax.scatter(p["log_eta_last_layer"], p["order_sensitivity"], s=9, color=style.PALETTE["blue"],
              label="test prompts", rasterized=True)
-  ax.set_xlabel(f"$\\log\\eta^*$ at the query (layer {results['meta']['e2_layers']})")
+  last = results["meta"]["e2_layers"] - 1
+  ax.set_xlabel(f"$\\log\\eta^*$ at the query\n(last layer L{last}; layers from L0)")
   ax.set_ylabel("order sensitivity (std of prediction)")
   ax.set_title("(a) E2: $\\eta^*$ vs order sensitivity", loc="left")
-  rhos = "\n".join(f"L{int(l) + 1}H{int(k) + 1}: Spearman $\\rho$ = {r:.2f} [{lo:.2f}, {hi:.2f}]"
+  rhos = "\n".join(f"L{int(l)}H{int(k)}: Spearman $\\rho$ = {r:.2f} [{lo:.2f}, {hi:.2f}]"
                    for l, k, r, lo, hi in zip(h["layer"], h["head"], h["rho_order"],
                                               h["rho_order_lo"], h["rho_order_hi"]))
-  ax.text(0.5, -0.24, rhos, transform=ax.transAxes, ha="center", va="top",
+  ax.text(0.5, -0.34, rhos, transform=ax.transAxes, ha="center", va="top",
           fontsize=style.RC["legend.fontsize"])
   wd = np.maximum(d["weight_decay"], 1e-3)
   ax = axes[0, 1]

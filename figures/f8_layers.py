@@ -6,6 +6,7 @@ multi-layer, multi-head transformer:
     (an identity: float64 rounding) and the agreement of the decomposed
     head with the head inside the model (the model's float precision);
 (b) per (layer, head) the mean log eta* and attention entropy;
+    layers and heads are numbered from 0 (L0H0 = the first head of the first layer);
 (c) the relative squared distance of the whole model from one distilled KD
     step (a single softmax layer fit to the model), and the ICL errors.
 """
@@ -38,8 +39,8 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
 def compute(cfg: Config) -> dict:
   """Per-head residuals, eta*, entropy; the distance to one KD step and ICL errors."""
   a, summary = experiment_results("E4", results_dir=cfg.results_dir, seed=cfg.seed,
-                                  quick=cfg.quick, extra_args=("--steps", "40", "--d-model", "16",
-                                                               "--test-prompts", "8"))
+                                  quick=cfg.quick,
+                                  overrides=dict(train_steps=40, d_model=16, n_test=8))
   n_l, n_h = a["residual"].shape
   heads = {"layer": np.repeat(np.arange(n_l), n_h).tolist(),
            "head": np.tile(np.arange(n_h), n_l).tolist(),
@@ -56,7 +57,7 @@ def compute(cfg: Config) -> dict:
 def make(results: dict):
   """Per-head bars of the C1 residual, eta*, entropy; the one-step distance annotated."""
   meta, h = results["meta"], table(results, "heads")
-  labels = [f"L{int(l) + 1}H{int(k) + 1}" for l, k in zip(h["layer"], h["head"])]
+  labels = [f"L{int(l)}H{int(k)}" for l, k in zip(h["layer"], h["head"])]
   x = np.arange(len(labels))
   fig, axes = style.figure(1, 3, height=3.0)
   ax = axes[0, 0]
@@ -66,6 +67,7 @@ def make(results: dict):
          label="decomposed vs in-model head")
   ax.set_yscale("log")
   ax.set_xticks(x, labels)
+  ax.set_xlabel("layer L, head H (from 0: L0 = first layer)")
   ax.set_ylabel("max relative error over prompts")
   ax.set_title("(a) C1 holds in every head", loc="left")
   style.legend_below(ax)
@@ -74,6 +76,7 @@ def make(results: dict):
   ax.bar(x + 0.2, h["entropy"], 0.4, color=style.PALETTE["purple"], label="mean entropy (nats)")
   ax.axhline(0, color=style.REFERENCE, lw=0.8)
   ax.set_xticks(x, labels)
+  ax.set_xlabel("layer L, head H (from 0)")
   ax.set_ylabel("$\\log\\eta^*$ / entropy")
   ax.set_title("(b) implicit learning rate per head", loc="left")
   style.legend_below(ax)

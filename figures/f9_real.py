@@ -3,6 +3,7 @@
 From ``python -m icl_kd.experiments real`` (run when its results are missing):
 (a) the C1 relative error per (layer, head) in float64 at the last token,
     max over sequences (a heat map; the identity holds at rounding level);
+    layers and heads are numbered from 0 (layer 0 = the first encoder layer);
 (b) log D' at the last token per domain, over every sequence and head (C7);
 (c) C5 on real heads: ||W_0(P) - W_0(Q)||_HS against 2 eta MMD_kV(P, Q) for
     every head and ordered domain pair, on the identity line.
@@ -45,9 +46,11 @@ def compute(cfg: Config) -> dict:
     # smaller than the experiment's own --quick: one length bucket, 4 sentences per domain
     import jax
     from icl_kd.experiments import real
-    tiny = real.QUICK._replace(sentences_per_domain=4, buckets=(12,), c5_tokens=32)
-    res = real.run(tiny, key=jax.random.key(cfg.seed), log=lambda *a, **k: None)
-    real.save(res, cfg.results_dir)
+    from icl_kd.experiments import _common
+    tiny = real.QUICK._replace(sentences_per_domain=4, buckets=(12,), c5_tokens=32,
+                               progress=False)
+    res = real.run(tiny, key=jax.random.key(cfg.seed))
+    real.save(res, cfg.results_dir, info=_common.run_info(real, tiny, seed=cfg.seed, quick=True))
   a, summary = experiment_results("real", results_dir=cfg.results_dir, seed=cfg.seed,
                                   quick=cfg.quick)
   import json
@@ -88,10 +91,10 @@ def make(results: dict):
   ax = axes[0, 0]
   grid = np.log10(np.maximum(h["c1_err_f64"], 1e-18)).reshape(meta["layers"], meta["heads"])
   im = ax.imshow(grid, cmap=style.SEQUENTIAL, aspect="auto", origin="lower")
-  ax.set_xticks(range(0, meta["heads"], 2), [str(k + 1) for k in range(0, meta["heads"], 2)])
-  ax.set_yticks(range(meta["layers"]), [str(k + 1) for k in range(meta["layers"])])
-  ax.set_xlabel("head")
-  ax.set_ylabel("layer")
+  ax.set_xticks(range(0, meta["heads"], 2), [str(k) for k in range(0, meta["heads"], 2)])
+  ax.set_yticks(range(meta["layers"]), [str(k) for k in range(meta["layers"])])
+  ax.set_xlabel("head (from 0)")
+  ax.set_ylabel("layer (0 = first)")
   ax.grid(False)
   ax.set_title("(a) C1 error, float64", loc="left")
   cb = fig.colorbar(im, ax=ax, pad=0.01, aspect=30)

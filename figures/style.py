@@ -10,10 +10,15 @@ reads in grey scale.
 from __future__ import annotations
 
 import functools
+import logging
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; no display is needed or used
+# Embedding a TrueType font in a PDF (pdf.fonttype 42 below) makes fontTools log
+# "'created' timestamp seems very low" once per font: a property of the fonts that
+# matplotlib ships, nothing the reader can act on.
+logging.getLogger("fontTools.ttLib.tables._h_e_a_d").setLevel(logging.ERROR)
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -159,3 +164,20 @@ def fit_loglog_slope(x, y) -> tuple[float, float]:
     return float("nan"), float("nan")
   slope, intercept = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
   return float(slope), float(intercept)
+
+
+def watermark(fig, text: str) -> None:
+  """A large diagonal grey ``text`` across the figure (gid ``"quick-watermark"``).
+
+  The text up to the first ':' is written large, the rest small under it. It
+  takes no part in the layout: the panels stay where they are.
+  """
+  head, _, rest = text.partition(":")
+  common = dict(transform=fig.transFigure, ha="center", va="center", rotation=12,
+                color="0.5", alpha=0.35, fontweight="bold", zorder=100)
+  texts = [fig.text(0.5, 0.52, head.strip(), fontsize=30, gid="quick-watermark", **common)]
+  if rest:
+    texts.append(fig.text(0.5, 0.36, rest.strip(), fontsize=10, gid="quick-watermark-note",
+                          **common))
+  for t in texts:
+    t.set_in_layout(False)

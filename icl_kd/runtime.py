@@ -112,6 +112,9 @@ def silence_dependency_warnings() -> None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
   logging.getLogger("jax._src.compilation_cache").setLevel(logging.ERROR)
   warnings.filterwarnings("ignore", message=".*'created' timestamp seems very low.*")
+  # fontTools (matplotlib's PDF font subsetting) logs "'created' timestamp seems very
+  # low" once per embedded font: a property of the shipped fonts, not of the run.
+  logging.getLogger("fontTools.ttLib.tables._h_e_a_d").setLevel(logging.ERROR)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
@@ -169,12 +172,13 @@ def check_output_path(path: str, *, flag: str = "path") -> str:
   return path
 
 
-def write_json(path: str, obj: Any, *, indent: int | None = 1, flag: str = "path") -> str:
+def write_json(path: str, obj: Any, *, indent: int | None = 1, flag: str = "path",
+               sort_keys: bool = False) -> str:
   """Writes ``obj`` as valid JSON to ``path`` atomically; the folder must exist."""
   check_output_path(path, flag=flag)
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(jsonable(obj), f, indent=indent, allow_nan=False, sort_keys=False)
+    json.dump(jsonable(obj), f, indent=indent, allow_nan=False, sort_keys=sort_keys)
     f.write("\n")
   os.replace(tmp, path)
   return path
@@ -197,9 +201,15 @@ class Progress:
   """A one-line progress bar on stderr; plain lines every 25% when stderr is not a terminal.
 
   Only process 0 of a multi-process run prints.
+
+  Args:
+    label: what is counted (cut to 40 characters).
+    total: the count at completion.
+    enabled: False prints nothing.
+    stream: where to write (default ``sys.stderr``).
   """
 
-  def __init__(self, label: str, total: int, enabled: bool = True):
+  def __init__(self, label: str, total: int, enabled: bool = True, *, stream=None):
     try:
       import jax
       first = jax.process_index() == 0
@@ -207,23 +217,27 @@ class Progress:
       first = True
     self.label, self.total, self.enabled = label, total, enabled and first
     self.start = time.perf_counter()
-    self.tty = sys.stderr.isatty()
+    self.stream = sys.stderr if stream is None else stream
+    self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
     self.next_pct = 25
 
-  def update(self, done: int) -> None:
+  def update(self, done: int, note: str = "") -> None:
+    """Shows ``done`` of ``total``, and ``note`` (e.g. the current loss) after the time."""
     if not self.enabled:
       return
     pct = 100 * done // max(self.total, 1)
     el = time.perf_counter() - self.start
+    tail = f"  {note}" if note else ""
     if self.tty:
       bar = "#" * (pct // 5) + "." * (20 - pct // 5)
-      sys.stderr.write(f"\r  {self.label[:40]:<40} [{bar}] {done:>11,}/{self.total:,}  {el:6.1f}s")
+      self.stream.write(f"\r  {self.label[:40]:<40} [{bar}] {done:>11,}/{self.total:,}  "
+                        f"{el:6.1f}s{tail}")
       if done >= self.total:
-        sys.stderr.write("\n")
-      sys.stderr.flush()
+        self.stream.write("\n")
+      self.stream.flush()
     elif pct >= self.next_pct or done >= self.total:
-      sys.stderr.write(f"  {self.label[:40]:<40} {done:>11,}/{self.total:,}  {el:6.1f}s\n")
-      sys.stderr.flush()
+      self.stream.write(f"  {self.label[:40]:<40} {done:>11,}/{self.total:,}  {el:6.1f}s{tail}\n")
+      self.stream.flush()
       self.next_pct = pct // 25 * 25 + 25
 
 

@@ -11,8 +11,6 @@ on :func:`icl_kd.tasks.sample_regression` prompts with
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -22,6 +20,7 @@ import numpy as np
 import optax
 
 from icl_kd.models import icl_predict
+from icl_kd.runtime import Progress
 from icl_kd.tasks import RegressionPrompts, query_token, regression_tokens
 
 
@@ -29,16 +28,6 @@ class TrainResult(NamedTuple):
   """Trained parameters and the loss of every step (numpy, (steps,))."""
   params: Any
   losses: np.ndarray
-
-
-def _progress(desc: str, step: int, steps: int, loss: float, t0: float, stream) -> None:
-  width = 24
-  filled = int(width * step / steps)
-  bar = "#" * filled + "." * (width - filled)
-  stream.write(f"\r{desc} [{bar}] {step}/{steps} loss {loss:.4g} {time.time() - t0:.0f}s")
-  if step == steps:
-    stream.write("\n")
-  stream.flush()
 
 
 def train(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.GradientTransformation,
@@ -68,7 +57,7 @@ def train(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.Gradie
     raise ValueError(f"steps must be a positive int, got {steps!r}")
   if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
     raise ValueError(f"log_every must be a positive int, got {log_every!r}")
-  stream = sys.stderr if stream is None else stream
+  bar = Progress(desc, steps, enabled=progress, stream=stream)
 
   def step(carry, k):
     p, s = carry
@@ -80,12 +69,11 @@ def train(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.Gradie
   keys = jax.random.split(key, steps)
   carry = (params, optimizer.init(params))
   losses = []
-  t0 = time.time()
   for start in range(0, steps, log_every):
     carry, chunk_losses = chunk(carry, keys[start:start + log_every])
     losses.append(np.asarray(chunk_losses))
     if progress:
-      _progress(desc, min(start + log_every, steps), steps, float(losses[-1][-1]), t0, stream)
+      bar.update(min(start + log_every, steps), f"loss {float(losses[-1][-1]):.4g}")
   return TrainResult(carry[0], np.concatenate(losses))
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 import icl_kd
-from benchmarks import b1_claims, b2_attention, b3_mmd, b4_permutation, b6_compiles, harness
+from benchmarks import b1_claims, b2_attention, b3_mmd, b4_permutation, b6_compiles, cli, harness
+from icl_kd import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_run_writes_a_valid_report(tmp_path):
   """``python -m benchmarks --quick --only B2`` runs and writes <platform>-<date>.json."""
   proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "B2",
-                         "--out", str(tmp_path), "--seed", "3"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+                         "--out", str(tmp_path), "--seed", "3", "--no-compile-cache"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   files = os.listdir(tmp_path)
   assert len(files) == 1 and files[0].startswith("cpu-") and files[0].endswith(".json"), files
@@ -46,7 +48,72 @@ def test_quick_run_writes_a_valid_report(tmp_path):
   assert math.isclose(b2["ratio_ours_over_baseline"], ours["median_s"] / base["median_s"])
   assert b2["extra"]["max_rel_diff"] <= 1e-6
   assert 0 < b2["frac_matmul"] and 0 < b2["frac_copy"]
-  assert "ours/base" in proc.stdout and "B2" in proc.stdout  # the printed table
+  assert "speedup" in proc.stdout and "B2" in proc.stdout    # the printed table
+  # a quick run says so in the JSON and under the table; the table fits 120 columns
+  assert harness.QUICK_LINE in proc.stdout
+  table = proc.stdout[:proc.stdout.index("Targets:")]
+  assert max(len(line) for line in table.splitlines()) <= 120
+  assert "Targets: 1 met, 0 missed" in proc.stdout and "exit code 0" in proc.stdout
+  assert report["exit_code"] == 0 and report["targets"]["met"] == 1
+  assert report["compile_cache"]["directory"] is None
+
+
+def _fake_benchmarks(monkeypatch, met: bool):
+  """``limits`` and ``B1`` replaced by instant fakes (B1: one row whose target is ``met``)."""
+  limits = types.ModuleType("fake_limits")
+  limits.run = lambda *, quick, seed: ({"matmul_flops_per_s": 1e9, "matmul_flops_per_s_float64": 1e9,
+                                        "copy_bytes_per_s": 1e9}, [])
+  b1 = types.ModuleType("fake_b1")
+  b1.run = lambda *, quick, seed: [harness.Row(
+      "B1", "fake", ours=_timing(1.0), baseline=_timing(2.0), baseline_name="loop",
+      target=">=100x", met=met)]
+  monkeypatch.setitem(sys.modules, "fake_limits", limits)
+  monkeypatch.setitem(sys.modules, "fake_b1", b1)
+  monkeypatch.setitem(cli.MODULES, "limits", "fake_limits")
+  monkeypatch.setitem(cli.MODULES, "B1", "fake_b1")
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_exit_code_is_0_unless_strict_and_a_target_is_missed(monkeypatch, tmp_path, capsys, met):
+  """The documented rule: 0 when the run completed; with --strict, 1 when a target was missed."""
+  _fake_benchmarks(monkeypatch, met)
+  argv = ["--only", "B1", "--out", str(tmp_path), "--no-compile-cache", "--no-progress"]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert ("MISSED  B1 fake: target >=100x; measured speed-up 2x" in out) == (not met)
+  assert "exit code 0: the run completed" in out
+  assert cli.main(argv + ["--strict"]) == (0 if met else 1)
+  out = capsys.readouterr().out
+  assert ("exit code 1: a target was missed (--strict)" in out) == (not met)
+  (path,) = [p for p in os.listdir(tmp_path)]
+  with open(tmp_path / path) as f:
+    report = json.load(f)
+  assert report["quick"] is False and report["exit_code"] == (0 if met else 1)
+  assert report["targets"]["missed"] == (0 if met else 1)
+
+
+def test_help_documents_the_exit_code_and_every_flag():
+  text = " ".join(cli.build_parser().format_help().split())
+  assert "Exit code: 0 when the run completed" in text and "--strict" in text
+  for action in cli.build_parser()._actions:
+    assert action.help, action.option_strings
+
+
+def test_b1_quick_row_carries_a_caveat(monkeypatch):
+  """The quick B1 speed-up is flagged as meaningless; the full run's is not."""
+  def fake_measure(dtype, *, instances, loop_count, seed, repeats):
+    t = _timing(0.01)
+    return dict(steady=t, wall=t, loop=_timing(0.02), loop_result={}, stats={})
+  monkeypatch.setattr(b1_claims, "measure", fake_measure)
+  monkeypatch.setattr(b1_claims, "_child", lambda *a, **k: fake_measure(None, instances=1,
+                                                                        loop_count=1, seed=0,
+                                                                        repeats=1))
+  monkeypatch.setattr(b1_claims, "agreement", lambda dtype, seed: {})
+  monkeypatch.setattr(b1_claims, "sampling_only", lambda dtype, n, seed: 1e-6)
+  quick = b1_claims.run(quick=True, seed=0)
+  assert quick and all("says nothing about the 100x target" in r.note for r in quick)
+  full = b1_claims.run(quick=False, seed=0)
+  assert full and not any(r.note for r in full)
 
 
 def test_unknown_benchmark_is_a_usage_error():
@@ -66,8 +133,33 @@ def test_timing_summary_and_ratio():
   assert fr["frac_matmul"] == pytest.approx(0.5) and fr["frac_copy"] == pytest.approx(0.5)
   row.float64 = True
   assert "frac_matmul" not in row.fractions({"matmul_flops_per_s": 4e9})
-  assert json.loads(json.dumps(harness.jsonable({"a": float("nan"), "b": np.int64(2)}))) == {
-      "a": "nan", "b": 2}
+  assert row.reason() == "speed-up 2x"      # the default "why" of a target: 1 / ratio
+  nan_row = harness.Row("B0", "nan", ours=harness._summary([float("nan")]))
+  assert json.loads(json.dumps(runtime.jsonable(nan_row.to_json({}))))["ours"]["median_s"] == "nan"
+
+
+def _timing(seconds):
+  return harness._summary([seconds], compile_s=0.1)
+
+
+def test_table_fits_120_columns_and_marks_quick_runs_and_notes():
+  long = "x" * 200
+  rows = [harness.Row("B1", "C1 1e+06 inst n=33 d=8 float32 [XLA default] " + long,
+                      ours=_timing(12.3), baseline=_timing(0.08), baseline_name="NumPy loop " + long,
+                      scaled=1000.0, flops=1e9, bytes=1e8, target=">=100x", met=False,
+                      note="quick size too small for this ratio"),
+          harness.Row("B6", "c1_batch all buckets: 36 calls", target="compiles <= buckets", met=True)]
+  limits = {"matmul_flops_per_s": 5e10, "matmul_flops_per_s_float64": 2.5e10,
+            "copy_bytes_per_s": 2e10}
+  for quick in (True, False):
+    text = harness.format_table(rows, limits, quick=quick)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert (harness.QUICK_LINE in text) == quick
+    assert "[1] quick size too small for this ratio" in text
+    assert "6.5x[1]" in text                                # speed-up 0.08 * 1000 / 12.3
+  lines = harness.target_lines(rows)
+  assert len(lines) == 2 and lines[0].startswith("MISSED  B1") and lines[1].startswith("met")
+  assert "measured speed-up 6.5x" in lines[0]
 
 
 def test_time_jit_separates_compile_and_blocks():

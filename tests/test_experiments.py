@@ -1,6 +1,7 @@
 """Experiments E1-E4 end to end at tiny sizes, their selection rules, and E4's C1 identity."""
 
 import importlib
+import inspect
 import json
 import os
 
@@ -90,14 +91,19 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   monkeypatch.setattr(module, "QUICK", tiny)
   out = str(tmp_path / module.NAME)
   name = next(k for k, v in EXPERIMENTS.items() if v == module.__name__)
-  res = module.cli(["--quick", "--seed", str(seed), "--out", out])
+  res = _common.run_cli(module, ["--quick", "--seed", str(seed), "--out", out,
+                                 "--no-compile-cache", "--no-progress"])
   printed = capsys.readouterr().out
+  # the summary fits a 120-column terminal (the closing line names the saved files)
+  assert max(len(line) for line in printed.splitlines() if not line.startswith("saved")) <= 120
   with open(os.path.join(out, f"{module.NAME}.json")) as f:
     data = json.load(f)
-  assert data["config"]["seed"] == seed and name == module.NAME
+  # every saved summary says which run it is: experiment, quick, seed, config
+  assert (data["experiment"], data["quick"], data["seed"]) == (name, True, seed)
+  assert data["config"] == json.loads(json.dumps(_common.config_dict(tiny._replace(progress=False))))
   assert os.path.exists(os.path.join(out, f"{module.NAME}.npz"))
   loaded, meta = train.load_checkpoint(os.path.join(out, f"{module.NAME}_model.npz"), res.params)
-  assert meta["config"]["seed"] == seed
+  assert (meta["seed"], meta["quick"]) == (seed, True)
   for x, y in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(res.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   return res, printed, data
@@ -106,6 +112,7 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
 def test_e1_runs_end_to_end(tmp_path, monkeypatch, capsys):
   res, printed, data = _run_cli(e1_selection, E1_TINY, tmp_path, monkeypatch, capsys)
   assert "mmd_kv" in printed and tuple(data["rules"]) == e1_selection.RULES
+  assert "biased estimate (V-statistic, >= 0)" in printed   # the MMD^2 columns are explained
   for s in e1_selection.RULES:
     for table in (res.error, res.mmd2["gaussian"], res.ridge_error, res.gd_error):
       assert table[s].shape == (4,) and np.all(np.isfinite(table[s]))
@@ -205,18 +212,66 @@ def test_e4_per_layer_and_head_c1_residual_is_zero(tmp_path, monkeypatch, capsys
 # -- dispatcher ---------------------------------------------------------------------------
 
 
+MODULES = {name: importlib.import_module(path) for name, path in EXPERIMENTS.items()}
+
+
 def test_dispatcher_lists_every_experiment(capsys):
-  assert {"E1", "E2", "E3", "E4"} <= set(EXPERIMENTS)
-  for name in ("E1", "E2", "E3", "E4"):
-    module = importlib.import_module(EXPERIMENTS[name])
-    assert callable(module.run) and callable(module.main)
+  assert {"E1", "E2", "E3", "E4", "real"} <= set(EXPERIMENTS)
+  assert dispatch(["--help"]) == 0
+  listing = " ".join(capsys.readouterr().out.split())         # argparse wraps lines
+  for name, module in MODULES.items():
+    assert f" {name} " in listing, name
+    assert " ".join(module.DESCRIPTION.split()) in listing, name
   assert dispatch([]) == 2
   assert dispatch(["E9"]) == 2
-  assert "usage" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "usage" in err and "unknown experiment" in err
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_follows_the_protocol(name):
+  module = MODULES[name]
+  assert module.NAME == name and module.DESCRIPTION and "\n" not in module.DESCRIPTION
+  assert isinstance(module.QUICK, module.Config) and hasattr(module.Config, "_fields")
+  assert all(f in module.Config.__annotations__ for f in module.Config._fields)   # typed
+  assert "seed" not in module.Config._fields                 # the key replaces the seed
+  params = inspect.signature(module.run).parameters
+  assert params["key"].kind is inspect.Parameter.KEYWORD_ONLY
+  assert params["key"].default is inspect.Parameter.empty
+  for fn in ("summary", "save", "main"):
+    assert callable(getattr(module, fn)), fn
+  assert hasattr(module.Results, "_fields")
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_flag_has_help_text(name):
+  parser = _common.build_parser(MODULES[name])
+  flags = [a for a in parser._actions if a.option_strings]
+  assert {"--quick", "--seed", "--out", "--compile-cache", "--no-compile-cache",
+          "--no-progress"} <= {o for a in flags for o in a.option_strings}
+  own = {f.name: f for f in MODULES[name].FLAGS}
+  for action in flags:
+    text = own[action.option_strings[0]].help if action.option_strings[0] in own else action.help
+    # the flag's own words, not only the "(default ...)" the parser appends
+    assert text and len(text.split()) >= 2, action.option_strings
+  for flag in MODULES[name].FLAGS:                            # each flag sets a real field
+    assert flag.field in MODULES[name].Config._fields
+
+
+def test_flags_override_the_config_and_seed_makes_the_key():
+  module = e3_weight_norm
+  parser = _common.build_parser(module)
+  args = parser.parse_args(["--quick", "--decays", "0,2.5", "--steps", "7", "--seed", "4"])
+  cfg = _common.config_from_args(module, args)
+  assert cfg == module.QUICK._replace(weight_decays=(0.0, 2.5), train_steps=7)
+  assert args.seed == 4 and args.compile_cache
+  assert parser.parse_args(["--no-compile-cache"]).compile_cache is None
+  full = _common.config_from_args(module, parser.parse_args(["--no-progress"]))
+  assert full == module.Config(progress=False)
 
 
 def test_dispatcher_passes_the_flags_and_returns_main_status(monkeypatch):
   seen = []
-  monkeypatch.setattr(e3_weight_norm, "cli", lambda argv: seen.append(argv))
+  monkeypatch.setattr(e3_weight_norm, "main", lambda argv: seen.append(argv) or 0)
   assert dispatch(["E3", "--quick", "--seed", "4"]) == 0
   assert seen == [["--quick", "--seed", "4"]]

@@ -150,7 +150,7 @@ def quick_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("real")
   cfg = real.RealConfig(sentences_per_domain=4, buckets=(12,), c5_tokens=24, chunk=16)
   res = real.run(cfg, key=jax.random.key(1), log=lambda *_: None)
-  real.save(res, out)
+  real.save(res, out, info={"quick": True, "seed": 1})
   with np.load(out / "real.npz") as f:
     arrays = {k: f[k] for k in f.files}
   return arrays, json.loads((out / "real.json").read_text()), res
@@ -164,11 +164,14 @@ def test_main_runs_the_configured_experiment(quick_run, monkeypatch, tmp_path, c
     seen.update(config=config, key=key, model_dir=model_dir)
     return quick_run[2]
   monkeypatch.setattr(real, "run", fake_run)
-  rc = real.main(["--quick", "--seed", "5", "--sentences-per-domain", "2", "--out", str(tmp_path)])
+  rc = real.main(["--quick", "--seed", "5", "--sentences-per-domain", "2", "--out", str(tmp_path),
+                  "--no-compile-cache"])
   assert rc == 0
   assert seen["config"] == real.QUICK._replace(sentences_per_domain=2)
   assert np.array_equal(jax.random.key_data(seen["key"]), jax.random.key_data(jax.random.key(5)))
   assert (tmp_path / "real.npz").is_file() and (tmp_path / "real.json").is_file()
+  doc = json.loads((tmp_path / "real.json").read_text())
+  assert (doc["experiment"], doc["quick"], doc["seed"]) == ("real", True, 5)
   assert "| last | float32 |" in capsys.readouterr().out
 
 
@@ -177,6 +180,7 @@ def test_real_outputs_are_the_documented_arrays(quick_run):
   assert set(arrays) == _documented_arrays()
   s = len(arrays["num_tokens"])
   assert s == len(doc["sequences"]) >= 8
+  assert doc["quick"] is True and doc["seed"] == 1
   assert set(doc["headline"]) >= {"c1_max_rel_err_f32", "c1_max_rel_err_f64", "c5_max_rel_err"}
   for name in ("c1_err_f32", "c1_err_f64", "c1_model_err_f32", "c1_tol_ratio_f64"):
     assert arrays[name].shape == (2, 6, 12)

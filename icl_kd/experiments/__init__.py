@@ -1,5 +1,7 @@
-"""Experiments on the claims of THEORY.md; run one with ``python -m icl_kd.experiments NAME``.
+"""Experiments on the claims of docs/THEORY.md; run one with ``python -m icl_kd.experiments NAME``.
 
-Each experiment is a module exposing ``main(argv) -> int`` and accepting
-``--seed``, ``--quick`` and ``--out DIR``; ``__main__`` dispatches by name.
+Each experiment is a module with ``NAME``, ``DESCRIPTION``, a typed ``Config``
+with ``QUICK``, ``Results``, ``run(config, *, key) -> Results``,
+``summary(results) -> (text, dict)``, ``save`` and ``main(argv)`` (the
+protocol of :mod:`icl_kd.experiments._common`); ``__main__`` dispatches by name.
 """

@@ -1,19 +1,33 @@
-"""Shared pieces of the experiments: CLI flags, rank correlation, tables, saving."""
+"""Shared pieces of the experiments: the command line, rank correlation, saving, training.
+
+Every experiment module follows one protocol:
+
+- ``NAME`` (e.g. ``"E1"``) and ``DESCRIPTION`` (one line);
+- ``Config``, a typed NamedTuple of its sizes, and ``QUICK``, a small one;
+- ``FLAGS``: the :class:`Flag` s that override ``Config`` fields;
+- ``Results``, a NamedTuple, and ``run(config, *, key) -> Results``;
+- ``summary(results) -> (text, dict)``: the printed table and its numbers;
+- ``save(results, out, *, info) -> paths``: the files under ``out``;
+- ``main(argv) -> int``: :func:`main` on the module.
+
+The integer ``--seed`` of the command line makes the key
+(``jax.random.key(seed)``); ``run`` draws everything from that key.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+import sys
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icl_kd import tasks, train
+from icl_kd import runtime, tasks, train
 
 
 def rankdata(a) -> np.ndarray:
@@ -75,94 +89,138 @@ def bootstrap_spearman(a, b, *, seed: int, groups=None, n_boot: int = 1000,
   return Correlation(spearman(a, b), float(lo), float(hi), len(a))
 
 
-def parser(name: str, description: str) -> argparse.ArgumentParser:
-  """The flags every experiment takes: --seed, --quick, --out DIR (default results/<name>)."""
-  p = argparse.ArgumentParser(prog=f"python -m icl_kd.experiments {name}", description=description)
-  p.add_argument("--seed", type=int, default=0, help="integer seed of every random draw")
-  p.add_argument("--quick", action="store_true", help="tiny sizes (under a minute on a CPU)")
-  p.add_argument("--out", default=os.path.join("results", name), help="output directory")
+class Flag(NamedTuple):
+  """A command-line flag that overrides one field of an experiment's ``Config``.
+
+  Attributes:
+    name: the flag, e.g. ``"--trials"``.
+    field: the ``Config`` field it sets.
+    type: parses the flag's text.
+    help: what the field means (the defaults are appended).
+    choices: allowed values, or None.
+  """
+  name: str
+  field: str
+  type: Callable
+  help: str
+  choices: tuple | None = None
+
+
+def build_parser(module) -> argparse.ArgumentParser:
+  """The command line of one experiment module (its NAME, DESCRIPTION, Config, QUICK, FLAGS).
+
+  Every experiment takes ``--quick``, ``--out DIR``, ``--seed S`` and the
+  runtime flags of :func:`icl_kd.runtime.add_runtime_arguments`; each of its
+  ``FLAGS`` overrides one ``Config`` field when given.
+  """
+  p = argparse.ArgumentParser(
+      prog=f"python -m icl_kd.experiments {module.NAME}", description=module.DESCRIPTION,
+      epilog="Writes the summary table to stdout and the results under --out; exit code 0 "
+             "when the run completed, 1 when a needed package is missing, 2 on bad usage.")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny sizes (about a minute on a CPU); the outputs are marked "
+                      "\"quick\": true and are not the experiment's result")
+  p.add_argument("--out", default=os.path.join("results", module.NAME), metavar="DIR",
+                 help="output folder, created if missing (default %(default)s)")
+  runtime.add_runtime_arguments(p)
+  full, quick = module.Config(), module.QUICK
+  for f in getattr(module, "FLAGS", ()):
+    default = getattr(full, f.field)
+    small = getattr(quick, f.field)
+    shown = f"default {_show(default)}" + ("" if small == default else
+                                          f"; --quick: {_show(small)}")
+    p.add_argument(f.name, dest=f.field, type=f.type, default=None, choices=f.choices,
+                   help=f"{f.help} ({shown})")
   return p
 
 
-def override(config, args: argparse.Namespace, fields: Sequence[str]):
-  """Replaces the config ``fields`` whose flags were given on the command line."""
-  changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+def _show(v) -> str:
+  return ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else str(v)
+
+
+def config_from_args(module, args: argparse.Namespace):
+  """``QUICK`` or ``Config()`` with the given flags applied (and ``progress`` from --no-progress)."""
+  config = module.QUICK if args.quick else module.Config()
+  changes = {f.field: getattr(args, f.field) for f in getattr(module, "FLAGS", ())
+             if getattr(args, f.field, None) is not None}
+  if "progress" in config._fields:
+    changes["progress"] = not args.no_progress
   return config._replace(**changes)
 
 
-def enable_x64() -> None:
-  """The experiment CLIs decompose in float64 (set before any array exists)."""
-  jax.config.update("jax_enable_x64", True)
+def run_info(module, config, *, seed: int, quick: bool) -> dict:
+  """What every saved summary starts with: the experiment, quick or not, the seed, the config."""
+  return {"experiment": module.NAME, "quick": bool(quick), "seed": int(seed),
+          "config": config_dict(config)}
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  """A plain-text table; floats with 4 significant digits."""
-  def cell(v):
-    if isinstance(v, (float, np.floating)):
-      return f"{v:.4g}"
-    return str(v)
-  body = [[cell(v) for v in r] for r in rows]
-  widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
-            for i, h in enumerate(headers)]
-  line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
-  return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in body])
+def run_cli(module, argv=None):
+  """Parses ``argv``, fixes the runtime, runs, prints the summary and saves; returns the results.
+
+  The CLI, not the library, turns on float64 (the decompositions run in
+  float64) and the persistent compilation cache; ``--seed`` makes the key.
+  """
+  args = build_parser(module).parse_args(sys.argv[1:] if argv is None else list(argv))
+  runtime.configure(x64=True, fast_compile="off", compile_cache=args.compile_cache)
+  config = config_from_args(module, args)
+  results = module.run(config, key=jax.random.key(args.seed))
+  text, _ = module.summary(results)
+  print(text)
+  os.makedirs(args.out, exist_ok=True)
+  paths = module.save(results, args.out,
+                      info=run_info(module, config, seed=args.seed, quick=args.quick))
+  print(f"saved {' and '.join(str(p) for p in paths)}")
+  return results
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.ndarray, jax.Array)):
-    return np.asarray(x).tolist()
-  if isinstance(x, (np.floating, float)):
-    return float(x)
-  if isinstance(x, (np.integer, int)) and not isinstance(x, bool):
-    return int(x)
-  return x
+def main(module, argv=None) -> int:
+  """``python -m icl_kd.experiments NAME ...`` for one experiment module.
+
+  Returns 0 when the run completed, 1 when an optional package it needs is
+  missing (the message says which); argparse exits with 2 on bad usage.
+  """
+  try:
+    run_cli(module, argv)
+  except ModuleNotFoundError as e:
+    print(f"[{module.NAME}] {e}", file=sys.stderr)
+    return 1
+  return 0
 
 
-def save(out_dir: str, name: str, *, arrays: dict, summary: dict, params=None) -> tuple[str, str]:
-  """Writes ``<out>/<name>.npz`` (arrays) and ``<out>/<name>.json`` (summary); returns paths.
+def seed_of(key) -> int:
+  """An integer seed for NumPy generators (the bootstrap), drawn from ``key``."""
+  return int(jax.random.randint(key, (), 0, 2 ** 31 - 1))
 
-  With ``params``, the trained parameters also go to ``<out>/<name>_model.npz``
-  (:func:`icl_kd.train.save_checkpoint`).
+
+def save(out_dir: str, name: str, *, arrays: dict, summary: dict, params=None) -> list[str]:
+  """Writes ``<out>/<name>.npz`` (arrays) and ``<out>/<name>.json`` (summary); returns the paths.
+
+  The JSON follows :mod:`icl_kd.runtime`'s policy (valid JSON, non-finite
+  floats as strings). With ``params``, the trained parameters also go to
+  ``<out>/<name>_model.npz`` (:func:`icl_kd.train.save_checkpoint`, with the
+  summary's experiment, quick, seed and config as metadata).
   """
   os.makedirs(out_dir, exist_ok=True)
-  if params is not None:
-    train.save_checkpoint(os.path.join(out_dir, f"{name}_model.npz"), params,
-                          config=summary.get("config", {}))
   npz = os.path.join(out_dir, f"{name}.npz")
   js = os.path.join(out_dir, f"{name}.json")
   np.savez(npz, **{k: np.asarray(v) for k, v in arrays.items()})
-  with open(js, "w") as f:
-    json.dump(_jsonable(summary), f, indent=2)
-  return npz, js
-
-
-def configure(parser: argparse.ArgumentParser, argv, default, quick, fields: Sequence[str]):
-  """Parses argv and returns (args, config): ``quick`` or ``default`` with the seed and the
-  command-line overrides of ``fields`` applied; float64 is enabled for the decompositions."""
-  args = parser.parse_args(argv)
-  enable_x64()
-  config = (quick if args.quick else default)._replace(seed=args.seed)
-  return args, override(config, args, fields)
-
-
-def report(out_dir: str, name: str, config, summary: tuple[str, dict], *, arrays: dict,
-           params=None) -> tuple[str, str]:
-  """Prints an experiment's summary table and saves it with its arrays (see :func:`save`)."""
-  text, data = summary
-  print(text)
-  paths = save(out_dir, name, arrays=arrays, summary={"config": config_dict(config), **data},
-               params=params)
-  print(f"saved {paths[0]} and {paths[1]}")
+  runtime.write_json(js, summary, indent=2)
+  paths = [npz, js]
+  if params is not None:
+    meta = {k: summary[k] for k in ("experiment", "quick", "seed", "config") if k in summary}
+    path = os.path.join(out_dir, f"{name}_model.npz")
+    train.save_checkpoint(path, params, **runtime.jsonable(meta))
+    paths.append(path)
   return paths
 
 
 def config_dict(config) -> dict:
-  return _jsonable(dict(config._asdict()) if hasattr(config, "_asdict")
-                   else dataclasses.asdict(config))
+  return runtime.jsonable(dict(config._asdict()) if hasattr(config, "_asdict")
+                          else dataclasses.asdict(config))
+
+
+MMD2_NOTE = ("MMD^2 is the unbiased estimate: it can be slightly negative when the two "
+             "samples are close (its expectation is >= 0).")
 
 
 def train_regression_model(model, *, key, d: int, n_demos: int, n_queries: int, steps: int,

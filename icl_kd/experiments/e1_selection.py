@@ -52,18 +52,20 @@ mixture prompts, with a bootstrap interval over trials.
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple, Sequence
+import textwrap
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import baselines, models, mmd, tasks
+from icl_kd import baselines, models, mmd, runtime, tasks
 from icl_kd.attention import AttentionParams
 from icl_kd.experiments import _common
 
 NAME = "E1"
-DESCRIPTION = "Demonstration selection by MMD_kV, MMD_kx, Gaussian MMD, retrieval, random, k-NN."
+DESCRIPTION = ("demonstration selection by MMD_kV, MMD_kx, Gaussian MMD, retrieval, random and k-NN "
+               "under distribution shift (C5)")
 RULES = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random", "knn")
 SHARED = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random")   # one prompt for all queries
 MMDS = ("mmd_kv", "mmd_kx", "gaussian")                            # measured on every prompt
@@ -74,7 +76,7 @@ TARGET = ("the labelled query sample (x', <w, x'>) (noiseless labels): the demon
 
 
 class Config(NamedTuple):
-  """Sizes of E1. ``seed`` is the command line's --seed (recorded); :func:`run` reads its key."""
+  """Sizes of one E1 run (``run`` draws everything from its key)."""
   d: int = 4
   k: int = 8                  # demonstrations per prompt
   n_pool: int = 128
@@ -89,11 +91,18 @@ class Config(NamedTuple):
   batch: int = 128
   learning_rate: float = 1e-2
   n_boot: int = 1000
-  seed: int = 0
   progress: bool = True
 
 
 QUICK = Config(n_pool=64, n_trials=12, n_mixture=4, train_steps=150, batch=64, n_boot=200)
+
+FLAGS = (
+    _common.Flag("--trials", "n_trials", int, "trials (a task, queries and a pool each)"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the attention layer"),
+    _common.Flag("--k", "k", int, "demonstrations per prompt"),
+    _common.Flag("--pool", "n_pool", int, "candidate demonstrations per trial"),
+    _common.Flag("--shift", "query_shift", float, "length of the query distribution's mean shift"),
+)
 
 
 class Results(NamedTuple):
@@ -404,12 +413,12 @@ def within_trial_spearman(a, b, *, seed: int, n_boot: int = 1000,
   return _common.Correlation(float(per.mean()), float(lo), float(hi), a.size)
 
 
-def run(config: Config, *, key) -> Results:
+def run(config: Config = Config(), *, key) -> Results:
   """Trains the layer, then runs every rule on ``n_trials`` paired trials; see the module doc.
 
   Args:
-    config: :class:`Config`.
-    key: PRNG key; split by :func:`trial_keys` (model, trials, bootstrap).
+    config: the sizes (:data:`QUICK` for a small run).
+    key: PRNG key (keyword-only); split by :func:`trial_keys` (model, trials, bootstrap).
   """
   cfg = config
   k_model, keys, k_boot = trial_keys(key, cfg)
@@ -470,15 +479,13 @@ def run(config: Config, *, key) -> Results:
 
   trial_fn = jax.jit(trial_fn)
   outs, mixes, chosen = [], [], []
+  bar = runtime.Progress("E1 trials", cfg.n_trials, enabled=cfg.progress)
   for t in range(cfg.n_trials):
     o, m, c = jax.tree_util.tree_map(np.asarray, trial_fn(params, keys[t]))
     outs.append(o)
     mixes.append(m)
     chosen.append(c)
-    if cfg.progress:
-      sys.stderr.write(f"\rE1 trials {t + 1}/{cfg.n_trials}")
-  if cfg.progress:
-    sys.stderr.write("\n")
+    bar.update(t + 1)
   get = lambda r, i: np.array([o[r][i] for o in outs])
   error = {r: get(r, 0) for r in RULES}
   mmd2_ = {m: {r: np.array([o[r][1][m] for o in outs]) for r in RULES} for m in MMDS}
@@ -489,7 +496,7 @@ def run(config: Config, *, key) -> Results:
   chosen_ = {r: np.stack([c[r] for c in chosen]) for r in SHARED}
   all_err = np.concatenate([np.stack([error[r] for r in SHARED], 1), mix_err], 1)  # (T, .)
   groups = np.repeat(np.arange(cfg.n_trials), all_err.shape[1])
-  boot_seed = int(jax.random.randint(k_boot, (), 0, 2 ** 31 - 1))
+  boot_seed = _common.seed_of(k_boot)
   corr, within = {}, {}
   for m in MMDS:
     all_mmd = np.concatenate([np.stack([mmd2_[m][r] for r in SHARED], 1), mix_mmd[m]], 1)
@@ -514,17 +521,24 @@ def summary(results: Results) -> tuple[str, dict]:
                  float(np.mean(res.ridge_error[r])), float(np.mean(res.gd_error[r]))])
   cols = ["error_mean", "error_se", "error_median", *(f"{m}2_mean" for m in MMDS),
           "ridge_error_mean", "gd_error_mean"]
-  table = _common.format_table(
+  table = runtime.format_table(
       ["rule", "model err", "se", "median", "MMD_kV^2", "MMD_kx^2", "Gauss MMD^2", "ridge err",
        "1-step GD err"], rows)
-  lines = [table, f"MMD^2 biased, to the target sample; heads: {HEADS}."]
+  n = res.correlation[MMDS[0]].n
+  corr_rows = []
   for m in MMDS:
-    c = res.correlation[m]
-    w = res.within_trial[m]
-    lines.append(f"Spearman({m} MMD^2, model error) over {c.n} one-prompt and mixture prompts: "
-                 f"pooled {c.rho:.3f} [95% CI {c.lo:.3f}, {c.hi:.3f}], "
-                 f"within trials {w.rho:.3f} [{w.lo:.3f}, {w.hi:.3f}]")
-  lines.append(", ".join(f"P({k}) = {v:.2f}" for k, v in res.wins.items()))
+    c, w = res.correlation[m], res.within_trial[m]
+    corr_rows.append([m, f"{c.rho:.3f}", f"[{c.lo:.3f}, {c.hi:.3f}]",
+                      f"{w.rho:.3f}", f"[{w.lo:.3f}, {w.hi:.3f}]"])
+  corr = runtime.format_table(["MMD", "pooled rho", "95% CI", "within-trial rho", "95% CI"],
+                              corr_rows, align="lrrrr")
+  lines = [table,
+           "MMD^2: biased estimate (V-statistic, >= 0), prompt against the target sample;",
+           f"heads: {HEADS}.",
+           f"Spearman(MMD^2, model error) over {n} one-prompt and mixture prompts "
+           "(bootstrap over trials):", corr,
+           textwrap.fill("fraction of trials with lower error: " + ", ".join(
+               f"P({k}) = {v:.2f}" for k, v in res.wins.items()), width=120)]
   data = {"rules": {r[0]: dict(zip(cols, r[1:])) for r in rows},
           "spearman": {m: res.correlation[m]._asdict() for m in MMDS},
           "spearman_within_trial": {m: res.within_trial[m]._asdict() for m in MMDS},
@@ -535,36 +549,26 @@ def summary(results: Results) -> tuple[str, dict]:
   return "\n".join(lines), data
 
 
-def result_arrays(results: Results) -> dict:
+def arrays(results: Results) -> dict:
   """The arrays saved to ``E1.npz``: ``error_<rule>``, ``<kind>2_<rule>``, mixtures, choices."""
   res = results
-  arrays = {f"error_{r}": res.error[r] for r in RULES}
-  arrays.update({f"{m}2_{r}": res.mmd2[m][r] for m in MMDS for r in RULES})
-  arrays.update({f"mixture_{m}2": res.mixture_mmd2[m] for m in MMDS})
-  arrays.update({f"chosen_{r}": res.chosen[r] for r in SHARED})
-  arrays.update(mixture_error=res.mixture_error, train_losses=res.train_losses)
-  return arrays
+  out = {f"error_{r}": res.error[r] for r in RULES}
+  out.update({f"{m}2_{r}": res.mmd2[m][r] for m in MMDS for r in RULES})
+  out.update({f"mixture_{m}2": res.mixture_mmd2[m] for m in MMDS})
+  out.update({f"chosen_{r}": res.chosen[r] for r in SHARED})
+  out.update(mixture_error=res.mixture_error, train_losses=res.train_losses)
+  return out
 
 
-def cli(argv=None) -> Results:
-  """Parses the command line, runs the experiment, prints and saves; returns the results."""
-  p = _common.parser(NAME, DESCRIPTION + " (THEORY.md E1)")
-  p.add_argument("--trials", dest="n_trials", type=int, help="number of paired trials")
-  p.add_argument("--steps", dest="train_steps", type=int, help="training steps of the layer")
-  p.add_argument("--k", type=int, help="demonstrations per prompt")
-  p.add_argument("--pool", dest="n_pool", type=int, help="candidates in the pool")
-  p.add_argument("--shift", dest="query_shift", type=float,
-                 help="length of the mean shift of the query distribution")
-  args, cfg = _common.configure(
-      p, argv, Config(), QUICK, ["n_trials", "train_steps", "k", "n_pool", "query_shift"])
-  res = run(cfg, key=jax.random.key(args.seed))
-  text, data = summary(res)
-  _common.report(args.out, NAME, cfg, (text, {"quick": bool(args.quick), **data}),
-                 arrays=result_arrays(res), params=res.params)
-  return res
+result_arrays = arrays
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m icl_kd.experiments E1 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
-  cli(argv)
-  return 0
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``E1.json`` (info and summary), ``E1.npz`` (arrays), ``E1_model.npz`` under ``out``."""
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
+                      params=res.params)
+
+
+def main(argv=None) -> int:
+  """``python -m icl_kd.experiments E1 [--quick] [--seed S] [--out DIR] ...``; returns 0."""
+  return _common.main(sys.modules[__name__], argv)

@@ -19,20 +19,23 @@ each sensitivity, with a percentile bootstrap interval over prompts.
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import models, tasks
+from icl_kd import models, runtime, tasks
 from icl_kd.experiments import _common
 from icl_kd.experiments.e4_layers import DTYPES, layer_head_decomposition
 
 NAME = "E2"
+DESCRIPTION = "the learning-rate proxy eta* vs order and perturbation sensitivity (C7)"
 
 
 class Config(NamedTuple):
+  """Sizes of one E2 run (``run`` draws everything from its key)."""
   d: int = 4
   n_demos: int = 12
   n_layers: int = 2
@@ -49,11 +52,17 @@ class Config(NamedTuple):
   noise_std: float = 0.0
   n_boot: int = 1000
   dtype: str = "float32"
-  seed: int = 0
   progress: bool = True
 
 
 QUICK = Config(train_steps=150, n_test=32, n_orders=4, n_perturb=4, n_boot=200)
+
+FLAGS = (
+    _common.Flag("--steps", "train_steps", int, "training steps of the transformer"),
+    _common.Flag("--layers", "n_layers", int, "transformer layers"),
+    _common.Flag("--heads", "n_heads", int, "attention heads per layer"),
+    _common.Flag("--test-prompts", "n_test", int, "test prompts measured"),
+)
 
 
 class Results(NamedTuple):
@@ -93,11 +102,18 @@ def sensitivities(model, params, xs, ys, query, *, key, n_orders: int, n_perturb
   return jnp.std(reordered), jnp.sqrt(jnp.mean((perturbed - base) ** 2)) / eps
 
 
-def run(config: Config = Config()) -> Results:
-  """Trains the transformer with positions, measures eta* and sensitivities per prompt."""
+def run(config: Config = Config(), *, key) -> Results:
+  """Trains the transformer with positions, measures eta* and sensitivities per prompt.
+
+  Args:
+    config: the sizes (:data:`QUICK` for a small run).
+    key: PRNG key (keyword-only); training, test prompts, sensitivities and the
+      bootstrap are drawn from it.
+  """
   cfg = config
   dtype = DTYPES[cfg.dtype]
-  k_train, k_test, k_sens = jax.random.split(jax.random.key(cfg.seed), 3)
+  k_train, k_test, k_sens = jax.random.split(key, 3)
+  boot_seed = _common.seed_of(jax.random.fold_in(key, 3))
   model = models.Transformer(n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model,
                              d_mlp=cfg.d_mlp, d_out=1, positions=True, dtype=dtype)
   params, losses = _common.train_regression_model(
@@ -121,14 +137,15 @@ def run(config: Config = Config()) -> Results:
   rho_p = np.zeros((cfg.n_layers, cfg.n_heads, 3))
   for l in range(cfg.n_layers):
     for h in range(cfg.n_heads):
-      c = _common.bootstrap_spearman(log_eta[:, l, h], order, seed=cfg.seed, n_boot=cfg.n_boot)
+      c = _common.bootstrap_spearman(log_eta[:, l, h], order, seed=boot_seed, n_boot=cfg.n_boot)
       rho_o[l, h] = c.rho, c.lo, c.hi
-      c = _common.bootstrap_spearman(log_eta[:, l, h], pert, seed=cfg.seed, n_boot=cfg.n_boot)
+      c = _common.bootstrap_spearman(log_eta[:, l, h], pert, seed=boot_seed, n_boot=cfg.n_boot)
       rho_p[l, h] = c.rho, c.lo, c.hi
   return Results(log_eta, ent, order, pert, rho_o, rho_p, losses, params)
 
 
 def summary(res: Results) -> tuple[str, dict]:
+  """The printed table (one row per layer and head; layer 0 = first) and its numbers."""
   rows = []
   n_layers, n_heads = res.rho_order.shape[:2]
   for l in range(n_layers):
@@ -137,11 +154,12 @@ def summary(res: Results) -> tuple[str, dict]:
       rows.append([l, h, float(np.mean(res.log_eta[:, l, h])), float(np.mean(res.entropy[:, l, h])),
                    f"{ro[0]:.3f} [{ro[1]:.3f}, {ro[2]:.3f}]",
                    f"{rp[0]:.3f} [{rp[1]:.3f}, {rp[2]:.3f}]"])
-  t = _common.format_table(["layer", "head", "mean log eta*", "entropy",
+  t = runtime.format_table(["layer", "head", "mean log eta*", "entropy",
                             "rho(log eta*, order sens.)", "rho(log eta*, perturb sens.)"], rows)
   text = (f"{t}\nmedian order sensitivity {np.median(res.order_sensitivity):.4g}, "
-          f"median perturbation sensitivity {np.median(res.perturb_sensitivity):.4g} "
-          f"(final train loss {np.mean(res.train_losses[-20:]):.4g})")
+          f"median perturbation sensitivity {np.median(res.perturb_sensitivity):.4g}\n"
+          f"(final train loss {np.mean(res.train_losses[-20:]):.4g}); layers and heads "
+          "are numbered from 0")
   data = {"heads": [dict(layer=r[0], head=r[1], mean_log_eta=r[2], entropy=r[3],
                          rho_order=res.rho_order[r[0], r[1]].tolist(),
                          rho_perturb=res.rho_perturb[r[0], r[1]].tolist()) for r in rows],
@@ -150,22 +168,17 @@ def summary(res: Results) -> tuple[str, dict]:
   return text, data
 
 
-def cli(argv=None) -> Results:
-  """Parses the command line, runs the experiment, prints and saves; returns the results."""
-  p = _common.parser(NAME, "The learning-rate proxy vs order/perturbation sensitivity (E2).")
-  p.add_argument("--steps", dest="train_steps", type=int)
-  p.add_argument("--layers", dest="n_layers", type=int)
-  p.add_argument("--heads", dest="n_heads", type=int)
-  p.add_argument("--test-prompts", dest="n_test", type=int)
-  args, cfg = _common.configure(
-      p, argv, Config(), QUICK, ["train_steps", "n_layers", "n_heads", "n_test"])
-  res = run(cfg)
-  arrays = {k: v for k, v in res._asdict().items() if k != "params"}
-  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
-  return res
+def arrays(res: Results) -> dict:
+  """The arrays saved in ``E2.npz``: every field but the parameters."""
+  return {k: v for k, v in res._asdict().items() if k != "params"}
+
+
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``E2.json`` (info and summary), ``E2.npz`` (arrays), ``E2_model.npz`` under ``out``."""
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
+                      params=res.params)
 
 
 def main(argv=None) -> int:
-  """``python -m icl_kd.experiments E2 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
-  cli(argv)
-  return 0
+  """``python -m icl_kd.experiments E2 [--quick] [--seed S] [--out DIR] ...``; returns 0."""
+  return _common.main(sys.modules[__name__], argv)

@@ -23,19 +23,22 @@ strength the report gives
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import bounds, claims, decompose, models, tasks, train
+from icl_kd import bounds, claims, decompose, models, runtime, tasks, train
 from icl_kd.experiments import _common
 
 NAME = "E3"
+DESCRIPTION = "weight decay on W^V, W^K and the C4 bound from the measured norms"
 
 
 class Config(NamedTuple):
+  """Sizes of one E3 run (``run`` draws everything from its key)."""
   d: int = 4
   n_demos: int = 16
   n_train: int = 32           # fixed training prompts
@@ -48,11 +51,22 @@ class Config(NamedTuple):
   train_steps: int = 1500
   learning_rate: float = 1e-2
   delta: float = 0.05
-  seed: int = 0
   progress: bool = True
 
 
 QUICK = Config(n_test=128, n_c4=16, n_fresh=128, weight_decays=(0.0, 1.0, 10.0), train_steps=200)
+
+
+def _floats(text: str) -> tuple:
+  return tuple(float(v) for v in text.split(","))
+
+
+FLAGS = (
+    _common.Flag("--steps", "train_steps", int, "training steps per weight decay"),
+    _common.Flag("--train-prompts", "n_train", int, "fixed training prompts (small: it overfits)"),
+    _common.Flag("--decays", "weight_decays", _floats,
+                 "comma-separated weight decays on W^K, W^V, e.g. 0,0.1,1"),
+)
 
 
 class Results(NamedTuple):
@@ -102,10 +116,15 @@ def _c4_prompt(params, xs, ys, query, w, key, cfg: Config):
   return gap, w0.hs_norm(), consts.log_feature_bound, consts.teacher_bound
 
 
-def run(config: Config = Config()) -> Results:
-  """Trains one layer per weight decay on a fixed prompt set; see the module docstring."""
+def run(config: Config = Config(), *, key) -> Results:
+  """Trains one layer per weight decay on a fixed prompt set; see the module docstring.
+
+  Args:
+    config: the sizes (:data:`QUICK` for a small run).
+    key: PRNG key (keyword-only); data, initialisation and fresh tokens are drawn from it.
+  """
   cfg = config
-  k_data, k_init, k_test, k_c4 = jax.random.split(jax.random.key(cfg.seed), 4)
+  k_data, k_init, k_test, k_c4 = jax.random.split(key, 4)
   data = tasks.sample_regression(cfg.n_train, cfg.n_demos, cfg.d, key=k_data,
                                  n_queries=cfg.n_queries, noise_std=cfg.noise_std)
   test = tasks.sample_regression(cfg.n_test, cfg.n_demos, cfg.d, key=k_test,
@@ -149,6 +168,7 @@ def run(config: Config = Config()) -> Results:
 
 
 def summary(res: Results) -> tuple[str, dict]:
+  """The printed table (one row per weight decay) and its numbers."""
   rows = []
   for i, wd in enumerate(res.weight_decays):
     gap = res.kd_gap[i]
@@ -158,30 +178,29 @@ def summary(res: Results) -> tuple[str, dict]:
                  res.violations[i]])
   headers = ["wd", "|W^K|", "|W^V|", "train mse", "test mse", "ICL gap", "B", "C",
              "KD gap med", "KD gap max", "C4 bound", "bound/max", "viol."]
-  text = (_common.format_table(headers, rows)
-          + "\nC and D_T are sample suprema (Gaussian inputs are unbounded); "
+  shown = ["wd", "|W^K|", "|W^V|", "train", "test", "ICL gap", "B", "C", "KD med", "KD max",
+           "C4 bound", "bound/max", "viol."]
+  cells = [[f"{v:.3g}" for v in r] for r in rows]
+  text = (runtime.format_table(shown, cells, align="r" * len(shown))
+          + "\ntrain, test: ICL mean squared errors; KD med, KD max: the KD generalization\n"
+            "gap L - L_hat of W_0 (median, max over prompts; it can be negative).\n"
+            "C and D_T are sample suprema (Gaussian inputs are unbounded);\n"
             "bound = Hoeffding form, delta = 0.05, n = N demonstrations.")
   data = {"rows": [dict(zip(headers, r)) for r in rows]}
   return text, data
 
 
-def cli(argv=None) -> Results:
-  """Parses the command line, runs the experiment, prints and saves; returns the results."""
-  p = _common.parser(NAME, "Weight-norm intervention and the C4 bound (THEORY.md E3).")
-  p.add_argument("--steps", dest="train_steps", type=int)
-  p.add_argument("--train-prompts", dest="n_train", type=int)
-  p.add_argument("--decays", dest="weight_decays",
-                 type=lambda s: tuple(float(v) for v in s.split(",")),
-                 help="comma-separated weight decays, e.g. 0,0.1,1")
-  args, cfg = _common.configure(
-      p, argv, Config(), QUICK, ["train_steps", "n_train", "weight_decays"])
-  res = run(cfg)
-  arrays = {k: v for k, v in res._asdict().items() if k != "params"}
-  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
-  return res
+def arrays(res: Results) -> dict:
+  """The arrays saved in ``E3.npz``: every field but the parameters."""
+  return {k: v for k, v in res._asdict().items() if k != "params"}
+
+
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``E3.json`` (info and summary), ``E3.npz`` (arrays), ``E3_model.npz`` under ``out``."""
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
+                      params=res.params)
 
 
 def main(argv=None) -> int:
-  """``python -m icl_kd.experiments E3 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
-  cli(argv)
-  return 0
+  """``python -m icl_kd.experiments E3 [--quick] [--seed S] [--out DIR] ...``; returns 0."""
+  return _common.main(sys.modules[__name__], argv)

@@ -22,20 +22,23 @@ linear-regression prompts. On test prompts:
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import baselines, decompose, models, tasks, train
+from icl_kd import baselines, decompose, models, runtime, tasks, train
 from icl_kd.experiments import _common
 
 NAME = "E4"
+DESCRIPTION = "C1 per layer and head of a trained transformer, and its distance to one KD step"
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
 
 class Config(NamedTuple):
+  """Sizes of one E4 run (``run`` draws everything from its key)."""
   d: int = 4
   n_demos: int = 12
   n_layers: int = 2
@@ -50,11 +53,19 @@ class Config(NamedTuple):
   n_test: int = 256
   noise_std: float = 0.0
   dtype: str = "float32"
-  seed: int = 0
   progress: bool = True
 
 
 QUICK = Config(train_steps=200, distill_steps=100, n_distill=512, n_test=32)
+
+FLAGS = (
+    _common.Flag("--steps", "train_steps", int, "training steps of the transformer"),
+    _common.Flag("--layers", "n_layers", int, "transformer layers"),
+    _common.Flag("--heads", "n_heads", int, "attention heads per layer"),
+    _common.Flag("--d-model", "d_model", int, "width of the residual stream"),
+    _common.Flag("--test-prompts", "n_test", int, "test prompts decomposed"),
+    _common.Flag("--dtype", "dtype", str, "float type of the model", choices=tuple(sorted(DTYPES))),
+)
 
 
 class Results(NamedTuple):
@@ -112,11 +123,16 @@ def layer_head_decomposition(model: models.Transformer, params, xs, ys, query):
   return jax.vmap(per_head, in_axes=(0, 0, 0))(heads, x, h_model)          # over layers
 
 
-def run(config: Config = Config()) -> Results:
-  """Trains the transformer, checks C1 per head, distils one layer; see the module docstring."""
+def run(config: Config = Config(), *, key) -> Results:
+  """Trains the transformer, checks C1 per head, distils one layer; see the module docstring.
+
+  Args:
+    config: the sizes (:data:`QUICK` for a small run).
+    key: PRNG key (keyword-only); training, test prompts and distillation are drawn from it.
+  """
   cfg = config
   dtype = DTYPES[cfg.dtype]
-  k_train, k_test, k_distill = jax.random.split(jax.random.key(cfg.seed), 3)
+  k_train, k_test, k_distill = jax.random.split(key, 3)
   model = make_model(cfg)
   params, losses = _common.train_regression_model(
       model, key=k_train, d=cfg.d, n_demos=cfg.n_demos, n_queries=1, steps=cfg.train_steps,
@@ -162,17 +178,19 @@ def run(config: Config = Config()) -> Results:
 
 
 def summary(res: Results) -> tuple[str, dict]:
+  """The printed tables (one row per layer and head; layer 0 = first) and their numbers."""
   rows = []
   n_layers, n_heads = res.residual.shape
   for l in range(n_layers):
     for h in range(n_heads):
       rows.append([l, h, float(res.residual[l, h]), float(res.consistency[l, h]),
                    float(res.log_eta[l, h]), float(res.entropy[l, h])])
-  t1 = _common.format_table(["layer", "head", "C1 residual", "vs model", "mean log eta*",
+  t1 = runtime.format_table(["layer", "head", "C1 residual", "vs model", "mean log eta*",
                              "entropy"], rows)
-  t2 = _common.format_table(["predictor", "ICL mse"], [[k, v] for k, v in res.icl_mse.items()])
+  t2 = runtime.format_table(["predictor", "ICL mse"], [[k, v] for k, v in res.icl_mse.items()])
   text = (f"{t1}\n{t2}\nrelative squared distance of the transformer from one distilled KD "
-          f"step (single layer): {res.distance_to_one_step:.4g}")
+          f"step (single layer): {res.distance_to_one_step:.4g}\nlayers and heads are "
+          "numbered from 0")
   data = {"heads": [dict(zip(["layer", "head", "residual", "consistency", "log_eta", "entropy"],
                              r)) for r in rows],
           "max_residual": float(np.max(res.residual)), "icl_mse": res.icl_mse,
@@ -180,25 +198,17 @@ def summary(res: Results) -> tuple[str, dict]:
   return text, data
 
 
-def cli(argv=None) -> Results:
-  """Parses the command line, runs the experiment, prints and saves; returns the results."""
-  p = _common.parser(NAME, "C1 per layer and head of a trained transformer (THEORY.md E4).")
-  p.add_argument("--steps", dest="train_steps", type=int)
-  p.add_argument("--layers", dest="n_layers", type=int)
-  p.add_argument("--heads", dest="n_heads", type=int)
-  p.add_argument("--d-model", dest="d_model", type=int)
-  p.add_argument("--test-prompts", dest="n_test", type=int)
-  p.add_argument("--dtype", choices=sorted(DTYPES))
-  args, cfg = _common.configure(
-      p, argv, Config(), QUICK,
-      ["train_steps", "n_layers", "n_heads", "d_model", "n_test", "dtype"])
-  res = run(cfg)
-  arrays = {k: v for k, v in res._asdict().items() if k not in ("icl_mse", "params")}
-  _common.report(args.out, NAME, cfg, summary(res), arrays=arrays, params=res.params)
-  return res
+def arrays(res: Results) -> dict:
+  """The arrays saved in ``E4.npz``: every field but the ICL errors and the parameters."""
+  return {k: v for k, v in res._asdict().items() if k not in ("icl_mse", "params")}
+
+
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``E4.json`` (info and summary), ``E4.npz`` (arrays), ``E4_model.npz`` under ``out``."""
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
+                      params=res.params)
 
 
 def main(argv=None) -> int:
-  """``python -m icl_kd.experiments E4 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
-  cli(argv)
-  return 0
+  """``python -m icl_kd.experiments E4 [--quick] [--seed S] [--out DIR] ...``; returns 0."""
+  return _common.main(sys.modules[__name__], argv)

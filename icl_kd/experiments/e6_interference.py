@@ -34,19 +34,19 @@ with bootstrap intervals over trials.
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import baselines, models, mmd, tasks
+from icl_kd import baselines, models, mmd, runtime, tasks
 from icl_kd.experiments import _common
 from icl_kd.experiments.e1_selection import (summed_mmd2, theory_kernels,
                                              within_trial_spearman)
 
 NAME = "E6"
-DESCRIPTION = "Cross-task interference: MMD_kV to the query task and ICL error against f."
+DESCRIPTION = "cross-task interference: MMD_kV to the query task and ICL error against f (C5)"
 MMDS = ("mmd_kv", "mmd_kx", "gaussian")
 HEADS = ("MMD^2 summed over the heads of the layer that reads the demonstrations "
          "(one softmax layer with one head here)")
@@ -55,7 +55,7 @@ MODEL_TAU = 1.0
 
 
 class Config(NamedTuple):
-  """Sizes of E6. ``seed`` is the command line's --seed (recorded); :func:`run` reads its key."""
+  """Sizes of one E6 run (``run`` draws everything from its key)."""
   d: int = 4
   k: int = 16                 # demonstrations per prompt
   n_queries: int = 16
@@ -67,11 +67,18 @@ class Config(NamedTuple):
   batch: int = 128
   learning_rate: float = 1e-2
   n_boot: int = 1000
-  seed: int = 0
   progress: bool = True
 
 
 QUICK = Config(n_trials=12, n_fractions=5, train_steps=150, batch=64, n_boot=200)
+
+FLAGS = (
+    _common.Flag("--trials", "n_trials", int, "paired trials (two tasks and queries each)"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the attention layer"),
+    _common.Flag("--k", "k", int, "demonstrations per prompt"),
+    _common.Flag("--fractions", "n_fractions", int,
+                 "number of fractions f from the other task, on linspace(0, 1) (>= 2)"),
+)
 
 
 class Results(NamedTuple):
@@ -176,12 +183,12 @@ def prompt_mmd2(params, trial: Trial, count) -> dict:
           "gaussian": summed_mmd2(xs, trial.queries, kernel=gauss)}
 
 
-def run(config: Config, *, key) -> Results:
+def run(config: Config = Config(), *, key) -> Results:
   """Trains the layer, then measures every fraction on ``n_trials`` paired trials.
 
   Args:
-    config: :class:`Config`.
-    key: PRNG key; split by :func:`trial_keys` (model, trials, bootstrap).
+    config: the sizes (:data:`QUICK` for a small run).
+    key: PRNG key (keyword-only); split by :func:`trial_keys` (model, trials, bootstrap).
   """
   cfg = config
   counts = fraction_counts(cfg)
@@ -210,19 +217,17 @@ def run(config: Config, *, key) -> Results:
 
   trial_fn = jax.jit(trial_fn)
   outs = []
+  bar = runtime.Progress("E6 trials", cfg.n_trials, enabled=cfg.progress)
   for t in range(cfg.n_trials):
     outs.append(jax.tree_util.tree_map(np.asarray, trial_fn(params, keys[t])))
-    if cfg.progress:
-      sys.stderr.write(f"\rE6 trials {t + 1}/{cfg.n_trials}")
-  if cfg.progress:
-    sys.stderr.write("\n")
+    bar.update(t + 1)
   error = np.stack([o[0] for o in outs])                                    # (T, F)
   ridge_error = np.stack([o[1] for o in outs])
   mmd2_ = {m: np.stack([o[2][m] for o in outs]) for m in MMDS}
   frac = counts / cfg.k
   f_grid = np.broadcast_to(frac, error.shape)
   groups = np.repeat(np.arange(cfg.n_trials), len(counts))
-  seed = int(jax.random.randint(k_boot, (), 0, 2 ** 31 - 1))
+  seed = _common.seed_of(k_boot)
   pairs = {f"{m}_error": (mmd2_[m], error) for m in MMDS}
   pairs.update(f_mmd_kv=(f_grid, mmd2_["mmd_kv"]), f_error=(f_grid, error))
   corr = {n: _common.bootstrap_spearman(a.ravel(), b.ravel(), seed=seed, groups=groups,
@@ -247,14 +252,21 @@ def summary(results: Results) -> tuple[str, dict]:
   rows = [[float(curves["f"][i]), int(curves["count"][i]), float(curves["error_mean"][i]),
            float(curves["error_se"][i]), *(float(curves[f"{m}2_median"][i]) for m in MMDS),
            float(curves["ridge_error_mean"][i])] for i in range(len(res.fractions))]
-  table = _common.format_table(["f", "foreign", "model err", "se", "med MMD_kV^2",
+  table = runtime.format_table(["f", "foreign", "model err", "se", "med MMD_kV^2",
                                 "med MMD_kx^2", "med Gauss MMD^2", "ridge err"], rows)
-  lines = [table, f"MMD^2 biased, to the target sample, median over trials (the exponential "
-                  f"kernels make the means heavy-tailed); heads: {HEADS}."]
+  corr_rows = []
   for name, c in res.correlation.items():
     w = res.within_trial[name]
-    lines.append(f"Spearman {name}: pooled {c.rho:.3f} [95% CI {c.lo:.3f}, {c.hi:.3f}] "
-                 f"over {c.n} prompts, within trials {w.rho:.3f} [{w.lo:.3f}, {w.hi:.3f}]")
+    corr_rows.append([name, f"{c.rho:.3f}", f"[{c.lo:.3f}, {c.hi:.3f}]",
+                      f"{w.rho:.3f}", f"[{w.lo:.3f}, {w.hi:.3f}]"])
+  n_prompts = next(iter(res.correlation.values())).n
+  lines = [table,
+           "MMD^2: biased estimate (V-statistic, >= 0), prompt against the target sample, median",
+           "over trials (the exponential kernels make the means heavy-tailed);",
+           f"heads: {HEADS}.",
+           f"Spearman correlations over {n_prompts} prompts (bootstrap over trials):",
+           runtime.format_table(["pair", "pooled rho", "95% CI", "within-trial rho", "95% CI"],
+                                corr_rows, align="lrrrr")]
   data = {"curves": {k: np.asarray(v).tolist() for k, v in curves.items()},
           "spearman": {k: c._asdict() for k, c in res.correlation.items()},
           "spearman_within_trial": {k: c._asdict() for k, c in res.within_trial.items()},
@@ -263,33 +275,24 @@ def summary(results: Results) -> tuple[str, dict]:
   return "\n".join(lines), data
 
 
-def result_arrays(results: Results) -> dict:
+def arrays(results: Results) -> dict:
   """The arrays saved to ``E6.npz``."""
   res = results
-  arrays = dict(fractions=res.fractions, counts=res.counts, error=res.error,
-                ridge_error=res.ridge_error, train_losses=res.train_losses)
-  arrays.update({f"{m}2": res.mmd2[m] for m in MMDS})
-  return arrays
+  out = dict(fractions=res.fractions, counts=res.counts, error=res.error,
+             ridge_error=res.ridge_error, train_losses=res.train_losses)
+  out.update({f"{m}2": res.mmd2[m] for m in MMDS})
+  return out
 
 
-def cli(argv=None) -> Results:
-  """Parses the command line, runs the experiment, prints and saves; returns the results."""
-  p = _common.parser(NAME, DESCRIPTION + " (THEORY.md E6)")
-  p.add_argument("--trials", dest="n_trials", type=int, help="number of paired trials")
-  p.add_argument("--steps", dest="train_steps", type=int, help="training steps of the layer")
-  p.add_argument("--k", type=int, help="demonstrations per prompt")
-  p.add_argument("--fractions", dest="n_fractions", type=int,
-                 help="number of fractions f on [0, 1] (>= 2)")
-  args, cfg = _common.configure(p, argv, Config(), QUICK,
-                                ["n_trials", "train_steps", "k", "n_fractions"])
-  res = run(cfg, key=jax.random.key(args.seed))
-  text, data = summary(res)
-  _common.report(args.out, NAME, cfg, (text, {"quick": bool(args.quick), **data}),
-                 arrays=result_arrays(res), params=res.params)
-  return res
+result_arrays = arrays
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m icl_kd.experiments E6 [--seed S] [--quick] [--out DIR] ...``; returns 0."""
-  cli(argv)
-  return 0
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``E6.json`` (info and summary), ``E6.npz`` (arrays), ``E6_model.npz`` under ``out``."""
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
+                      params=res.params)
+
+
+def main(argv=None) -> int:
+  """``python -m icl_kd.experiments E6 [--quick] [--seed S] [--out DIR] ...``; returns 0."""
+  return _common.main(sys.modules[__name__], argv)

