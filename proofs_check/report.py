@@ -60,7 +60,7 @@ class WorstInstance:
 def _floats(x):
   if isinstance(x, dict):
     return {k: _floats(v) for k, v in x.items()}
-  if isinstance(x, str):
+  if isinstance(x, str) and x in ("nan", "inf", "-inf"):
     return runtime.from_jsonable_float(x)
   return x
 
