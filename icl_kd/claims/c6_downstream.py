@@ -39,16 +39,6 @@ def compute_literal(inst, bucket, shared) -> ConjectureCheck:
   return ConjectureCheck(g.log_lhs, g.log_literal_rhs)
 
 
-def risk_logs(r: bounds.RiskBound):
-  """(log lhs, log rhs) of a RiskBound, formed from its parts so that no side overflows first.
-
-  log lhs = log(R_Q(W_0(P))) / 2;  log rhs = logaddexp(log(R_Q(W_0(Q))) / 2, log C + log ||dW||).
-  """
-  log_lhs = 0.5 * jnp.log(r.risk_p)
-  log_rhs = jnp.logaddexp(0.5 * jnp.log(r.risk_q), r.log_feature_bound + jnp.log(r.weight_gap_norm))
-  return log_lhs, log_rhs
-
-
 def compute_risk(inst, bucket, shared) -> ConsistencyCheck:
   r = bounds.risk_bound(pair_params(inst), inst["x_p"], inst["x_q"], inst["x_target"],
                         log_eta=inst["log_eta"], tau=inst["tau"], convention=_convention(bucket))
