@@ -15,7 +15,6 @@ Tested by tests/test_bounds.py and tests/test_claims.py; shown in figure F5.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 from icl_kd import bounds
 from icl_kd.claims.base import BoundCheck, Claim, ConjectureCheck, ConsistencyCheck
