@@ -15,7 +15,6 @@ Tested by tests/test_bounds.py and tests/test_claims.py; shown in figure F5.
 
 from __future__ import annotations
 
-
 from icl_kd import bounds
 from icl_kd.claims.base import BoundCheck, Claim, ConjectureCheck, ConsistencyCheck
 from icl_kd.claims.c5_mmd_bias import (PAIRS, _convention, pair_params, prepare_pair,
