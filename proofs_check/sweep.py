@@ -28,14 +28,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from icl_kd import runtime
 from icl_kd.claims import Claim
-from proofs_check import verdicts
+from proofs_check import rng, verdicts
 
 Progress = runtime.Progress  # the project's one progress bar
 
 
 def claim_key(seed: int, claim_id: str) -> jax.Array:
-  """A key per claim that does not depend on which other claims run."""
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
+  """A key per claim group that does not depend on which other claims run.
+
+  A key of the sweep's generator (:mod:`proofs_check.rng`: Threefry keys,
+  counter-hash bits).
+  """
+  return jax.random.fold_in(rng.key(seed), zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
 
 
 def bucket_counts(total: int, num_buckets: int) -> list[int]:
