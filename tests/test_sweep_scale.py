@@ -126,15 +126,17 @@ def test_interrupted_run_with_a_torn_record_resumes_to_the_same_numbers(tmp_path
   ckpt = str(tmp_path / "ckpt")
   with pytest.raises(KeyboardInterrupt):
     sweep.sweep(group, checkpoint=ckpt, stop_after_chunks=4, **kw)     # interrupted
-  path = sweep.log_path(ckpt, "prompt", 0)
-  files = [f for _, _, fs in os.walk(ckpt) for f in fs]
-  assert files == ["bucket0.log"]                  # one file per group and bucket touched
+  # 4 chunks computed: bucket 0 has 40 instances = 3 chunks (16, 16, 8), then 1 of bucket 1
+  files = sorted(f for _, _, fs in os.walk(ckpt) for f in fs)
+  assert files == ["bucket0.log", "bucket1.log"]   # one file per group and bucket touched
+  assert len(sweep.ChunkLog(sweep.log_path(ckpt, "prompt", 0)).chunks) == 3
+  path = sweep.log_path(ckpt, "prompt", 1)
   whole = os.path.getsize(path)
+  torn = b"ICKP\x40\x00\x00\x00\x00\x00\x00\x00{\"chunk\": 1, \"sta"   # 64 bytes announced
   with open(path, "ab") as f:                      # a kill in the middle of a write
-    f.write(b"ICKP\x40\x00\x00\x00\x00\x00\x00\x00{\"chunk\": 4, \"sta")
+    f.write(torn)
   log = sweep.ChunkLog(path)
-  assert len(log.chunks) == 3 and log.valid_bytes == whole and log.dropped_bytes == 28
-  # 4 computed: bucket 0 has 40 instances = 3 chunks of 16 (16, 16, 8), bucket 1 one more
+  assert len(log.chunks) == 1 and log.valid_bytes == whole and log.dropped_bytes == len(torn)
   resumed = sweep.sweep(group, checkpoint=ckpt, **kw)
   assert resumed.loaded_chunks == 4 and resumed.computed_chunks == 12 - 4
   assert resumed["thm3.1"].to_json() == full["thm3.1"].to_json()
