@@ -24,7 +24,8 @@ from figures import style, table
 from icl_kd import claims
 from icl_kd.claims import c2_kd_step, c3_dw_step, c7_lr_proxy
 
-ID, SLUG, CLAIMS = "F2", "learning_rate", ("kd-step", "dw-step-squared", "lr-proxy")
+ID, SLUG, CLAIMS = "F2", "learning_rate", ("kd-step", "dw-step-linear", "dw-step-squared",
+                                          "lr-proxy")
 BUCKET = claims.PromptBucket(16, 4, 6, 4, 3, True)   # (N, M, d, d_k, d_v, self-attention)
 
 

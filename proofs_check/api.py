@@ -12,7 +12,6 @@ and :func:`replay`.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 import platform as _platform
@@ -24,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_kd import runtime
-from icl_kd.claims import CLAIMS, THEORY_NUMBERS, Claim, check_values
+from icl_kd.claims import (ALIASES, CLAIMS, CONVENTIONS, THEORY_NUMBERS, Claim, check_values,
+                           convention_factor, with_convention)
 from proofs_check import sweep, verdicts
 from proofs_check.report import WORST_LABELS, ClaimResult, Report, WorstInstance
 
@@ -40,6 +40,8 @@ def select(spec: str | Sequence[str] = "*", registry: dict[str, Claim] | None = 
   for pat in pats:
     if pat.upper() in THEORY_NUMBERS:
       hits = [i for i in ids if registry[i].theory == pat.upper()]
+    elif pat in ALIASES:
+      hits = [ALIASES[pat]]
     else:
       hits = [i for i in ids if fnmatch.fnmatchcase(i, pat)]
     if not hits:
@@ -128,7 +130,7 @@ def _adversarial(claim: Claim, st: verdicts.Stats, seed: int, dtype, steps: int)
 
 def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, seed: int = 0,
           dtype: str = "float64", chunk: int | None = None, checkpoint: str | None = None,
-          adversarial: int = 0, progress: bool = False) -> Report:
+          adversarial: int = 0, progress: bool = False, convention: str = "eq12") -> Report:
   """Checks the chosen claims on many random instances; returns a typed :class:`Report`.
 
   Args:
@@ -144,6 +146,8 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
     adversarial: projected gradient-ascent steps on lhs/rhs for every bound and
       conjecture that admits it (0: none).
     progress: a progress bar on stderr.
+    convention: "eq12" (c = 2, the paper's Eq. 12; default) or "half" (c = 1) for
+      the C5/C6 claims (docs/THEORY.md, C5).
   Returns:
     A :class:`proofs_check.report.Report`; ``report.ok`` is False when a
     non-conjecture claim fails.
@@ -155,14 +159,17 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
   if not isinstance(adversarial, int) or adversarial < 0:
     raise ValueError(f"--adversarial must be an int >= 0, got {adversarial!r}")
   jdtype = _dtype(dtype)
+  if convention not in CONVENTIONS:
+    raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
   chosen = select(claims)
   if checkpoint:
     _check_manifest(checkpoint, dict(seed=seed, dtype=dtype, instances=instances, chunk=chunk,
-                                     format=sweep.CHECKPOINT_FORMAT), chosen)
+                                     convention=convention, format=sweep.CHECKPOINT_FORMAT),
+                    chosen)
   mesh = sweep.make_mesh()
   groups: dict[str, list[Claim]] = {}
   for cid in chosen:
-    groups.setdefault(CLAIMS[cid].group_id, []).append(CLAIMS[cid])
+    groups.setdefault(CLAIMS[cid].group_id, []).append(with_convention(CLAIMS[cid], convention))
   results: dict[str, ClaimResult] = {}
   loaded = computed = 0
   for group in groups.values():
@@ -176,10 +183,11 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
     for claim in group:
       t1 = time.perf_counter()
       res = _result(claim, stats[claim.id], seed, jdtype, 0.0)
-      if adversarial and claim.project is not None and claim.kind in ("bound", "conjecture"):
+      if adversarial and claim.project is not None and claim.kind in ("bound", "conjecture",
+                                                                       "consistency"):
         adv = _adversarial(claim, stats[claim.id], seed, jdtype, adversarial)
         verdict, passed = res.verdict, res.passed
-        if adv is not None and claim.kind == "bound" and \
+        if adv is not None and claim.kind in ("bound", "consistency") and \
             adv["max_ratio"] > 1.0 + verdicts.float_slack(dtype):
           verdict, passed = "FAILS (adversarial)", False
         elif adv is not None and claim.kind == "conjecture" and adv["max_ratio"] > 1.0:
@@ -191,9 +199,66 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
              platform=jax.devices()[0].platform, device_count=jax.device_count(),
              process_count=jax.process_count(), python=_platform.python_version(), chunk=chunk,
              checkpoint=checkpoint)
-  return Report(results, seed=seed, dtype=dtype, instances=instances,
+  return Report(results, seed=seed, dtype=dtype, convention=convention, instances=instances,
                 adversarial_steps=adversarial, chunks_loaded=loaded, chunks_computed=computed,
-                environment=env)
+                environment=env, attribution=attribution(results, convention))
+
+
+CLOSED_FORM_WORST = {
+    "thm4.1-literal-gaussian": "unbounded: 2c/sqrt(2 - 2k(a, -a)) >= c sqrt(2), grows with the "
+                               "bandwidth (d = 1 point masses)",
+    "thm4.1-literal-softmax": "unbounded: MMD = 0 with dW != 0 when W^K has a null space",
+    "thm4.1-literal-normalised": "c (2 under eq12, attained; holds under half)",
+    "thm4.1-literal-tv": "c (2 under eq12; holds under half)",
+    "thm4.2-literal": "unbounded: e^(s - 1) for a query of norm s outside the keys",
+}
+
+
+def attribution(results: dict, convention: str) -> dict:
+  """Per literal reading: violation rate and largest ratio under both conventions.
+
+  The literal right sides carry no c while the left side does, so a ratio under
+  c' is the ratio under c times c'/c; violations under each convention are
+  counted per instance (the checks' ``events``). ``share_vanishing_under_half``
+  is the share of the eq12 violations that are not violations under half: the
+  part of the failures due to the factor c; the rest is due to the kernel.
+  Rates depend on the sampler (docs/THEORY.md, C5).
+  """
+  c = convention_factor(convention)
+  out = {}
+  for cid, r in results.items():
+    ev = r.detail
+    if r.kind != "conjecture" or "events_violated_eq12" not in ev:
+      continue
+    n = max(r.instances - r.out_of_range, 1)
+    v12, vh = ev["events_violated_eq12"], ev["events_violated_half"]
+    entry = dict(instances=r.instances, violations_eq12=v12, violations_half=vh,
+                 rate_eq12=v12 / n, rate_half=vh / n,
+                 max_ratio_eq12=r.worst * 2.0 / c, max_ratio_half=r.worst / c,
+                 share_vanishing_under_half=(v12 - vh) / v12 if v12 else math.nan,
+                 closed_form_worst=CLOSED_FORM_WORST.get(cid, ""),
+                 note="rates depend on the sampler (P: unit ball; Q: shifted, scaled ball)")
+    if r.adversarial:
+      m = float(r.adversarial["max_ratio"])
+      entry.update(adversarial_max_ratio_eq12=m * 2.0 / c, adversarial_max_ratio_half=m / c)
+    out[cid] = entry
+  return out
+
+
+class CounterexampleRow(NamedTuple):
+  name: str
+  reading: str
+  convention: str
+  computed_ratio: float
+  closed_form_ratio: float
+  agrees: bool
+
+
+def counterexamples() -> list[CounterexampleRow]:
+  """Every analytic counterexample of :mod:`icl_kd.counterexamples`: computed vs closed form."""
+  from icl_kd import counterexamples as ce
+  return [CounterexampleRow(c.name, c.reading, c.convention, c.computed_ratio,
+                            c.closed_form_ratio, c.agrees) for c in ce.evaluate_all()]
 
 
 def _replace(r: ClaimResult, **kw) -> ClaimResult:
@@ -256,11 +321,12 @@ def replay(report: Report, claims: str | Sequence[str] = "*") -> list[ReplayLine
   """
   dtype = _dtype(report.dtype)
   chosen = set(select(claims)) if claims != "*" else set(CLAIMS)
+  chosen |= {a for a, target in ALIASES.items() if target in chosen}
   lines: list[ReplayLine] = []
   for cid, r in report.claims.items():
     if cid not in chosen or cid not in CLAIMS:
       continue
-    claim = CLAIMS[cid]
+    claim = with_convention(CLAIMS[cid], report.convention)
     if r.worst_instance is not None:
       w = r.worst_instance
       bucket = claim.buckets[w.bucket]

@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--chunk", type=int, default=None, help="instances per compiled batch")
   p.add_argument("--replay", metavar="FILE",
                  help="re-evaluate the worst (and adversarial) instances saved in a JSON report")
+  p.add_argument("--convention", choices=("eq12", "half"), default="eq12",
+                 help="the constant c of W_0 = c eta E[W^V x phi(W^K x)^T] in the C5/C6 claims: "
+                      "eq12 (c = 2, the paper's Eq. 12; default) or half (c = 1)")
+  p.add_argument("--counterexamples", action="store_true",
+                 help="evaluate the analytic counterexamples of the literal readings: computed "
+                      "ratio next to its closed form; exit 0 when all agree")
   p.add_argument("--list", action="store_true",
                  help="list the claims (theory number, kind, tests, figure) and exit")
   p.add_argument("--fast-compile", choices=("auto", "on", "off"), default="auto",
@@ -82,7 +88,24 @@ def _print_report(report) -> None:
             f"from {a['starts']} starts (random max {init:.4g})" if init is not None else
             f"adversarial {r.id}: max lhs/rhs {a['max_ratio']:.4g} after {a['steps']} steps")
   print(LEGEND)
+  print(f"convention: {report.convention} (c = {2 if report.convention == 'eq12' else 1})")
+  for cid, a in report.attribution.items():
+    print(f"  {cid}: violated {a['rate_eq12']:.2%} under eq12, {a['rate_half']:.2%} under half; "
+          f"max ratio {a['max_ratio_eq12']:.3g} / {a['max_ratio_half']:.3g}")
   print(report.summary())
+
+
+def _counterexamples() -> int:
+  from proofs_check import api
+  rows = api.counterexamples()
+  print(runtime.format_table(
+      ("counterexample", "reading", "convention", "computed lhs/rhs", "closed form", "agrees"),
+      [[r.name, r.reading, r.convention, f"{r.computed_ratio:.10g}", f"{r.closed_form_ratio:.10g}",
+        "yes" if r.agrees else "NO"] for r in rows], align="lllrrl"))
+  ok = all(r.agrees for r in rows)
+  print(f"{len(rows)} counterexamples: " + ("every computed ratio equals its closed form" if ok
+                                            else "SOME DISAGREE with their closed form"))
+  return EXIT_OK if ok else EXIT_FAIL
 
 
 def _replay(path: str, claims: str) -> int:
@@ -112,6 +135,8 @@ def _run(args) -> int:
     return EXIT_OK
   if args.replay:
     return _replay(args.replay, args.claims)
+  if args.counterexamples:
+    return _counterexamples()
   api.select(args.claims)                                   # usage errors before any work
   if args.json:
     runtime.check_output_path(args.json, flag="--json")
@@ -120,7 +145,7 @@ def _run(args) -> int:
               f"{jax.device_count()} {jax.devices()[0].platform} device(s)") if first else None
   report = api.check(args.claims, instances=args.instances, seed=args.seed, dtype=args.dtype,
                      chunk=args.chunk, checkpoint=args.checkpoint, adversarial=args.adversarial,
-                     progress=not args.no_progress and first)
+                     progress=not args.no_progress and first, convention=args.convention)
   if first:
     if args.checkpoint:
       print(f"checkpoint {args.checkpoint}: loaded {report.chunks_loaded} chunk(s), computed "

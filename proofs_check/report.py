@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+
 
 import numpy as np
 
@@ -135,11 +135,13 @@ class Report:
   claims: dict          # id -> ClaimResult, in table order
   seed: int
   dtype: str
+  convention: str = "eq12"
   instances: int | None = None
   adversarial_steps: int = 0
   chunks_loaded: int = 0
   chunks_computed: int = 0
   environment: dict = dataclasses.field(default_factory=dict)
+  attribution: dict = dataclasses.field(default_factory=dict)
 
   @property
   def ok(self) -> bool:
@@ -152,19 +154,22 @@ class Report:
 
   def to_json(self) -> dict:
     return runtime.jsonable(dict(
-        **self.environment, seed=self.seed, dtype=self.dtype, instances=self.instances,
+        **self.environment, seed=self.seed, dtype=self.dtype, convention=self.convention,
+        instances=self.instances,
         adversarial_steps=self.adversarial_steps, chunks_loaded=self.chunks_loaded,
         chunks_computed=self.chunks_computed, passed=self.ok, summary=self.summary(),
+        attribution=self.attribution,
         claims={cid: r.to_json() for cid, r in self.claims.items()}))
 
   @classmethod
   def from_json(cls, d: dict) -> "Report":
     if not isinstance(d, dict) or "claims" not in d:
       raise ValueError("not a proofs_check JSON report (no 'claims')")
-    own = {"seed", "dtype", "instances", "adversarial_steps", "chunks_loaded", "chunks_computed",
-           "passed", "summary", "claims"}
+    own = {"seed", "dtype", "convention", "instances", "adversarial_steps", "chunks_loaded",
+           "chunks_computed", "passed", "summary", "claims", "attribution"}
     return cls(claims={cid: ClaimResult.from_json(dict(e, id=cid)) for cid, e in d["claims"].items()},
                seed=int(d.get("seed", 0)), dtype=d.get("dtype", "float64"),
+               convention=d.get("convention", "eq12"), attribution=_floats(d.get("attribution", {})),
                instances=d.get("instances"), adversarial_steps=int(d.get("adversarial_steps", 0)),
                chunks_loaded=int(d.get("chunks_loaded", 0)),
                chunks_computed=int(d.get("chunks_computed", 0)),
@@ -179,12 +184,14 @@ def summary_line(rows: list[ClaimResult]) -> str:
   meas = [r for r in rows if r.kind == "measurement"]
   hold = [r for r in theorems if r.passed]
   fail = [r for r in theorems if not r.passed]
-  parts = [f"{len(hold)} check{'s' if len(hold) != 1 else ''} hold"]
+  parts = [f"{len(hold)} check{'s' if len(hold) != 1 else ''} hold"
+           if len(hold) != 1 else "1 check holds"]
   if fail:
     parts.append(f"{len(fail)} FAIL: {', '.join(r.id for r in fail)}")
   if consistency:
     bad = [r for r in consistency if not r.passed]
-    parts.append(f"{len(consistency) - len(bad)} consistency check(s) pass" +
+    parts.append(f"{len(consistency) - len(bad)} consistency check"
+                 f"{'s' if len(consistency) - len(bad) != 1 else ''} pass (not evidence)" +
                  (f", {len(bad)} FAIL (a toolkit bug): {', '.join(r.id for r in bad)}" if bad else ""))
   violated = [r for r in conj if r.verdict.startswith("violated")]
   if conj:

@@ -32,19 +32,22 @@ def draw_instance(seed, shape, *, scale=0.5, shift=0.5, dtype=jnp.float64):
 
 # -- NumPy references -----------------------------------------------------------------
 
-def np_pooled(params, x_p, x_q, eta, tau):
-  """Coefficients c, values V and keys k of W_0(P_hat) - W_0(Q_hat) = sum_i c_i V_i phi(k_i)^T."""
+def np_pooled(params, x_p, x_q, eta, tau, factor=2.0):
+  """Coefficients c, values V and keys k of W_0(P_hat) - W_0(Q_hat) = sum_i c_i V_i phi(k_i)^T.
+
+  ``factor`` is the convention constant: 2 (eq12) or 1 (half).
+  """
   wk, wv = np.asarray(params.w_k), np.asarray(params.w_v)
   z = np.concatenate([np.asarray(x_p), np.asarray(x_q)])
   n, m = len(x_p), len(x_q)
-  c = np.concatenate([np.full(n, 2 * eta / n), np.full(m, -2 * eta / m)])
+  c = np.concatenate([np.full(n, factor * eta / n), np.full(m, -factor * eta / m)])
   keys, vals = z @ wk.T, z @ wv.T
   return c, vals, keys
 
 
-def np_gap_hs2(params, x_p, x_q, eta, tau):
+def np_gap_hs2(params, x_p, x_q, eta, tau, factor=2.0):
   """(||dW||_HS^2, sum of |terms|) from the dual quadratic form."""
-  c, vals, keys = np_pooled(params, x_p, x_q, eta, tau)
+  c, vals, keys = np_pooled(params, x_p, x_q, eta, tau, factor)
   terms = np.outer(c, c) * (vals @ vals.T) * np.exp(keys @ keys.T / tau)
   return terms.sum(), np.abs(terms).sum()
 
@@ -59,16 +62,17 @@ def np_kx_gram(params, tau):
   return lambda a, b: (a @ b.T) * np.exp((a @ wk.T) @ (b @ wk.T).T / tau)
 
 
-def np_dw_apply(params, x_p, x_q, eta, tau, z):
-  c, vals, keys = np_pooled(params, x_p, x_q, eta, tau)
+def np_dw_apply(params, x_p, x_q, eta, tau, z, factor=2.0):
+  c, vals, keys = np_pooled(params, x_p, x_q, eta, tau, factor)
   return (c * np.exp(keys @ z / tau)) @ vals
 
 
 # -- module-scope jitted entry points ----------------------------------------------------
 
-_bias = jax.jit(bounds.distillation_bias)
-_pred = jax.jit(bounds.prediction_gap)
-_risk = jax.jit(bounds.risk_bound)
+_bias = jax.jit(bounds.distillation_bias, static_argnames="convention")
+_pred = jax.jit(bounds.prediction_gap, static_argnames="convention")
+_risk = jax.jit(bounds.risk_bound, static_argnames="convention")
+_readings = jax.jit(bounds.literal_readings, static_argnames="convention")
 _rademacher = jax.jit(bounds.empirical_rademacher, static_argnames="num_draws")
 _bound = jax.jit(bounds.rademacher_bound)
 _batched_bias = jax.jit(jax.vmap(
@@ -177,6 +181,14 @@ def test_c5_at_large_scores_in_log_space():
   shift = float(np.max(s))
   hs2_shifted = np.sum(np.outer(c, c) * (vals @ vals.T) * np.exp(s - shift))
   np.testing.assert_allclose(float(out.log_lhs), 0.5 * (shift + np.log(hs2_shifted)), rtol=1e-10)
+  # every literal reading stays finite in log space at these scores (M_phi ~ e^500)
+  r = _readings(params, x_p, x_q, eta=jnp.asarray(0.5), tau=jnp.asarray(1.0))
+  for name, value in r._asdict().items():
+    assert np.all(np.isfinite(np.asarray(value))), name
+  np.testing.assert_allclose(float(r.log_lhs), float(out.log_lhs), rtol=1e-14)
+  np.testing.assert_allclose(float(r.log_rhs_normalised), float(out.log_bound_rhs) - np.log(2.0),
+                             rtol=1e-12)
+  np.testing.assert_allclose(float(r.log_feature_bound), shift / 2, rtol=1e-12)
 
 
 def test_distilled_weight_gap_is_the_difference_of_one_step_weights():
@@ -242,6 +254,12 @@ def test_c6_risk_inequality(seed, shape, eta, tau):
   np.testing.assert_allclose(float(out.risk_q), risk_q, rtol=1e-10)
   log_c = np.max(np.sum((xt @ np.asarray(params.w_k).T) ** 2, axis=1)) / (2 * tau)
   np.testing.assert_allclose(float(out.log_feature_bound), log_c, rtol=1e-12)
+  hs2, _ = np_gap_hs2(params, x_p, x_q, eta, tau)
+  rhs = np.sqrt(risk_q) + np.exp(log_c) * np.sqrt(hs2)
+  np.testing.assert_allclose(float(out.rhs), rhs, rtol=1e-9)
+  np.testing.assert_allclose(float(out.log_rhs), np.log(rhs), atol=1e-9)
+  np.testing.assert_allclose(float(out.log_lhs), 0.5 * np.log(risk_p), atol=1e-10)
+  np.testing.assert_allclose(float(out.log_risk_q), np.log(risk_q), atol=1e-10)
   assert float(out.lhs) <= float(out.rhs) * (1 + 1e-12)
 
 
@@ -311,6 +329,11 @@ def test_rademacher_bound_hand_values():
   np.testing.assert_allclose(float(out.confidence_paper), 0.18, rtol=1e-14)
   np.testing.assert_allclose(float(out.hoeffding), 3.3, rtol=1e-14)
   np.testing.assert_allclose(float(out.paper), 2.58, rtol=1e-14)
+  # The paper's term is below Hoeffding's iff N > 2 log(1/delta): equal at N = 4 here
+  # (9 sqrt(2/8) = 4.5 = 9 * 2/4).
+  at4 = _bound(radius=1.0, feature_bound=2.0, teacher_bound=1.0, n=4.0, delta=np.exp(-2.0))
+  np.testing.assert_allclose(float(at4.confidence_paper), 4.5, rtol=1e-14)
+  np.testing.assert_allclose(float(at4.confidence_hoeffding), 4.5, rtol=1e-14)
   # vmappable over n, decreasing in n
   ns = jnp.array([10.0, 100.0, 1000.0])
   many = jax.vmap(lambda n: bounds.rademacher_bound(radius=1.0, feature_bound=2.0,
@@ -375,3 +398,456 @@ def test_bad_inputs():
   # Under jit, non-finite data give NaN, never a silently finite number.
   out = _bias(params, x_p.at[0, 0].set(jnp.nan), x_q, eta=jnp.asarray(0.1), tau=jnp.asarray(1.0))
   assert np.isnan(float(out.lhs)) and np.isnan(float(out.bound_rhs))
+
+
+# -- conventions (THEORY C5: c = 2 under eq12, c = 1 under half) --------------------------
+
+from icl_kd import counterexamples  # noqa: E402
+
+FACTOR = {"eq12": 2.0, "half": 1.0}
+_TV = jax.jit(bounds.total_variation)
+
+
+def test_convention_scales_the_weights_exactly():
+  """half gives exactly 1/2 of eq12's weights: every lhs and corrected rhs halves (to float64
+  rounding of the log-space scale, 1e-14), the paper's literal constants do not move, and
+  each lhs is pinned to NumPy with the factor 1 as well; the default is eq12.
+
+  (Shapes shared with the tests below, so the jitted programs compile once.)
+  """
+  params, x_p, x_q = draw_instance(4, (8, 6, 3, 2, 3))
+  eta, tau = jnp.asarray(0.4), jnp.asarray(1.5)
+  query = jnp.array([0.9, -0.2, 0.4])
+  full = _bias(params, x_p, x_q, eta=eta, tau=tau, convention="eq12")
+  half = _bias(params, x_p, x_q, eta=eta, tau=tau, convention="half")
+  default = _bias(params, x_p, x_q, eta=eta, tau=tau)
+  for name in ("lhs", "identity_rhs", "bound_rhs"):
+    np.testing.assert_allclose(float(getattr(half, name)), 0.5 * float(getattr(full, name)),
+                               rtol=1e-14, err_msg=name)
+  assert float(half.literal_rhs) == float(full.literal_rhs)
+  assert float(default.lhs) == float(full.lhs)
+  assert float(full.convention_factor) == 2.0 and float(half.convention_factor) == 1.0
+  for factor, out in ((2.0, full), (1.0, half)):
+    hs2, _ = np_gap_hs2(params, x_p, x_q, 0.4, 1.5, factor)
+    np.testing.assert_allclose(float(out.lhs), np.sqrt(hs2), rtol=1e-10)
+  # C6 prediction: lhs and the two chained right sides halve; the Cauchy-Schwarz rhs too.
+  pf = _pred(params, x_p, x_q, query, eta=eta, tau=tau)
+  ph = _pred(params, x_p, x_q, query, eta=eta, tau=tau, convention="half")
+  for name in ("lhs", "rhs", "mmd_rhs", "literal_rhs", "weight_gap_norm"):
+    np.testing.assert_allclose(float(getattr(ph, name)), 0.5 * float(getattr(pf, name)),
+                               rtol=1e-14, err_msg=name)
+  z = np.asarray(params.w_q) @ np.asarray(query)
+  np.testing.assert_allclose(float(ph.lhs),
+                             np.linalg.norm(np_dw_apply(params, x_p, x_q, 0.4, 1.5, z, 1.0)),
+                             rtol=1e-10)
+  # literal readings: the lhs moves by log 2, no right side moves.
+  rf = _readings(params, x_p, x_q, eta=eta, tau=tau, convention="eq12")
+  rh = _readings(params, x_p, x_q, eta=eta, tau=tau, convention="half")
+  np.testing.assert_allclose(float(rf.log_lhs) - float(rh.log_lhs), np.log(2.0), atol=1e-14)
+  for field in bounds.READINGS.values():
+    assert float(getattr(rf, field)) == float(getattr(rh, field)), field
+  # C6 risk: W_0(P), W_0(Q) built with c = 1 (NumPy with the factor 1).
+  x_t = x_q[:4] + 0.1
+  rk = _risk(params, x_p, x_q, x_t, eta=eta, tau=tau, convention="half")
+  c, vals, keys = np_pooled(params, x_p, x_q, 0.4, 1.5, 1.0)
+  n = x_p.shape[0]
+  np.testing.assert_allclose(float(rk.risk_p),
+                             np_kd_risk(params, c[:n], keys[:n], vals[:n], np.asarray(x_t), 1.5),
+                             rtol=1e-10)
+  np.testing.assert_allclose(float(rk.risk_q),
+                             np_kd_risk(params, -c[n:], keys[n:], vals[n:], np.asarray(x_t), 1.5),
+                             rtol=1e-10)
+
+
+@pytest.mark.parametrize("call", [
+    lambda p, xp, xq, conv: bounds.distillation_bias(p, xp, xq, eta=0.1, convention=conv),
+    lambda p, xp, xq, conv: bounds.literal_readings(p, xp, xq, eta=0.1, convention=conv),
+    lambda p, xp, xq, conv: bounds.prediction_gap(p, xp, xq, xp[0], eta=0.1, convention=conv),
+    lambda p, xp, xq, conv: bounds.risk_bound(p, xp, xq, xq, eta=0.1, convention=conv),
+    lambda p, xp, xq, conv: bounds.distilled_weight_gap(p, xp, xq, eta=0.1, convention=conv),
+    lambda p, xp, xq, conv: counterexamples.counterexample("tv-factor-two", convention=conv),
+], ids=["bias", "readings", "prediction", "risk", "gap", "counterexample"])
+@pytest.mark.parametrize("bad", ["EQ12", "c=2", 2, None])
+def test_bad_convention_names_the_argument(call, bad):
+  params, x_p, x_q = draw_instance(0, (4, 3, 2, 2, 2))
+  with pytest.raises(ValueError, match="convention must be one of"):
+    call(params, x_p, x_q, bad)
+
+
+# -- C5: the literal form under each reading ----------------------------------------------
+
+
+def np_mmd(gram_fn, x, y):
+  return np.sqrt(max(np_biased_mmd2(gram_fn, np.asarray(x), np.asarray(y)), 0.0))
+
+
+def np_gauss(h):
+  return lambda a, b: np.exp(-cdist(a, b, "sqeuclidean") / (2 * h * h))
+
+
+def np_softmax_gram(params, tau):
+  wk = np.asarray(params.w_k)
+  return lambda a, b: np.exp((a @ wk.T) @ (b @ wk.T).T / tau)
+
+
+def np_tv(x, y):
+  """||P_hat - Q_hat||_1 by counting atoms in a dict (rows as tuples)."""
+  mass = {}
+  for row in np.asarray(x):
+    mass[tuple(row)] = mass.get(tuple(row), 0.0) + 1.0 / len(x)
+  for row in np.asarray(y):
+    mass[tuple(row)] = mass.get(tuple(row), 0.0) - 1.0 / len(y)
+  return sum(abs(v) for v in mass.values())
+
+
+def np_constants(params, x_p, x_q, tau):
+  z = np.concatenate([np.asarray(x_p), np.asarray(x_q)])
+  m_v = np.linalg.norm(np.asarray(params.w_v), 2)
+  m_x = np.max(np.linalg.norm(z, axis=1))
+  sq = np.sum((z @ np.asarray(params.w_k).T) ** 2, axis=1)
+  return m_v, m_x, np.exp(np.max(sq) / (2 * tau)), int(np.argmax(sq)), z
+
+
+@pytest.mark.parametrize("convention", ["eq12", "half"])
+def test_literal_readings_each_side_against_numpy(convention):
+  """Every side of the four readings (and the grid) against NumPy/SciPy on a fixed instance.
+
+  The largest key norm is in x_q (checked), so M_phi must be the pooled sup.
+  """
+  c = FACTOR[convention]
+  params, x_p, x_q = draw_instance(4, (8, 6, 3, 2, 3))
+  eta, tau = 0.4, 1.5
+  out = _readings(params, x_p, x_q, eta=jnp.asarray(eta), tau=jnp.asarray(tau),
+                  convention=convention)
+  m_v, m_x, m_phi, argmax, z = np_constants(params, x_p, x_q, tau)
+  assert argmax >= x_p.shape[0]                      # instance property: the sup is in Q
+  const = eta * m_v * m_x * m_phi
+  hs2, _ = np_gap_hs2(params, x_p, x_q, eta, tau, c)
+  np.testing.assert_allclose(float(out.log_lhs), 0.5 * np.log(hs2), rtol=1e-12)
+  np.testing.assert_allclose(float(out.log_constant), np.log(const), rtol=1e-12)
+  h = np.median(pdist(z))
+  np.testing.assert_allclose(float(out.bandwidth), h, rtol=1e-12)
+  np.testing.assert_allclose(np.exp(float(out.log_rhs_gaussian)),
+                             const * np_mmd(np_gauss(h), x_p, x_q), rtol=1e-10)
+  grid = 2.0 ** np.arange(-3, 4)
+  np.testing.assert_allclose(np.asarray(out.bandwidths), grid, rtol=0)
+  rhs_grid = np.array([const * np_mmd(np_gauss(b), x_p, x_q) for b in grid])
+  np.testing.assert_allclose(np.exp(np.asarray(out.log_rhs_gaussian_grid)), rhs_grid, rtol=1e-9)
+  np.testing.assert_allclose(np.exp(float(out.log_rhs_gaussian_worst)), rhs_grid.min(),
+                             rtol=1e-9)
+  np.testing.assert_allclose(np.exp(float(out.log_rhs_softmax)),
+                             const * np_mmd(np_softmax_gram(params, tau), x_p, x_q), rtol=1e-10)
+  kx = np_kx_gram(params, tau)
+  normalised = lambda a, b: kx(a, b) / (m_x * m_phi) ** 2
+  assert np.max(np.abs(normalised(z, z))) <= 1.0 + 1e-12       # bounded by 1 on the support
+  np.testing.assert_allclose(np.exp(float(out.log_rhs_normalised)),
+                             const * np_mmd(normalised, x_p, x_q), rtol=1e-10)
+  np.testing.assert_allclose([np_tv(x_p, x_q), float(out.tv)], 2.0, rtol=1e-14)  # no common atom
+  np.testing.assert_allclose(np.exp(float(out.log_rhs_tv)), const * 2.0, rtol=1e-12)
+  # The normalised reading is thm4.1-bound / c: it holds under half; eq12 is at most 2x.
+  lhs = np.sqrt(hs2)
+  bound = c * eta * m_v * np_mmd(kx, x_p, x_q)
+  np.testing.assert_allclose(float(out.log_ratio("normalised")), np.log(lhs / bound * c),
+                             rtol=1e-10)
+  assert lhs <= bound * (1 + 1e-12)
+  # The TV reading is the sup-norm bound ||mu_P - mu_Q|| <= M_x M_phi ||P - Q||_1 scaled by c.
+  assert float(out.log_ratio("tv")) <= np.log(c) + 1e-12
+
+
+def test_bound_attained_for_rank_one_values_on_their_line():
+  """W^V = u v^T and every sample on the line of v: k_V = |u|^2 |v|^2 k_x = ||W^V||^2 k_x, so
+  thm4.1-bound holds with equality (lhs == bound_rhs), each side also against NumPy."""
+  params, _, _ = draw_instance(4, (8, 6, 3, 2, 3))
+  u, v = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.3, -0.7])
+  params = params._replace(w_v=jnp.asarray(np.outer(u, v)))
+  t_p, t_q = np.linspace(-1.0, 1.0, 8), np.linspace(0.0, 1.5, 6)
+  x_p, x_q = jnp.asarray(t_p[:, None] * v), jnp.asarray(t_q[:, None] * v)
+  out = _bias(params, x_p, x_q, eta=jnp.asarray(0.4), tau=jnp.asarray(1.5))
+  np.testing.assert_allclose(float(out.lhs), float(out.bound_rhs), rtol=1e-12)
+  hs2, _ = np_gap_hs2(params, x_p, x_q, 0.4, 1.5)
+  np.testing.assert_allclose(float(out.lhs), np.sqrt(hs2), rtol=1e-12)
+  bound = 2 * 0.4 * np.linalg.norm(u) * np.linalg.norm(v) * np_mmd(np_kx_gram(params, 1.5),
+                                                                     x_p, x_q)
+  np.testing.assert_allclose(float(out.bound_rhs), bound, rtol=1e-12)
+
+
+def test_total_variation_hand_values():
+  """P_hat = {a: 2/3, b: 1/3}, Q_hat = {a: 1/2, c: 1/2}: |2/3 - 1/2| + 1/3 + 1/2 = 1.
+
+  Also: a sample against a permutation of itself is at 0; disjoint samples at 2; a random
+  sample with repeated rows against the dict-counting NumPy reference.
+  """
+  a, b, c = [0.0, 1.0], [2.0, -1.0], [0.5, 0.5]
+  x_p, x_q = jnp.array([a, a, b]), jnp.array([a, c])
+  np.testing.assert_allclose(float(_TV(x_p, x_q)), 1.0, rtol=1e-15)
+  np.testing.assert_allclose(np_tv(x_p, x_q), 1.0, rtol=1e-15)
+  np.testing.assert_allclose(float(_TV(x_p, x_p[::-1])), 0.0, atol=1e-15)
+  np.testing.assert_allclose(float(_TV(x_p + 10.0, x_p)), 2.0, rtol=1e-15)
+  rng = np.random.default_rng(0)
+  atoms = rng.normal(size=(4, 2))
+  xs, ys = atoms[rng.integers(0, 4, 9)], atoms[rng.integers(1, 4, 7)]
+  np.testing.assert_allclose(float(_TV(jnp.asarray(xs), jnp.asarray(ys))), np_tv(xs, ys),
+                             rtol=1e-14)
+
+
+@pytest.mark.parametrize("convention", ["eq12", "half"])
+def test_bound_attained_in_one_dimension(convention):
+  """d = d_k = d_v = 1: k_V = w_v^2 k_x, so thm4.1-bound is an equality and the normalised
+  reading (thm4.1-bound's rhs / c) has ratio exactly c: 2 under eq12, the full factor."""
+  params, x_p, x_q = draw_instance(21, (5, 4, 1, 1, 1))
+  r = _readings(params, x_p, x_q, eta=jnp.asarray(0.3), tau=jnp.asarray(1.0),
+                convention=convention)
+  np.testing.assert_allclose(float(r.log_ratio("normalised")), np.log(FACTOR[convention]),
+                             atol=1e-12)
+
+
+# -- the analytic counterexamples ---------------------------------------------------------
+
+
+def hand_ratio(name, c):
+  """The closed forms, derived by hand (module docstring of icl_kd.counterexamples)."""
+  return {"gaussian-point-masses": 2 * c / np.sqrt(2 - 2 * np.exp(-0.5)),
+          "gaussian-point-masses-grid": 2 * c / np.sqrt(2 - 2 * np.exp(-1 / 32)),
+          "softmax-null-space": np.inf,
+          "normalised-factor-two": c,
+          "tv-factor-two": c,
+          "query-outside-keys": np.exp(4.0)}[name]
+
+
+def np_ratio(ce):
+  """lhs / rhs of the instance's reading from its raw arrays, by the generic NumPy formulas."""
+  c = FACTOR[ce.convention]
+  params, x_p, x_q = ce.params, np.asarray(ce.x_p), np.asarray(ce.x_q)
+  m_v, m_x, m_phi, _, z = np_constants(params, x_p, x_q, ce.tau)
+  const = ce.eta * m_v * m_x * m_phi
+  if ce.reading == "thm4.2-literal":
+    q = np.asarray(params.w_q) @ np.asarray(ce.query)
+    lhs = np.linalg.norm(np_dw_apply(params, x_p, x_q, ce.eta, ce.tau, q, c))
+    rhs = c * ce.eta * m_v * np_mmd(np_kx_gram(params, ce.tau), x_p, x_q) * m_phi
+  else:
+    lhs = np.sqrt(np_gap_hs2(params, x_p, x_q, ce.eta, ce.tau, c)[0])
+    if ce.reading == "thm4.1-literal-gaussian":
+      hs = [np.median(pdist(z))] if ce.bandwidths is None else np.asarray(ce.bandwidths)
+      rhs = min(const * np_mmd(np_gauss(h), x_p, x_q) for h in hs)
+    elif ce.reading == "thm4.1-literal-softmax":
+      rhs = const * np_mmd(np_softmax_gram(params, ce.tau), x_p, x_q)
+    elif ce.reading == "thm4.1-literal-normalised":
+      kx = np_kx_gram(params, ce.tau)
+      rhs = const * np_mmd(lambda a, b: kx(a, b) / (m_x * m_phi) ** 2, x_p, x_q)
+    else:
+      rhs = const * np_tv(x_p, x_q)
+  return lhs / rhs if rhs > 0 else np.inf
+
+
+@pytest.mark.parametrize("ce", counterexamples.counterexamples(dtype=jnp.float64),
+                         ids=lambda ce: f"{ce.name}-{ce.convention}")
+def test_counterexample_closed_form(ce):
+  """Closed form (module) == hand formula (here) == NumPy from the arrays == the library."""
+  hand = hand_ratio(ce.name, FACTOR[ce.convention])
+  np.testing.assert_allclose(ce.closed_form_ratio, hand, rtol=1e-15)
+  np.testing.assert_allclose(np_ratio(ce), hand, rtol=1e-12)
+  check = counterexamples.evaluate(ce)
+  assert check.agrees
+  np.testing.assert_allclose(check.computed_ratio, hand, rtol=1e-9)
+  assert check.name == ce.name and check.convention == ce.convention
+
+
+def test_counterexamples_in_float32():
+  """The same instances in float32 agree with their closed forms to 1e-4 (float32 rounding of
+  2 - 2 e^(-1/32) loses ~5 digits)."""
+  for check in counterexamples.evaluate_all(dtype=jnp.float32):
+    assert check.agrees, check
+    if np.isfinite(check.closed_form_ratio):
+      np.testing.assert_allclose(check.computed_ratio, check.closed_form_ratio, rtol=1e-4)
+
+
+def test_counterexample_verdicts_by_convention():
+  """The factor c: the normalised and TV readings fail by exactly 2 under eq12 and hold with
+  equality under half; the Gaussian and softmax readings fail under both."""
+  checks = {(r.name, r.convention): r for r in counterexamples.evaluate_all(dtype=jnp.float64)}
+  assert len(checks) == 2 * len(counterexamples.NAMES)
+  for name in ("normalised-factor-two", "tv-factor-two"):
+    assert checks[(name, "eq12")].computed_ratio == pytest.approx(2.0, rel=1e-12)
+    assert checks[(name, "half")].computed_ratio == pytest.approx(1.0, rel=1e-12)
+  for name in ("gaussian-point-masses", "gaussian-point-masses-grid", "softmax-null-space"):
+    assert checks[(name, "half")].computed_ratio >= np.sqrt(2.0)
+  with pytest.raises(ValueError, match="name must be one of"):
+    counterexamples.counterexample("no-such-instance")
+
+
+# -- C6: the chained and literal prediction bounds ----------------------------------------
+
+
+def test_prediction_chain_sides_against_numpy():
+  """thm4.2-mmd: c eta ||W^V|| MMD_kx exp(|z|^2/2tau); thm4.2-literal: the same with M_phi
+  (pooled-sample sup; the instance's largest key is in x_q) — each against NumPy."""
+  params, x_p, x_q = draw_instance(4, (8, 6, 3, 2, 3))
+  query = jnp.array([0.9, -0.2, 0.4])
+  eta, tau = 0.4, 1.5
+  out = _pred(params, x_p, x_q, query, eta=jnp.asarray(eta), tau=jnp.asarray(tau))
+  m_v, _, m_phi, argmax, _ = np_constants(params, x_p, x_q, tau)
+  assert argmax >= x_p.shape[0]
+  z = np.asarray(params.w_q) @ np.asarray(query)
+  chain = 2 * eta * m_v * np_mmd(np_kx_gram(params, tau), x_p, x_q)
+  np.testing.assert_allclose(float(out.mmd_rhs), chain * np.exp(z @ z / (2 * tau)), rtol=1e-10)
+  np.testing.assert_allclose(float(out.literal_rhs), chain * m_phi, rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_mmd_rhs), np.log(chain) + z @ z / (2 * tau),
+                             rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_literal_rhs), np.log(chain * m_phi), rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_feature_bound), np.log(m_phi), rtol=1e-12)
+  lhs = np.linalg.norm(np_dw_apply(params, x_p, x_q, eta, tau, z))
+  hs2, _ = np_gap_hs2(params, x_p, x_q, eta, tau)
+  assert lhs <= np.sqrt(hs2) * np.exp(z @ z / (2 * tau)) <= chain * np.exp(z @ z / (2 * tau))
+
+
+def test_prediction_bounds_attained_at_a_single_anchor():
+  """P = delta_x, Q = delta_0, W^Q = W^K, query x' = x, x along W^V's top right singular
+  vector: dW = c eta W^V x phi(k)^T with phi(z) = phi(k), so Cauchy-Schwarz, the MMD chain and
+  the literal M_phi form are all equalities (lhs = c eta ||W^V|| |x| e^{|k|^2/tau})."""
+  params, _, _ = draw_instance(5, (1, 1, 2, 2, 2))
+  params = params._replace(w_q=params.w_k)
+  _, s, vt = np.linalg.svd(np.asarray(params.w_v))
+  x = 0.8 * vt[0]
+  tau = 1.3
+  out = _pred(params, jnp.asarray(x[None]), jnp.zeros((1, 2)), jnp.asarray(x),
+              eta=jnp.asarray(0.5), tau=jnp.asarray(tau))
+  k = np.asarray(params.w_k) @ x
+  expected = 2 * 0.5 * s[0] * np.linalg.norm(x) * np.exp(k @ k / tau)
+  for name in ("lhs", "rhs", "mmd_rhs", "literal_rhs"):
+    np.testing.assert_allclose(float(getattr(out, name)), expected, rtol=1e-12, err_msg=name)
+
+
+def test_risk_bound_log_sides_at_large_scores():
+  """Scores ~1e3: R_Q(W_0) ~ e^1000 overflows, the log sides stay finite and equal NumPy's
+  computation at a fixed exponent shift; at moderate scores log fields == log of values."""
+  params, x_p, x_q = draw_instance(6, (6, 5, 3, 3, 2), scale=0.05, shift=0.02)
+  a = jnp.array([1.0, 0.0, 0.0])[None, :]
+  params = params._replace(w_k=jnp.eye(3) * np.sqrt(1000.0))
+  x_p, x_q = x_p + a, x_q + a
+  out = _risk(params, x_p, x_q, x_q, eta=jnp.asarray(0.5), tau=jnp.asarray(1.0))
+  assert np.isinf(float(out.risk_p)) and float(out.log_risk_p) > 1000
+  c, vals, keys = np_pooled(params, x_p, x_q, 0.5, 1.0)
+  n = x_p.shape[0]
+  kt = np.asarray(x_q) @ np.asarray(params.w_k).T
+  vt = np.asarray(x_q) @ np.asarray(params.w_v).T
+
+  def np_log_risk(coef, anchors, values):
+    s = kt @ anchors.T                                               # (n_t, anchors)
+    shift = float(np.max(s))
+    resid = vt * np.exp(-shift) - np.exp(s - shift) @ (coef[:, None] * values)
+    return shift * 2 + np.log(np.mean(np.sum(resid ** 2, axis=1)))
+
+  log_rp = np_log_risk(c[:n], keys[:n], vals[:n])
+  log_rq = np_log_risk(-c[n:], keys[n:], vals[n:])
+  np.testing.assert_allclose(float(out.log_risk_p), log_rp, rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_risk_q), log_rq, rtol=1e-10)
+  np.testing.assert_allclose(float(out.log_lhs), 0.5 * log_rp, rtol=1e-10)
+  hs2_shift = np.max(keys @ keys.T)
+  cc = np.outer(c, c) * (vals @ vals.T) * np.exp(keys @ keys.T - hs2_shift)
+  log_hs = 0.5 * (hs2_shift + np.log(np.sum(cc)))
+  log_c = np.max(np.sum(kt ** 2, axis=1)) / 2
+  np.testing.assert_allclose(float(out.log_rhs), np.logaddexp(0.5 * log_rq, log_c + log_hs),
+                             rtol=1e-10)
+  assert float(out.log_lhs) <= float(out.log_rhs)
+
+
+# -- C4: uncertainty of the Monte Carlo estimate, and Gram validation -----------------------
+
+_REPEATS = 200
+_rademacher_repeats = jax.jit(jax.vmap(
+    lambda g, key: bounds.empirical_rademacher(g, radius=1.5, key=key, num_draws=64),
+    in_axes=(None, 0)))
+
+
+def test_empirical_rademacher_std_error_matches_the_spread():
+  """The reported SE against the spread of R = 200 independent estimates (S = 64 draws each).
+
+  The sample SD of 200 i.i.d. estimates has relative SD ~ 1/sqrt(2 * 199) = 5%; the mean of
+  200 reported SEs is far tighter. The ratio must lie in [0.75, 1.33] (a 5-sigma band:
+  false-alarm rate < 1e-6 at these sizes); an SE off by sqrt(S) = 8 fails it. The mean of the
+  estimates must also be within 4 SE of the mean (sqrt(R) S draws) of the exact value by
+  enumeration of all 2^10 sign vectors (false alarm 6e-5).
+  """
+  k = np.asarray(_psd_gram(1, 10, 4))
+  keys = jax.random.split(jax.random.key(17), _REPEATS)
+  out = _rademacher_repeats(jnp.asarray(k), keys)
+  spread = np.std(np.asarray(out.estimate), ddof=1)
+  ratio = float(np.mean(np.asarray(out.std_error))) / spread
+  assert 0.75 <= ratio <= 1.33, ratio
+  signs = np.array(list(itertools.product([-1.0, 1.0], repeat=10)))
+  exact = 1.5 / 10 * np.mean(np.sqrt(np.einsum("si,ij,sj->s", signs, k, signs)))
+  assert abs(float(np.mean(np.asarray(out.estimate))) - exact) <= 4 * spread / np.sqrt(_REPEATS)
+
+
+_rademacher_traced = jax.jit(
+    lambda g: bounds.empirical_rademacher(g, radius=1.0, key=jax.random.key(0), num_draws=16))
+
+_NOT_PSD = np.array([[1.0, 2.0], [2.0, 1.0]])          # eigenvalues 3 and -1
+_ASYM = np.array([[1.0, 0.5], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize("gram, msg", [
+    (np.ones((3, 4)), "gram must be a non-empty square"),
+    (np.ones((0, 0)), "gram must be a non-empty square"),
+    (np.ones((2, 2, 2)), "gram must have rank 2"),
+    (_ASYM, "gram must be symmetric"),
+    (_NOT_PSD, "gram must be positive semidefinite"),
+    (np.diag([1.0, -1e-6]), "gram must be positive semidefinite"),
+    (np.array([[np.nan, 0.0], [0.0, 1.0]]), "non-finite"),
+], ids=["non-square", "empty", "rank-3", "non-symmetric", "indefinite", "barely-negative",
+        "nan"])
+def test_empirical_rademacher_refuses_bad_grams(gram, msg):
+  """Each silent case of a non-Gram matrix is now an error naming ``gram`` (eagerly)."""
+  with pytest.raises(ValueError, match=msg):
+    bounds.empirical_rademacher(jnp.asarray(gram), radius=1.0, key=jax.random.key(0))
+
+
+def test_empirical_rademacher_gram_checks_under_jit():
+  """Traced Gram matrices: shape errors at trace time; asymmetric or indefinite values give NaN
+  (documented); a rank-deficient float64 and float32 softmax Gram (64 points in d = 3, the
+  checker's case) is within tolerance; -tol/2 relative is accepted and -2 tol refused."""
+  with pytest.raises(ValueError, match="gram must be a non-empty square"):
+    _rademacher_traced(jnp.ones((3, 4)))
+  for bad in (_ASYM, _NOT_PSD):
+    out = _rademacher_traced(jnp.asarray(bad))
+    assert all(np.isnan(float(v)) for v in out)
+  keys = 0.8 * jax.random.normal(jax.random.key(2), (64, 3))
+  for dtype in (jnp.float64, jnp.float32):
+    k = mmd.gram(mmd.exp_kernel(1.0), keys.astype(dtype), keys.astype(dtype))
+    assert np.isfinite(float(_rademacher_traced(k).estimate))
+    bounds.empirical_rademacher(k, radius=1.0, key=jax.random.key(0), num_draws=16)
+  tol = bounds.gram_tolerance(jnp.float64)
+  assert tol == pytest.approx(np.sqrt(np.finfo(np.float64).eps))
+  near = jnp.diag(jnp.array([1.0, -0.5 * tol]))
+  assert np.isfinite(float(_rademacher_traced(near).estimate))
+  bounds.empirical_rademacher(near, radius=1.0, key=jax.random.key(0))
+  far = jnp.diag(jnp.array([1.0, -2.0 * tol]))
+  assert np.isnan(float(_rademacher_traced(far).estimate))
+  with pytest.raises(ValueError, match="positive semidefinite"):
+    bounds.empirical_rademacher(far, radius=1.0, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="tol"):
+    bounds.empirical_rademacher(jnp.eye(2), radius=1.0, key=jax.random.key(0), tol=-1.0)
+
+
+def test_literal_readings_bad_inputs():
+  params, x_p, x_q = draw_instance(0, (4, 3, 2, 2, 2))
+  with pytest.raises(ValueError, match="bandwidths must hold at least one"):
+    bounds.literal_readings(params, x_p, x_q, eta=0.1, bandwidths=jnp.zeros((0,)))
+  with pytest.raises(ValueError, match="bandwidths must be finite and > 0"):
+    bounds.literal_readings(params, x_p, x_q, eta=0.1, bandwidths=jnp.array([1.0, -1.0]))
+  with pytest.raises(ValueError, match="bandwidths must have rank 1"):
+    bounds.literal_readings(params, x_p, x_q, eta=0.1, bandwidths=jnp.ones((2, 2)))
+  with pytest.raises(ValueError, match="x_q has shape"):
+    _readings(params, x_p, x_q[:, :1], eta=jnp.asarray(0.1), tau=jnp.asarray(1.0))
+  with pytest.raises(ValueError, match="y has shape"):
+    bounds.total_variation(x_p, x_q[:, :1])
+  # the median heuristic is 0 when most pairs coincide: only the Gaussian-median side is NaN
+  out = _readings(params, jnp.zeros((4, 2)), jnp.zeros((3, 2)).at[0].set(1.0),
+                  eta=jnp.asarray(0.1), tau=jnp.asarray(1.0))
+  assert np.isnan(float(out.log_rhs_gaussian)) and np.isfinite(float(out.log_rhs_tv))
+  np.testing.assert_allclose(float(out.tv), 2.0 / 3.0, rtol=1e-15)
+  with pytest.raises(ValueError, match="reading must be one of"):
+    out.log_ratio("laplace")
+  out = _readings(params, x_p.at[0, 0].set(jnp.nan), x_q, eta=jnp.asarray(0.1),
+                  tau=jnp.asarray(1.0))
+  assert np.isnan(float(out.log_lhs)) and np.isnan(float(out.log_rhs_tv))

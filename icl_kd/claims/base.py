@@ -112,6 +112,21 @@ def check_values(check) -> dict[str, Any]:
   return out
 
 
+CONVENTIONS = ("eq12", "half")   # c = 2 (the paper's Eq. 12, default) or c = 1 (C5, C6)
+
+
+def convention_factor(convention: str) -> float:
+  """c of docs/THEORY.md C5: 2 under "eq12" (the default), 1 under "half"."""
+  if convention not in CONVENTIONS:
+    raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
+  return 2.0 if convention == "eq12" else 1.0
+
+
+def bound_slack(dtype) -> float:
+  """Relative rounding allowance of a bound: lhs <= rhs (1 + slack); 1e-9 float64, 1e-4 float32."""
+  return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+
+
 def identity_tolerance(dtype, max_abs_score) -> jax.Array:
   """The identity tolerance of docs/THEORY.md (C1, used by every identity claim).
 

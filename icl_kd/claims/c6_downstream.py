@@ -1,9 +1,13 @@
 """C6 ``thm4.2``: consequences downstream of the distillation bias.
 
-- ``thm4.2-prediction``: ||dW_PQ phi(z)|| <= ||dW_PQ||_HS exp(|z|^2 / (2 tau)), z = W^Q x';
-- ``thm4.2-risk``: sqrt(R_Q(W_0(P))) <= sqrt(R_Q(W_0(Q))) + C ||dW_PQ||_HS.
+- ``thm4.2-prediction`` (consistency): ||dW_PQ phi(z)|| <= ||dW_PQ||_HS exp(|z|^2 / (2 tau)),
+  z = W^Q x';
+- ``thm4.2-risk`` (consistency): sqrt(R_Q(W_0(P))) <= sqrt(R_Q(W_0(Q))) + C ||dW_PQ||_HS;
+- ``thm4.2-mmd`` (bound): ||dW_PQ phi(z)|| <= c eta ||W^V||_op MMD_kx exp(|z|^2 / (2 tau));
+- ``thm4.2-literal`` (conjecture): the same with M_phi in place of exp(|z|^2 / (2 tau)).
 
-Both follow from Cauchy-Schwarz and the triangle inequality (docs/THEORY.md,
+The first two follow from Cauchy-Schwarz and the triangle inequality: a
+failure is a bug of the toolkit, not evidence about the paper (docs/THEORY.md,
 C6). Instances are the pair instances of C5 (same group, same draws).
 
 Tested by tests/test_bounds.py and tests/test_claims.py; shown in figure F5.
@@ -14,14 +18,26 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from icl_kd import bounds
-from icl_kd.claims.base import BoundCheck, Claim
-from icl_kd.claims.c5_mmd_bias import PAIRS, bias, pair_params, project_pair, sample_pair
+from icl_kd.claims.base import BoundCheck, Claim, ConjectureCheck, ConsistencyCheck
+from icl_kd.claims.c5_mmd_bias import (PAIRS, _convention, convention_events, pair_params,
+                                       prepare_pair, project_pair, sample_pair)
 
 
-def compute_prediction(inst, bucket, shared) -> BoundCheck:
-  g = bounds.prediction_gap(pair_params(inst), inst["x_p"], inst["x_q"], inst["query"],
-                            log_eta=inst["log_eta"], tau=inst["tau"])
-  return BoundCheck(g.log_lhs, g.log_rhs)
+def compute_prediction(inst, bucket, shared) -> ConsistencyCheck:
+  g = shared.prediction
+  return ConsistencyCheck(g.log_lhs, g.log_rhs)
+
+
+def compute_mmd(inst, bucket, shared) -> BoundCheck:
+  g = shared.prediction
+  return BoundCheck(g.log_lhs, g.log_mmd_rhs)
+
+
+def compute_literal(inst, bucket, shared) -> ConjectureCheck:
+  g = shared.prediction
+  return ConjectureCheck(g.log_lhs, g.log_literal_rhs, (),
+                         convention_events(g.log_lhs, g.log_literal_rhs, bucket,
+                                           inst["x_p"].dtype))
 
 
 def risk_logs(r: bounds.RiskBound):
@@ -34,21 +50,29 @@ def risk_logs(r: bounds.RiskBound):
   return log_lhs, log_rhs
 
 
-def compute_risk(inst, bucket, shared) -> BoundCheck:
+def compute_risk(inst, bucket, shared) -> ConsistencyCheck:
   r = bounds.risk_bound(pair_params(inst), inst["x_p"], inst["x_q"], inst["x_target"],
-                        log_eta=inst["log_eta"], tau=inst["tau"])
-  return BoundCheck(*risk_logs(r))
+                        log_eta=inst["log_eta"], tau=inst["tau"], convention=_convention(bucket))
+  return ConsistencyCheck(r.log_lhs, r.log_rhs)
 
 
 _TESTS = ("tests/test_bounds.py", "tests/test_claims.py")
 
+def _claim(cid, check, statement, compute):
+  return Claim(cid, "C6", check, statement, PAIRS, sample_pair, compute, prepare_pair,
+               tests=_TESTS, figure="F5", chunk=4096, project=project_pair, group="pair")
+
+
 CLAIMS = (
-    Claim("thm4.2-prediction", "C6", BoundCheck,
-          "||dW_PQ phi(z)|| <= ||dW_PQ||_HS exp(|z|^2/(2 tau))",
-          PAIRS, sample_pair, compute_prediction, bias, tests=_TESTS, figure="F5", chunk=4096,
-          project=project_pair, group="pair"),
-    Claim("thm4.2-risk", "C6", BoundCheck,
-          "sqrt(R_Q(W_0(P))) <= sqrt(R_Q(W_0(Q))) + C ||dW_PQ||_HS",
-          PAIRS, sample_pair, compute_risk, bias, tests=_TESTS, figure="F5", chunk=4096,
-          project=project_pair, group="pair"),
+    _claim("thm4.2-prediction", ConsistencyCheck,
+           "||dW_PQ phi(z)|| <= ||dW_PQ||_HS exp(|z|^2/(2 tau)) (Cauchy-Schwarz)",
+           compute_prediction),
+    _claim("thm4.2-mmd", BoundCheck,
+           "||dW_PQ phi(z)|| <= c eta ||W^V||_op MMD_kx exp(|z|^2/(2 tau))", compute_mmd),
+    _claim("thm4.2-literal", ConjectureCheck,
+           "||dW_PQ phi(z)|| <= c eta ||W^V||_op MMD_kx M_phi (M_phi for the query feature)",
+           compute_literal),
+    _claim("thm4.2-risk", ConsistencyCheck,
+           "sqrt(R_Q(W_0(P))) <= sqrt(R_Q(W_0(Q))) + C ||dW_PQ||_HS (triangle inequality)",
+           compute_risk),
 )

@@ -7,7 +7,8 @@ The checked statement is the entropy sandwich of every softmax,
 reported with D', eta* and H together (``extras``) so that sharp and flat
 attention can be compared on the same instances; ``events.entropy_above_log_n``
 counts instances whose entropy exceeds log n (never, when the code is right).
-Both inequalities hold by softmax algebra (docs/THEORY.md, C7).
+Both inequalities hold by softmax algebra (docs/THEORY.md, C7): a consistency
+check of the implementation, not evidence about the paper.
 
 Tested by tests/test_attention.py and tests/test_claims.py; shown in figure F2.
 """
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd.claims.base import BoundCheck, Claim
+from icl_kd.claims.base import Claim, ConsistencyCheck
 from icl_kd.claims.c1_decomposition import PROMPTS, decompose_prompt, sample_prompt
 
 
@@ -35,20 +36,20 @@ class LrProxyEvents(NamedTuple):
   entropy_above_log_n: jax.Array
 
 
-def compute(inst, bucket, shared) -> BoundCheck:
+def compute(inst, bucket, shared) -> ConsistencyCheck:
   """log(log D' - max_j s_j) <= log H(p), with H(p) <= log n counted as an event."""
   out = shared
   n_ctx = out.scores.shape[0]
   gap = out.log_partition - jnp.max(out.scores)          # in [0, log n]
   # H >= 0; a rounding-level negative entropy (float32, sharp attention) counts as 0
-  return BoundCheck(jnp.log(jnp.maximum(gap, 0.0)), jnp.log(jnp.maximum(out.entropy, 0.0)),
+  return ConsistencyCheck(jnp.log(jnp.maximum(gap, 0.0)), jnp.log(jnp.maximum(out.entropy, 0.0)),
                     LrProxyExtras(out.log_partition, out.log_eta, out.entropy,
                                   jnp.log10(out.max_abs_score)),
                     LrProxyEvents(out.entropy > math.log(n_ctx) * (1 + 1e-9)))
 
 
 CLAIMS = (
-    Claim("lr-proxy", "C7", BoundCheck,
+    Claim("lr-proxy", "C7", ConsistencyCheck,
           "log D' - max_j s_j <= H(attention) <= log n; D', eta*, H reported together",
           PROMPTS, sample_prompt, compute, decompose_prompt,
           tests=("tests/test_attention.py", "tests/test_claims.py"), figure="F2",

@@ -1,0 +1,224 @@
+"""Analytic counterexamples to the literal readings of Theorems 4.1 and 4.2, as fixed instances.
+
+THEORY.md (docs/THEORY.md) C5 reads the paper's literal Theorem 4.1,
+||dW_PQ||_F <= eta M_V M_x M_phi MMD_k(P, Q), with four kernels, and C6 reads
+Theorem 4.2 with M_phi in place of the query feature norm. Each instance here
+is small enough to solve by hand: it carries its closed-form ratio lhs / rhs
+next to the arrays, and :func:`evaluate` recomputes the ratio with the
+library's own code (:func:`icl_kd.bounds.literal_readings`,
+:func:`icl_kd.bounds.prediction_gap`), so anyone can replay it.
+
+Every instance exists under both conventions (c = 2, "eq12"; c = 1, "half";
+see :mod:`icl_kd.bounds`); W_0(P) = c eta E_P[W^V x phi(W^K x)^T], and all
+instances use eta = 1/2, tau = 1.
+
+| name | reading | closed-form ratio lhs / rhs |
+|---|---|---|
+| gaussian-point-masses | thm4.1-literal-gaussian | 2c / sqrt(2 - 2 e^(-1/2)) (median bandwidth 2a) |
+| gaussian-point-masses-grid | thm4.1-literal-gaussian | 2c / sqrt(2 - 2 e^(-1/32)) (worst of the grid: h = 8) |
+| softmax-null-space | thm4.1-literal-softmax | inf (MMD = 0, dW != 0) |
+| normalised-factor-two | thm4.1-literal-normalised | c (2 under eq12: attained) |
+| tv-factor-two | thm4.1-literal-tv | c (2 under eq12; equality under half) |
+| query-outside-keys | thm4.2-literal | e^(s - 1) = e^4 at s = 5, either convention |
+
+Derivations (d = 1 unless said; P_hat = delta_a means x_p = [[a]]):
+
+- gaussian-point-masses: W^K = 0, W^V = 1, P = delta_a, Q = delta_-a, a = 1.
+  phi(W^K x) = phi(0) with ||phi(0)|| = 1, so dW = c eta (a - (-a)) phi(0)^T
+  and ||dW|| = 2 c eta |a|. M_V = 1, M_x = |a|, M_phi = 1 and
+  MMD_k(delta_a, delta_-a) = sqrt(2 - 2 k(a, -a)); the median heuristic of
+  the pooled sample {a, -a} is h = 2|a|, so k(a, -a) = exp(-4a^2 / (2 h^2))
+  = e^(-1/2). Ratio 2c / sqrt(2 - 2 k(a, -a)) >= c sqrt(2) for every
+  bandwidth; at h, k = exp(-2 a^2 / h^2), so the ratio grows without bound
+  with h (the grid's worst is its largest h = 8).
+- softmax-null-space: d = 2, W^K = [1, 0], W^V = I, P = delta_(0,1),
+  Q = delta_(0,-1). Both keys are 0, so the softmax kernel's MMD is
+  sqrt(1 + 1 - 2) = 0, while dW = c eta (0, 2) phi(0)^T has norm 2 c eta.
+- normalised-factor-two: W^K = W^V = 1, P = delta_1, Q = delta_(-1/2). With
+  W^V = 1, k_V = k_x, so ||dW|| = c eta MMD_kx exactly while the normalised
+  reading's right side is eta M_V MMD_kx: ratio c.
+- tv-factor-two: the Gaussian instance's measures: ||dW|| = 2 c eta |a| and
+  the right side is eta |a| ||delta_a - delta_-a||_1 = 2 eta |a|: ratio c.
+- query-outside-keys: W^Q = W^K = W^V = 1, P = delta_1, Q = delta_0, query
+  x' = s = 5. dW = c eta phi(1)^T (the Q term has value 0), so
+  ||dW phi(s)|| = c eta e^s; MMD_kx^2 = k_x(1, 1) = e, M_phi =
+  max(e^(1/2), 1) = e^(1/2), so the literal right side is c eta e and the
+  ratio is e^(s - 1). The bound thm4.2-mmd (c eta e^(1/2) e^(s^2/2)) holds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from icl_kd import bounds
+from icl_kd.attention import AttentionParams
+
+ETA = 0.5
+TAU = 1.0
+NAMES = ("gaussian-point-masses", "gaussian-point-masses-grid", "softmax-null-space",
+         "normalised-factor-two", "tv-factor-two", "query-outside-keys")
+
+
+class Counterexample(NamedTuple):
+  """One fixed instance with its closed-form ratio lhs / rhs.
+
+  Attributes:
+    name: one of :data:`NAMES`.
+    reading: the claim id it tests (e.g. ``thm4.1-literal-gaussian``).
+    convention: "eq12" (c = 2) or "half" (c = 1).
+    params: AttentionParams (W^Q, W^K, W^V).
+    x_p: (n, d) the atoms of P (P is their empirical measure); x_q: (m, d) those of Q.
+    query: (d,) the query token x' (``thm4.2-literal``), else None.
+    eta: the learning rate; tau: the temperature.
+    bandwidths: (G,) Gaussian bandwidths whose worst case is read, or None for the
+      median heuristic (Gaussian reading only).
+    closed_form_ratio: lhs / rhs by hand (inf when rhs = 0 < lhs); > 1 is a violation.
+    formula: the closed form, in words.
+  """
+  name: str
+  reading: str
+  convention: str
+  params: AttentionParams
+  x_p: jax.Array
+  x_q: jax.Array
+  query: jax.Array | None
+  eta: float
+  tau: float
+  bandwidths: jax.Array | None
+  closed_form_ratio: float
+  formula: str
+
+  def computed_ratio(self) -> float:
+    """lhs / rhs recomputed with the library (:func:`evaluate`)."""
+    return evaluate(self).computed_ratio
+
+
+class CounterexampleCheck(NamedTuple):
+  """Result of :func:`evaluate`: the computed ratio next to the closed form.
+
+  Attributes:
+    name, reading, convention: those of the instance.
+    log_lhs, log_rhs: the library's two sides (logs).
+    computed_ratio: exp(log_lhs - log_rhs) (inf when rhs = 0).
+    closed_form_ratio: the instance's hand value.
+    agrees: both infinite, or |computed - closed| <= rtol * closed with rtol = 1e-9
+      (float64) or 1e-4 (float32).
+  """
+  name: str
+  reading: str
+  convention: str
+  log_lhs: float
+  log_rhs: float
+  computed_ratio: float
+  closed_form_ratio: float
+  agrees: bool
+
+
+def _arr(values, dtype):
+  return jnp.asarray(values, dtype)
+
+
+def _build(name: str, convention: str, dtype) -> Counterexample:
+  c = bounds.convention_factor(convention)
+  one = _arr([[1.0]], dtype)
+  zero = _arr([[0.0]], dtype)
+  common = dict(name=name, convention=convention, eta=ETA, tau=TAU, query=None, bandwidths=None)
+  if name in ("gaussian-point-masses", "gaussian-point-masses-grid", "tv-factor-two"):
+    a = 1.0
+    params = AttentionParams(zero, zero, one)
+    xs = dict(x_p=_arr([[a]], dtype), x_q=_arr([[-a]], dtype))
+    if name == "gaussian-point-masses":
+      h = 2.0 * a                                           # median of the one pair distance
+      k = math.exp(-(2.0 * a) ** 2 / (2.0 * h * h))        # = e^(-1/2)
+      return Counterexample(reading="thm4.1-literal-gaussian", params=params, **xs,
+                            closed_form_ratio=2.0 * c / math.sqrt(2.0 - 2.0 * k),
+                            formula="2c / sqrt(2 - 2 exp(-1/2))", **common)
+    if name == "gaussian-point-masses-grid":
+      h = max(bounds.DEFAULT_BANDWIDTHS)
+      k = math.exp(-2.0 * a * a / (h * h))                  # = e^(-1/32)
+      return Counterexample(reading="thm4.1-literal-gaussian", params=params, **xs,
+                            closed_form_ratio=2.0 * c / math.sqrt(2.0 - 2.0 * k),
+                            formula="2c / sqrt(2 - 2 exp(-2 a^2 / h^2)), a = 1, h = 8",
+                            **{**common, "bandwidths": _arr(bounds.DEFAULT_BANDWIDTHS, dtype)})
+    return Counterexample(reading="thm4.1-literal-tv", params=params, **xs,
+                          closed_form_ratio=c, formula="c (||dW|| = 2 c eta a, rhs = 2 eta a)",
+                          **common)
+  if name == "softmax-null-space":
+    w_k = _arr([[1.0, 0.0]], dtype)
+    params = AttentionParams(w_k, w_k, jnp.eye(2, dtype=dtype))
+    return Counterexample(reading="thm4.1-literal-softmax", params=params,
+                          x_p=_arr([[0.0, 1.0]], dtype), x_q=_arr([[0.0, -1.0]], dtype),
+                          closed_form_ratio=math.inf,
+                          formula="inf (MMD_kappa = 0, ||dW|| = 2 c eta)", **common)
+  if name == "normalised-factor-two":
+    params = AttentionParams(one, one, one)
+    return Counterexample(reading="thm4.1-literal-normalised", params=params,
+                          x_p=_arr([[1.0]], dtype), x_q=_arr([[-0.5]], dtype),
+                          closed_form_ratio=c, formula="c (k_V = k_x, M_V = 1)", **common)
+  if name == "query-outside-keys":
+    s = 5.0
+    params = AttentionParams(one, one, one)
+    return Counterexample(reading="thm4.2-literal", params=params, x_p=_arr([[1.0]], dtype),
+                          x_q=_arr([[0.0]], dtype), closed_form_ratio=math.exp(s - 1.0),
+                          formula="e^(s - 1), s = 5",
+                          **{**common, "query": _arr([s], dtype)})
+  raise ValueError(f"name must be one of {NAMES}, got {name!r}")
+
+
+def counterexample(name: str, *, convention: str = "eq12", dtype=None) -> Counterexample:
+  """The named instance under one convention.
+
+  Args:
+    name: one of :data:`NAMES`.
+    convention: "eq12" (c = 2, default) or "half" (c = 1).
+    dtype: float dtype of the arrays; default that of a new JAX float array
+      (float64 with x64 enabled).
+  """
+  bounds.convention_factor(convention)
+  if not isinstance(name, str) or name not in NAMES:
+    raise ValueError(f"name must be one of {NAMES}, got {name!r}")
+  return _build(name, convention, jnp.result_type(float) if dtype is None else dtype)
+
+
+def counterexamples(*, convention: str | None = None, dtype=None) -> tuple[Counterexample, ...]:
+  """Every instance of :data:`NAMES`, under both conventions (or only ``convention``)."""
+  conventions = bounds.CONVENTIONS if convention is None else (convention,)
+  return tuple(counterexample(name, convention=conv, dtype=dtype)
+               for name in NAMES for conv in conventions)
+
+
+def sides(ce: Counterexample) -> tuple[jax.Array, jax.Array]:
+  """(log lhs, log rhs) of the instance's reading, computed by :mod:`icl_kd.bounds`."""
+  if ce.reading == "thm4.2-literal":
+    g = bounds.prediction_gap(ce.params, ce.x_p, ce.x_q, ce.query, eta=ce.eta, tau=ce.tau,
+                              convention=ce.convention)
+    return g.log_lhs, g.log_literal_rhs
+  r = bounds.literal_readings(ce.params, ce.x_p, ce.x_q, eta=ce.eta, tau=ce.tau,
+                              convention=ce.convention, bandwidths=ce.bandwidths)
+  reading = bounds.CLAIM_READINGS[ce.reading]
+  if reading == "gaussian" and ce.bandwidths is not None:
+    reading = "gaussian-grid"
+  return r.log_lhs, getattr(r, bounds.READINGS[reading])
+
+
+def evaluate(ce: Counterexample) -> CounterexampleCheck:
+  """Recomputes the instance's ratio with the library and compares it with the closed form."""
+  log_lhs, log_rhs = (float(v) for v in sides(ce))
+  computed = math.exp(log_lhs - log_rhs) if log_rhs > -math.inf else math.inf
+  closed = ce.closed_form_ratio
+  rtol = 1e-9 if jnp.dtype(ce.x_p.dtype) == jnp.float64 else 1e-4
+  if math.isinf(closed) or math.isinf(computed):
+    agrees = math.isinf(closed) and math.isinf(computed)
+  else:
+    agrees = abs(computed - closed) <= rtol * closed
+  return CounterexampleCheck(ce.name, ce.reading, ce.convention, log_lhs, log_rhs, computed,
+                             closed, bool(agrees))
+
+
+def evaluate_all(*, dtype=None) -> tuple[CounterexampleCheck, ...]:
+  """:func:`evaluate` on every instance under both conventions."""
+  return tuple(evaluate(ce) for ce in counterexamples(dtype=dtype))
