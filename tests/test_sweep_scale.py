@@ -164,7 +164,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-ARGS = ["--claims", "thm3.1", "--instances", "96", "--chunk", "16", "--no-progress",
+# chunks of 512 = two micro-batches of 256: each process evaluates one, so the report
+# needs both processes' results (smaller chunks would leave process 1 only padding)
+ARGS = ["--claims", "thm3.1", "--instances", "2048", "--chunk", "512", "--no-progress",
         "--no-compile-cache"]
 
 
