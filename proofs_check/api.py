@@ -210,7 +210,6 @@ CLOSED_FORM_WORST = {
     "thm4.1-literal-softmax": "unbounded: MMD = 0 with dW != 0 when W^K has a null space",
     "thm4.1-literal-normalised": "c (2 under eq12, attained; holds under half)",
     "thm4.1-literal-tv": "c (2 under eq12; holds under half)",
-    "thm4.2-literal": "unbounded: e^(s - 1) for a query of norm s outside the keys",
 }
 
 

@@ -60,7 +60,7 @@ class WorstInstance:
 def _floats(x):
   if isinstance(x, dict):
     return {k: _floats(v) for k, v in x.items()}
-  if isinstance(x, str):
+  if isinstance(x, str) and x in ("nan", "inf", "-inf"):
     return runtime.from_jsonable_float(x)
   return x
 
@@ -217,20 +217,19 @@ def _fmt(x, spec=".2e") -> str:
 def worst_cell(r: ClaimResult) -> str:
   d = r.detail
   if r.kind == "identity":
-    return f"{_fmt(r.worst, '.2g')} (err {_fmt(r.worst_error)})"
+    return f"{_fmt(r.worst, '.2g')} ({_fmt(r.worst_error, '.1e')})"
   if r.kind == "probabilistic bound":
-    return f"rate {d.get('event_rate', math.nan):.4f}/{d.get('delta')}; {_fmt(r.worst, '.2g')}"
+    return f"{d.get('event_rate', math.nan):.4f}/{d.get('delta')}; {_fmt(r.worst, '.2g')}"
   if r.kind == "measurement":
-    return f"{_fmt(r.worst, '.3g')} (median {_fmt(d.get('median'), '.3g')})"
+    return f"{_fmt(r.worst, '.2g')} (med {_fmt(d.get('median'), '.2g')})"
   return _fmt(r.worst, ".6g")
 
 
-HEADERS = ("claim", "C", "kind", "instances", "viol.", "o.o.r.", "worst", "min slack",
-           "verdict", "s")
+HEADERS = ("claim", "C", "kind", "n", "viol.", "o.o.r.", "worst", "min slack", "verdict", "s")
 
 LEGEND = """\
-worst: identity = largest error/tolerance (<= 1 holds), with the relative error there;
-  bound, consistency, conjecture = largest lhs/rhs (<= 1 holds); probabilistic bound =
+n: instances. worst: identity = largest error/tolerance (<= 1 holds), with the relative error
+  there; bound, consistency, conjecture = largest lhs/rhs (<= 1 holds); probabilistic bound =
   event rate/delta, then largest gap/bound; measurement = largest value (median).
 o.o.r.: instances whose numbers left the dtype's range (not finite): counted apart, never
   as violations. measurement rows report a number the theory leaves open: dw-step-squared
@@ -239,8 +238,10 @@ o.o.r.: instances whose numbers left the dtype's range (not finite): counted apa
 
 def format_table(rows: list[ClaimResult]) -> str:
   """The report table (at most 120 columns; every number in full is in the JSON)."""
-  kinds = {"probabilistic bound": "prob. bound"}
+  kinds = {"probabilistic bound": "prob.bound", "consistency": "consist.",
+           "measurement": "measure"}
   body = [[r.id, r.theory, kinds.get(r.kind, r.kind), r.instances, r.violations, r.out_of_range,
-           worst_cell(r), _fmt(r.min_slack, ".2e") if r.kind not in ("identity", "measurement")
-           else "-", r.verdict, f"{r.seconds:.1f}"] for r in rows]
+           worst_cell(r), _fmt(r.min_slack, ".1e") if r.kind not in ("identity", "measurement")
+           else "-", r.verdict.replace("(adversarial)", "(adv.)"), f"{r.seconds:.1f}"]
+          for r in rows]
   return runtime.format_table(HEADERS, body, align="lllrrrlllr", max_width=120)
