@@ -1,10 +1,13 @@
-"""B5 the default ``python -m proofs_check`` end to end: wall time and compile share.
+"""B5 the default ``python -m proofs_check`` end to end: a cold and a warm run.
 
-Runs the command line in a fresh process (so its own XLA flags apply: on CPU
-it compiles with backend optimisation level 0) with a ``jax.monitoring``
-listener that sums the tracing, lowering and XLA compile durations. Reports
-the wall time, the compile seconds and their share of the wall time, the
-number of XLA compilations, and the per-claim seconds of the report.
+Runs the command line twice in fresh processes (so its own settings apply: the
+default run compiles at XLA's full optimisation level with a device per CPU
+core) sharing a fresh persistent compilation cache: the first run compiles
+everything (cold), the second loads it (warm). A ``jax.monitoring`` listener
+sums the tracing, lowering and XLA compile durations. Reports, per run, the
+wall time, the compile seconds and their share of the wall time, the number
+of XLA compilations, the per-claim seconds, and whether the two reports are
+identical (every number but the seconds).
 
 The quick mode runs ``--claims thm3.1 --instances 5000`` instead of the
 default claims and instance counts.
@@ -27,31 +30,55 @@ QUICK_ARGS = ["--claims", "thm3.1", "--instances", "5000"]
 
 def run(*, quick: bool, seed: int) -> list[harness.Row]:
   args = (QUICK_ARGS if quick else []) + ["--seed", str(seed), "--no-progress"]
+  rows, reports = [], {}
   with tempfile.TemporaryDirectory() as tmp:
-    out_json = os.path.join(tmp, "report.json")
-    child = os.path.join(tmp, "child.json")
-    cmd = [sys.executable, "-m", "benchmarks.b5_proofs_check", child, *args, "--json", out_json]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=harness.ROOT)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-      raise RuntimeError(f"python -m proofs_check {' '.join(args)} failed "
-                         f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    with open(child) as f:
-      inner = json.load(f)
-    with open(out_json) as f:
-      report = json.load(f)
+    cache = os.path.join(tmp, "compile-cache")         # empty: the first run is cold
+    for state in ("cold", "warm"):
+      rows.append(_one(args, cache, tmp, state, quick, reports))
+  same = _numbers(reports["cold"]) == _numbers(reports["warm"])
+  for r in rows:
+    r.extra["reports_identical_cold_warm"] = same
+  cold, warm = (r.extra for r in rows)
+  rows[1].extra["speedup_over_cold"] = cold["wall_s"] / warm["wall_s"]
+  return rows
+
+
+def _numbers(report: dict) -> str:
+  return json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "seconds"}
+                     for k, v in report["claims"].items()}, sort_keys=True)
+
+
+def _one(args, cache, tmp, state, quick, reports) -> harness.Row:
+  out_json = os.path.join(tmp, f"report-{state}.json")
+  child = os.path.join(tmp, f"child-{state}.json")
+  cmd = [sys.executable, "-m", "benchmarks.b5_proofs_check", child, *args,
+         "--compile-cache", cache, "--json", out_json]
+  load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=harness.ROOT)
+  wall = time.perf_counter() - t0
+  if proc.returncode not in (0, 1):
+    raise RuntimeError(f"python -m proofs_check {' '.join(args)} failed "
+                       f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+  with open(child) as f:
+    inner = json.load(f)
+  with open(out_json) as f:
+    report = json.load(f)
+  reports[state] = report
   timing = harness.Timing(wall, wall, wall, 0.0, 1, inner["compile_s"])
-  label = "python -m proofs_check " + (" ".join(QUICK_ARGS) if quick else "(default)")
-  return [harness.Row(
+  label = ("python -m proofs_check " + (" ".join(QUICK_ARGS) if quick else "(default)") +
+           f" [{state} compile cache]")
+  return harness.Row(
       NAME, label, ours=timing, target="-",
-      extra=dict(wall_s=wall, wall_in_process_s=inner["wall_s"], compile_s=inner["compile_s"],
+      extra=dict(cache=state, wall_s=wall, wall_in_process_s=inner["wall_s"],
+                 compile_s=inner["compile_s"],
                  compile_share=inner["compile_s"] / inner["wall_s"],
                  xla_compilations=inner["backend_compiles"], exit_code=proc.returncode,
-                 xla_flags=inner["xla_flags"], passed=report.get("passed"),
+                 xla_flags=inner["xla_flags"], devices=report.get("device_count"),
+                 passed=report.get("passed"), load_average_before=load,
                  claims={cid: dict(instances=c["instances"], seconds=c["seconds"],
                                    verdict=c["verdict"]) for cid, c in report["claims"].items()},
-                 argv=args))]
+                 argv=args + ["--compile-cache", "<fresh dir>"]))
 
 
 def _child(out_path: str, argv: list[str]) -> int:

@@ -49,10 +49,19 @@ def set_cpu_compile_flags(mode: str, instances: int | None = None) -> bool:
 
   Level 0 cuts a cold compile ~2.5-4x but runs 2-7x slower in steady state
   (``python -m benchmarks --only B1``), so it wins while compile time
-  dominates: ``auto`` uses it up to FAST_COMPILE_MAX_INSTANCES instances. An
-  ``XLA_FLAGS`` that already sets the level, and accelerator installs, are left
-  alone. Must run before JAX initialises its backend. Returns whether level 0
-  is now set.
+  dominates: ``auto`` uses it up to FAST_COMPILE_MAX_INSTANCES instances (None:
+  a small run). An ``XLA_FLAGS`` that already sets the level, and accelerator
+  installs, are left alone. Must run before JAX initialises its backend.
+  Returns whether level 0 is now set.
+
+  The level is a function of the run's arguments only, never of whether the
+  persistent compilation cache is on or warm: level 0 rounds differently (the
+  backend fuses multiply-adds differently; measured: 4 of 5 report rows of
+  ``python -m proofs_check --claims 'thm3.1,thm4.1-*,kd-step' --instances 2000``
+  differ in their worst numbers between the levels), so a cache-dependent level
+  would make a report depend on the cache. Large runs and ``python -m
+  proofs_check``'s default run compile at the full level, once: the cache keeps
+  the compiled programs for every later run.
 
   Args:
     mode: ``"auto"``, ``"on"`` or ``"off"``.
@@ -84,7 +93,8 @@ def enable_compile_cache(directory: str | None) -> str | None:
 
 
 def configure(*, x64: bool, fast_compile: str = "auto", instances: int | None = None,
-              compile_cache: str | None = None, silence: bool = True) -> None:
+              compile_cache: str | None = None, silence: bool = True,
+              cpu_devices: int | None = None) -> None:
   """Fixes a CLI's global settings; call once, before any JAX array exists.
 
   Args:
@@ -94,12 +104,18 @@ def configure(*, x64: bool, fast_compile: str = "auto", instances: int | None = 
     compile_cache: a directory for JAX's persistent compilation cache, or None
       for no cache (see :func:`add_runtime_arguments`).
     silence: silence warnings of dependencies that do not concern the user.
+    cpu_devices: on CPU-only installs, expose this many CPU devices (one per core
+      runs a sharded program on every core); None, or an ``XLA_FLAGS`` that sets
+      ``xla_force_host_platform_device_count``, leaves JAX's default.
   """
   set_cpu_compile_flags(fast_compile, instances)
   if silence:
     silence_dependency_warnings()
   import jax
   jax.config.update("jax_enable_x64", bool(x64))
+  if cpu_devices is not None and cpu_devices > 1 and not has_accelerator_plugin() and \
+      "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    jax.config.update("jax_num_cpu_devices", int(cpu_devices))
   enable_compile_cache(compile_cache)
 
 

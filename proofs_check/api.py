@@ -164,7 +164,8 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
   chosen = select(claims)
   if checkpoint:
     _check_manifest(checkpoint, dict(seed=seed, dtype=dtype, instances=instances, chunk=chunk,
-                                     convention=convention), chosen)
+                                     convention=convention, format=sweep.CHECKPOINT_FORMAT),
+                    chosen)
   mesh = sweep.make_mesh()
   groups: dict[str, list[Claim]] = {}
   for cid in chosen:

@@ -8,12 +8,14 @@ its report), 1 when any fails, 2 on bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from icl_kd import runtime
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 FAST_COMPILE_MAX_INSTANCES = runtime.FAST_COMPILE_MAX_INSTANCES
+DEFAULT_RUN = 10 ** 6   # the size --fast-compile auto and the device count assume for the default run
 set_cpu_compile_flags = runtime.set_cpu_compile_flags   # kept for existing callers
 
 
@@ -49,9 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="list the claims (theory number, kind, tests, figure) and exit")
   p.add_argument("--fast-compile", choices=("auto", "on", "off"), default="auto",
                  help="compile with XLA's backend optimisation level 0 on CPU: faster compiles, "
-                      "slower runs; auto = on when at most 300,000 instances per claim")
+                      "slower runs, other rounding; auto = on when --instances is at most "
+                      "300,000 (the default run compiles at the full level, once, into the "
+                      "compile cache); on large runs every CPU core is a device")
   p.add_argument("--distributed", action="store_true",
-                 help="call jax.distributed.initialize() first (multi-host runs)")
+                 help="call jax.distributed.initialize() first, detecting the cluster from the "
+                      "environment (SLURM, Open MPI, Kubernetes, TPU pods)")
+  p.add_argument("--coordinator", metavar="HOST:PORT",
+                 help="a multi-process run without a detected cluster: process 0's address "
+                      "(with --num-processes and --process-id; every process gets the same "
+                      "arguments and its own id)")
+  p.add_argument("--num-processes", type=int, metavar="N", help="processes of the run")
+  p.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
   runtime.add_runtime_arguments(p)
   return p
 
@@ -162,11 +173,20 @@ def main(argv=None) -> int:
     except (ValueError, AttributeError) as e:
       print(f"python -m proofs_check: error: {e}", file=sys.stderr)
       return EXIT_USAGE
-  runtime.configure(x64=x64, fast_compile=args.fast_compile, instances=args.instances,
-                    compile_cache=args.compile_cache)
-  if args.distributed:
-    import jax
-    jax.distributed.initialize()
+  # the default run is large (>= 1e5 instances for each of a dozen claims): full XLA
+  # optimisation, compiled once into the persistent cache, and every core as a device
+  size = args.instances if args.instances is not None else (1 if args.replay else DEFAULT_RUN)
+  large = size > FAST_COMPILE_MAX_INSTANCES
+  runtime.configure(x64=x64, fast_compile=args.fast_compile, instances=size,
+                    compile_cache=args.compile_cache,
+                    cpu_devices=(os.cpu_count() or 1) if large else None)
+  multi = [args.coordinator, args.num_processes, args.process_id]
+  if args.distributed or any(v is not None for v in multi):
+    from proofs_check import sweep
+    try:
+      sweep.initialize_distributed(*multi)
+    except ValueError as e:
+      parser.error(str(e))
   try:
     return _run(args)
   except ValueError as e:

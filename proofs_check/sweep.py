@@ -1,7 +1,10 @@
 """Chunked, sharded, resumable sweeps of one claim over many instances.
 
-Instance i of bucket b is generated from ``fold_in(fold_in(claim_key, b), i)``,
-so its value does not depend on chunking, sharding or resumption. Each chunk
+Instance i of bucket b is generated from ``fold_in(fold_in(claim_key, b), i)``
+(keys of :mod:`proofs_check.rng`: Threefry keys, counter-hash bits), so it is a
+pure function of (seed, claim group, bucket, i): it does not depend on chunking,
+sharding, the process count or resumption, and :func:`instance_of` regenerates
+it alone. Each chunk
 is a fixed-size batch (padded at the end; one compile per bucket) whose
 instance indices are sharded over a 1-D mesh of all devices, each device
 running the same micro-batched program on its shard; per-instance results
@@ -9,15 +12,22 @@ come back to the host and are reduced there in float64, in chunk order.
 Memory therefore stays flat as the instance count grows, and the report is
 bitwise the same for any device count.
 
-Multi-host: call ``jax.distributed.initialize()`` first (``--distributed``);
-the mesh then spans every process's devices and per-chunk results are
-gathered with ``multihost_utils.process_allgather`` so each process reduces
-the same numbers (only process 0 prints and writes).
+Checkpoints: one append-only log per claim group and bucket
+(:class:`ChunkLog`), one checksummed record per chunk; a kill loses at most the
+chunk in flight, and a rerun loads every whole record.
+
+Many processes: call :func:`initialize_distributed` first (``--distributed``,
+or ``--coordinator/--num-processes/--process-id``); the mesh then spans every
+process's devices and per-chunk results are gathered with
+``multihost_utils.process_allgather`` so each process reduces the same numbers
+(only process 0 prints and writes the checkpoint and the report).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import zlib
 from typing import Callable
 
@@ -27,19 +37,55 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from icl_kd import runtime
 from icl_kd.claims import Claim
-from proofs_check import verdicts
+from proofs_check import rng, verdicts
 
 Progress = runtime.Progress  # the project's one progress bar
 
 
 def claim_key(seed: int, claim_id: str) -> jax.Array:
-  """A key per claim that does not depend on which other claims run."""
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
+  """A key per claim group that does not depend on which other claims run.
+
+  A key of the sweep's generator (:mod:`proofs_check.rng`: Threefry keys,
+  counter-hash bits).
+  """
+  return jax.random.fold_in(rng.key(seed), zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
 
 
 def bucket_counts(total: int, num_buckets: int) -> list[int]:
   """Splits ``total`` instances evenly over buckets (earlier buckets take the remainder)."""
   return [total // num_buckets + (b < total % num_buckets) for b in range(num_buckets)]
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins a multi-process run: ``jax.distributed.initialize`` (before any array exists).
+
+  With no arguments the cluster is detected from the environment (SLURM, Open
+  MPI, Kubernetes, TPU pods). Otherwise every process gets the same
+  ``coordinator`` ("HOST:PORT", served by process 0) and ``num_processes``, and
+  its own ``process_id`` in 0..num_processes-1. On CPU the processes exchange
+  results through JAX's CPU collectives (Gloo over TCP).
+
+  Raises:
+    ValueError: the three are not given together, or out of range.
+  """
+  given = [coordinator is not None, num_processes is not None, process_id is not None]
+  if any(given) and not all(given):
+    raise ValueError("--coordinator, --num-processes and --process-id go together, got "
+                     f"coordinator={coordinator!r}, num_processes={num_processes!r}, "
+                     f"process_id={process_id!r}")
+  if all(given):
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ValueError(f"--process-id must be in 0..{num_processes - 1} and --num-processes "
+                       f">= 1, got {process_id} of {num_processes}")
+    if ":" not in coordinator:
+      raise ValueError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if all(given):
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()
 
 
 def make_mesh() -> Mesh:
@@ -116,17 +162,98 @@ def _gather(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def _chunk_path(directory: str, claim_id: str, bucket: int, chunk: int) -> str:
-  return os.path.join(directory, claim_id, f"b{bucket}_c{chunk:08d}.json")
+# -- checkpoint ----------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 2   # 2: one append-only log per claim group and bucket, counter-hash instances
+_MAGIC = b"ICKP"
+_HEADER = struct.Struct("<4sII")   # magic, payload length, CRC-32 of the payload
 
 
-def _atomic_write(path: str, payload: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  runtime.write_json(path, payload, indent=None, flag="--checkpoint")
+def log_path(directory: str, group: str, bucket: int) -> str:
+  """The checkpoint log of one claim group and bucket: ``DIR/<group>/bucket<b>.log``."""
+  return os.path.join(directory, group, f"bucket{bucket}.log")
 
 
-def _load(path: str) -> verdicts.Stats:
-  return verdicts.Stats.from_json(runtime.read_json(path, flag="--checkpoint"))
+class ChunkLog:
+  """An append-only log of the chunks of one claim group and bucket.
+
+  Each record is ``magic | length | crc32 | payload`` with a JSON payload
+  ``{"chunk": j, "start": s, "count": n, "stats": {claim id: Stats}}``, written
+  with one ``write`` and ``fsync``-ed before the next chunk starts. Reading stops
+  at the first record whose magic, length or checksum is wrong (a write torn by
+  a kill): it and anything after it are dropped (``dropped_bytes``), and the file
+  is cut back to its last whole record before the next append. A later record of
+  the same chunk adds the stats of claims the earlier one lacked.
+
+  One file per (group, bucket): a sweep of 1e8 instances keeps a handful of
+  files, not one per chunk.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.chunks: dict[int, dict] = {}     # chunk -> {"start", "count", "stats": {id: json}}
+    self.valid_bytes = 0
+    self.dropped_bytes = 0
+    self._fd = None
+    if os.path.exists(path):
+      self._read()
+
+  def _read(self) -> None:
+    with open(self.path, "rb") as f:
+      data = f.read()
+    off = 0
+    while off + _HEADER.size <= len(data):
+      magic, n, crc = _HEADER.unpack_from(data, off)
+      payload = data[off + _HEADER.size:off + _HEADER.size + n]
+      if magic != _MAGIC or len(payload) != n or zlib.crc32(payload) != crc:
+        break
+      rec = json.loads(payload)
+      entry = self.chunks.setdefault(int(rec["chunk"]), dict(start=rec["start"],
+                                                             count=rec["count"], stats={}))
+      entry["stats"].update(rec["stats"])
+      off += _HEADER.size + n
+    self.valid_bytes, self.dropped_bytes = off, len(data) - off
+
+  def stats(self, chunk: int, start: int, count: int, ids) -> dict | None:
+    """The saved Stats of ``chunk`` for every id in ``ids``, or None if any is missing."""
+    entry = self.chunks.get(chunk)
+    if entry is None or not all(i in entry["stats"] for i in ids):
+      return None
+    if (entry["start"], entry["count"]) != (start, count):
+      raise ValueError(f"--checkpoint: {self.path} chunk {chunk} covers instances "
+                       f"{entry['start']}+{entry['count']}, expected {start}+{count}: it holds a "
+                       f"run with another chunk size; use a fresh directory")
+    return {i: verdicts.Stats.from_json(entry["stats"][i]) for i in ids}
+
+  def append(self, chunk: int, start: int, count: int, stats: dict) -> None:
+    """Appends one record (atomically: one write, then fsync)."""
+    if self._fd is None:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+      os.ftruncate(self._fd, self.valid_bytes)          # drop a torn last record
+      os.lseek(self._fd, self.valid_bytes, os.SEEK_SET)
+    payload = json.dumps(runtime.jsonable(dict(
+        chunk=chunk, start=start, count=count,
+        stats={cid: st.to_json() for cid, st in stats.items()})),
+        allow_nan=False, separators=(",", ":")).encode()
+    record = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+    os.write(self._fd, record)
+    os.fsync(self._fd)
+    self.valid_bytes += len(record)
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
+def saved_chunks(directory: str, group: str) -> int:
+  """How many chunks of ``group`` the checkpoint ``directory`` holds (all buckets)."""
+  folder = os.path.join(directory, group)
+  if not os.path.isdir(folder):
+    return 0
+  return sum(len(ChunkLog(os.path.join(folder, f)).chunks) for f in sorted(os.listdir(folder))
+             if f.endswith(".log"))
 
 
 class Sweep(dict):
@@ -144,7 +271,8 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
   Args:
     claims: one claim, or several of the same group (shared sampler and buckets).
     checkpoint: a directory; chunks already saved there are loaded, not recomputed,
-      and each new chunk is saved as soon as it is done.
+      and each new chunk is appended to its (group, bucket) log as soon as it is
+      done (:class:`ChunkLog`).
     chunk: instances per chunk (default the smallest ``claim.chunk``); the unit of
       checkpointing and of host reduction, independent of the device count.
     stop_after_chunks: compute at most this many new chunks, then raise
@@ -160,41 +288,50 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
   n_dev = mesh.devices.size
   size = min(c.chunk for c in claims) if chunk is None else chunk
   counts = bucket_counts(instances, len(claims[0].buckets))
-  bar = Progress(", ".join(c.id for c in claims), instances, progress)
-  merged: dict[str, verdicts.Stats] = {c.id: verdicts.Stats() for c in claims}
+  ids = [c.id for c in claims]
+  # every log of the group is read before any work, so that every process of a
+  # multi-process run sees the same saved chunks (only process 0 appends)
+  logs = {b: ChunkLog(log_path(checkpoint, group, b)) for b, n_b in enumerate(counts) if n_b} \
+      if checkpoint else {}
+  writer = jax.process_index() == 0
+  bar = Progress(", ".join(ids), instances, progress)
+  merged: dict[str, verdicts.Stats] = {cid: verdicts.Stats() for cid in ids}
   done, computed, loaded = 0, 0, 0
   gkey = claim_key(seed, group)
-  for b, n_b in enumerate(counts):
-    if n_b == 0:
-      continue
-    c = min(size, n_b)                                             # instances per chunk
-    padded = padded_size(c, n_dev)                                 # computed per chunk
-    fn = None
-    bkey = jax.random.fold_in(gkey, b)
-    for j, start in enumerate(range(0, n_b, c)):
-      valid = min(c, n_b - start)
-      paths = {cl.id: _chunk_path(checkpoint, cl.id, b, j) if checkpoint else None
-               for cl in claims}
-      if checkpoint and all(os.path.exists(p) for p in paths.values()):
-        stats = {cid: _load(p) for cid, p in paths.items()}
-        loaded += 1
-      else:
-        if stop_after_chunks is not None and computed >= stop_after_chunks:
-          raise KeyboardInterrupt(f"stopped after {computed} new chunks")
-        fn = fn or _batch_fn(claims, b, dtype, c)
-        values = _run_sharded(fn, bkey, start, padded, mesh)
-        stats = {}
-        for cl in claims:
-          check = jax.tree_util.tree_map(lambda v: v[:valid], values[cl.id])
-          stats[cl.id] = verdicts.reduce_chunk(check, bucket=b, start=start,
-                                               dtype_name=dtype_name)
-          if checkpoint and jax.process_index() == 0:
-            _atomic_write(paths[cl.id], stats[cl.id].to_json())
-        computed += 1
-      for cid, st in stats.items():
-        merged[cid] = verdicts.merge(merged[cid], st)
-      done += valid
-      bar.update(done)
+  try:
+    for b, n_b in enumerate(counts):
+      if n_b == 0:
+        continue
+      c = min(size, n_b)                                           # instances per chunk
+      padded = padded_size(c, n_dev)                               # computed per chunk
+      fn = None
+      bkey = jax.random.fold_in(gkey, b)
+      log = logs.get(b)
+      for j, start in enumerate(range(0, n_b, c)):
+        valid = min(c, n_b - start)
+        stats = log.stats(j, start, valid, ids) if log is not None else None
+        if stats is not None:
+          loaded += 1
+        else:
+          if stop_after_chunks is not None and computed >= stop_after_chunks:
+            raise KeyboardInterrupt(f"stopped after {computed} new chunks")
+          fn = fn or _batch_fn(claims, b, dtype, c)
+          values = _run_sharded(fn, bkey, start, padded, mesh)
+          stats = {}
+          for cl in claims:
+            check = jax.tree_util.tree_map(lambda v: v[:valid], values[cl.id])
+            stats[cl.id] = verdicts.reduce_chunk(check, bucket=b, start=start,
+                                                 dtype_name=dtype_name)
+          if log is not None and writer:
+            log.append(j, start, valid, stats)
+          computed += 1
+        for cid, st in stats.items():
+          merged[cid] = verdicts.merge(merged[cid], st)
+        done += valid
+        bar.update(done)
+  finally:
+    for log in logs.values():
+      log.close()
   out = Sweep(merged)
   out.loaded_chunks, out.computed_chunks = loaded, computed
   return out

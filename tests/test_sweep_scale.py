@@ -1,0 +1,221 @@
+"""Sweeps at scale: the instance generator, the checkpoint log, and multi-process runs.
+
+- The generator (proofs_check/rng.py) is pinned to a NumPy re-implementation
+  of its formula, its draws are tested for their distribution, and instance i
+  regenerated alone equals the sweep's instance i.
+- The checkpoint log: an interrupted run, with a torn last record, resumes to
+  the uninterrupted run's numbers, loading every whole chunk.
+- Two processes on localhost (CPU collectives over TCP) give the 1-process
+  report number for number.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from icl_kd.claims import CLAIMS
+from proofs_check import rng, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- the generator ------------------------------------------------------------------------
+
+def _np_mix32(x):
+  x = x.astype(np.uint64) & 0xFFFFFFFF
+  x ^= x >> 16
+  x = (x * 0x7FEB352D) & 0xFFFFFFFF
+  x ^= x >> 15
+  x = (x * 0x846CA68B) & 0xFFFFFFFF
+  return x ^ (x >> 16)
+
+
+def _np_words(k0, k1, count):
+  """The documented formula word_j = mix(mix((j ^ k0) + c) + k1), in NumPy integers."""
+  j = np.arange(count, dtype=np.uint64)
+  return _np_mix32((_np_mix32(((j ^ k0) + 0x9E3779B9) & 0xFFFFFFFF) + k1) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("k0,k1", [(0, 0), (1, 2), (0xFFFFFFFF, 0x12345678)])
+def test_counter_hash_matches_its_formula(k0, k1):
+  ours = rng.counter_hash_words(jnp.asarray([k0, k1], jnp.uint32), 1000)
+  np.testing.assert_array_equal(np.asarray(ours, np.uint64), _np_words(k0, k1, 1000))
+
+
+def test_random_bits_of_every_width_come_from_the_words():
+  key = jax.random.fold_in(rng.key(3), 7)
+  k0, k1 = (int(v) for v in jax.random.key_data(key))
+  words = _np_words(k0, k1, 20)
+  np.testing.assert_array_equal(np.asarray(jax.random.bits(key, (4, 5), jnp.uint32)).ravel(),
+                                words)
+  np.testing.assert_array_equal(np.asarray(jax.random.bits(key, (20,), jnp.uint8)),
+                                words & 0xFF)
+  b64 = np.asarray(jax.random.bits(key, (10,), jnp.uint64), np.uint64)   # x64: conftest
+  np.testing.assert_array_equal(b64, (words[:10] << np.uint64(32)) | words[10:])
+
+
+def test_generator_draws_are_uniform_gaussian_and_independent():
+  """KS tests and correlations, 2e5 draws, fixed seed; false-alarm rate 1e-3 per test.
+
+  Within one key (consecutive words), across keys of consecutive instances
+  (fold_in i), and Gaussians through jax.random.normal.
+  """
+  base = jax.random.fold_in(rng.key(0), 1)
+  u = np.asarray(jax.random.uniform(base, (200_000,), jnp.float32), np.float64)
+  assert sps.kstest(u, "uniform").pvalue > 1e-3
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(50_000, dtype=jnp.uint32))
+  first = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (4,)))(keys), np.float64)
+  assert sps.kstest(first[:, 0], "uniform").pvalue > 1e-3      # word 0 across instances
+  z = np.asarray(jax.random.normal(base, (200_000,), jnp.float32), np.float64)
+  assert sps.kstest(z, "norm").pvalue > 1e-3
+  # |corr| of n pairs is ~N(0, 1/n): 4.5 sigma is a false alarm rate < 1e-5
+  n = first.shape[0]
+  for a, b in [(first[:, 0], first[:, 1]), (first[:-1, 0], first[1:, 0]),
+               (u[:-1], u[1:])]:
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4.5 / np.sqrt(min(n, a.size))
+
+
+def test_instance_i_is_a_pure_function_of_seed_group_bucket_index():
+  """The worst instance regenerated alone is the sweep's instance.
+
+  Its key and random bits are equal bit for bit; its arrays (Gaussians scaled by
+  1/sqrt(d), W^Q rescaled by a dot product) agree to a few ulps (rtol 8 eps):
+  the sweep computes them inside one compiled batch program, the regeneration
+  alone, and XLA fuses multiply-adds differently in the two.
+  """
+  claim = CLAIMS["thm3.1"]
+  st = sweep.sweep(claim, instances=300, seed=4, dtype=jnp.float64, dtype_name="float64",
+                   progress=False, chunk=64)[claim.id]
+  b, idx = st.worst_index
+  alone = sweep.instance_of(claim, 4, b, idx, jnp.float64)
+  bkey = jax.random.fold_in(sweep.claim_key(4, claim.group_id), b)
+  # the sweep's own instance: the sampler batched over the chunk holding idx, in one program
+  start = idx - idx % 64
+  batch = jax.jit(jax.vmap(lambda i: claim.sample(jax.random.fold_in(bkey, i), claim.buckets[b],
+                                                  jnp.float64)))(
+      jnp.arange(start, start + 64, dtype=jnp.uint32))
+  for name, arr in alone.items():
+    np.testing.assert_allclose(np.asarray(arr), np.asarray(batch[name][idx - start]),
+                               rtol=8 * np.finfo(np.float64).eps, atol=0, err_msg=name)
+  bits_alone = jax.random.bits(jax.random.fold_in(bkey, idx), (64,), jnp.uint32)
+  bits_batch = jax.jit(jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(bkey, i), (64,),
+                                                          jnp.uint32)))(
+      jnp.arange(start, start + 64, dtype=jnp.uint32))
+  np.testing.assert_array_equal(np.asarray(bits_alone), np.asarray(bits_batch[idx - start]))
+  # another seed gives another instance
+  other = sweep.instance_of(claim, 5, b, idx, jnp.float64)
+  assert not np.allclose(np.asarray(other["demos"]), np.asarray(alone["demos"]))
+
+
+# --- checkpoint log -----------------------------------------------------------------------
+
+def test_interrupted_run_with_a_torn_record_resumes_to_the_same_numbers(tmp_path):
+  group = [CLAIMS["thm3.1"]]
+  kw = dict(instances=160, seed=6, dtype=jnp.float64, dtype_name="float64", progress=False,
+            chunk=16)
+  full = sweep.sweep(group, **kw)
+  ckpt = str(tmp_path / "ckpt")
+  with pytest.raises(KeyboardInterrupt):
+    sweep.sweep(group, checkpoint=ckpt, stop_after_chunks=4, **kw)     # interrupted
+  # 4 chunks computed: bucket 0 has 40 instances = 3 chunks (16, 16, 8), then 1 of bucket 1
+  files = sorted(f for _, _, fs in os.walk(ckpt) for f in fs)
+  assert files == ["bucket0.log", "bucket1.log"]   # one file per group and bucket touched
+  assert len(sweep.ChunkLog(sweep.log_path(ckpt, "prompt", 0)).chunks) == 3
+  path = sweep.log_path(ckpt, "prompt", 1)
+  whole = os.path.getsize(path)
+  torn = b"ICKP\x40\x00\x00\x00\x00\x00\x00\x00{\"chunk\": 1, \"sta"   # 64 bytes announced
+  with open(path, "ab") as f:                      # a kill in the middle of a write
+    f.write(torn)
+  log = sweep.ChunkLog(path)
+  assert len(log.chunks) == 1 and log.valid_bytes == whole and log.dropped_bytes == len(torn)
+  resumed = sweep.sweep(group, checkpoint=ckpt, **kw)
+  assert resumed.loaded_chunks == 4 and resumed.computed_chunks == 12 - 4
+  assert resumed["thm3.1"].to_json() == full["thm3.1"].to_json()
+  assert sorted(f for _, _, fs in os.walk(ckpt) for f in fs) == [
+      f"bucket{b}.log" for b in range(4)]
+  assert sweep.ChunkLog(path).dropped_bytes == 0   # the torn tail was cut before appending
+  again = sweep.sweep(group, checkpoint=ckpt, **kw)
+  assert again.loaded_chunks == 12 and again.computed_chunks == 0
+  assert again["thm3.1"].to_json() == full["thm3.1"].to_json()
+
+
+def test_a_checkpoint_of_another_chunk_size_is_refused(tmp_path):
+  group = [CLAIMS["thm3.1"]]
+  kw = dict(instances=40, seed=6, dtype=jnp.float64, dtype_name="float64", progress=False)
+  sweep.sweep(group, checkpoint=str(tmp_path), chunk=8, **kw)
+  with pytest.raises(ValueError, match="--checkpoint.*another chunk size"):
+    sweep.sweep(group, checkpoint=str(tmp_path), chunk=5, **kw)
+
+
+# --- many processes -----------------------------------------------------------------------
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+# chunks of 512 = two micro-batches of 256: each process evaluates one, so the report
+# needs both processes' results (smaller chunks would leave process 1 only padding)
+ARGS = ["--claims", "thm3.1", "--instances", "2048", "--chunk", "512", "--no-progress",
+        "--no-compile-cache"]
+
+
+def _env():
+  e = dict(os.environ, JAX_PLATFORMS="cpu")
+  e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+  e.pop("XLA_FLAGS", None)
+  return e
+
+
+def _numbers(report):
+  return json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "seconds"}
+                     for k, v in report["claims"].items()}, sort_keys=True)
+
+
+def test_two_processes_give_the_one_process_report(tmp_path):
+  one = tmp_path / "one.json"
+  res = subprocess.run([sys.executable, "-m", "proofs_check", *ARGS, "--json", str(one)],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+  assert res.returncode == 0, res.stderr[-3000:]
+  two = tmp_path / "two.json"
+  coord = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-m", "proofs_check", *ARGS, "--json", str(two),
+                             "--coordinator", coord, "--num-processes", "2",
+                             "--process-id", str(i)],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  deadline = time.monotonic() + 400
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic())))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "thm3.1" in outs[0][0] and "thm3.1" not in outs[1][0]   # only process 0 reports
+  r1, r2 = json.loads(one.read_text()), json.loads(two.read_text())
+  assert r2["process_count"] == 2 and r1["process_count"] == 1
+  assert r2["device_count"] == 2 and r1["device_count"] == 1
+  assert _numbers(r2) == _numbers(r1)
+
+
+def test_process_flags_go_together():
+  res = subprocess.run([sys.executable, "-m", "proofs_check", *ARGS, "--coordinator",
+                        "127.0.0.1:1"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=200)
+  assert res.returncode == 2
+  assert "--coordinator, --num-processes and --process-id go together" in res.stderr
