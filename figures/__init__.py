@@ -1,4 +1,4 @@
-"""The figures of the paper's claims (THEORY.md C1-C7) and experiments (E1-E4).
+"""The figures of the paper's claims (docs/THEORY.md C1-C7) and experiments (E1-E4).
 
 ``python -m figures`` regenerates every figure; ``python -m figures F4`` one.
 Each figure is a module with

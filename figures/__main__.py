@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
   from figures import FIGURES
   p = argparse.ArgumentParser(
       prog="python -m figures",
-      description="Regenerate the figures of arXiv:2506.11516's claims (THEORY.md C1-C7) and "
+      description="Regenerate the figures of arXiv:2506.11516's claims (docs/THEORY.md C1-C7) and "
                   "experiments (E1-E4) as PDF + PNG, with the numbers behind each as JSON/CSV.")
   p.add_argument("ids", nargs="*", metavar="ID",
                  help=f"figures to make (default: all of {', '.join(FIGURES)})")

@@ -3,7 +3,7 @@
 (a) Every output coordinate of h(x') against (W_0 + dW) phi(W^Q x') evaluated
     in exact dual form, for prompts whose largest |score| spans 1e-3 .. 1e3
     (the instances of ``proofs_check`` claim ``thm3.1``): on the identity line.
-(b) The relative error per prompt against the largest |score|, with THEORY's
+(b) The relative error per prompt against the largest |score|, with docs/THEORY.md's
     tolerance 1e-12 max(1, max|s|/10) (float64).
 (c) Explicit feature maps: the error of the primal prediction W_m phi_m(W^Q x')
     against the exact h(x'), in units of sum_j p_j ||W^V x_j||, as the feature count m grows,

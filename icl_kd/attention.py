@@ -1,6 +1,6 @@
 """One softmax-attention layer and its exact reference model (claims C1, C7).
 
-THEORY.md C1 (``thm3.1``): for a context of demonstrations X_D (N, d), a query
+docs/THEORY.md C1 (``thm3.1``): for a context of demonstrations X_D (N, d), a query
 prefix X_Q (M, d) and a query token x',
 
     h(x') = sum_j softmax_j W^V x_j = (W_0 + dW) phi(W^Q x'),

@@ -1,6 +1,6 @@
 """Both sides of the paper's bounds: Rademacher (C4), MMD bias (C5), downstream (C6).
 
-THEORY.md (docs/THEORY.md in this repository):
+docs/THEORY.md (docs/THEORY.md in this repository):
 - C4 (``thm3.2``): for F_B = {x -> W phi(W^K x) : ||W||_HS <= B}, inputs with
   ||phi(W^K x)|| <= C and ||W^V x|| <= D_T, with probability >= 1 - delta,
       L(W) <= L_hat(W) + 4 B C (D_T + B C) / sqrt(N) + (D_T + B C)^2 sqrt(log(1/delta) / (2N)),
@@ -15,7 +15,7 @@ THEORY.md (docs/THEORY.md in this repository):
       ||dW_PQ phi(z)|| <= c eta ||W^V||_op MMD_kx(P, Q) exp(|z|^2 / (2 tau))  (``thm4.2-mmd``),
       the same with M_phi in place of exp(|z|^2 / (2 tau))               (``thm4.2-literal``).
 
-The constant c is a convention (THEORY C5), chosen by the keyword
+The constant c is a convention (docs/THEORY.md C5), chosen by the keyword
 ``convention`` of every C5/C6 function:
 
 - ``"eq12"`` (c = 2, the default): the paper's one-step formula (its Eq. 12,
@@ -57,7 +57,7 @@ CONVENTIONS = ("eq12", "half")
 
 
 def convention_factor(convention: str) -> float:
-  """The constant c of W_0(P) = c eta E_P[W^V x phi(W^K x)^T] (THEORY C5).
+  """The constant c of W_0(P) = c eta E_P[W^V x phi(W^K x)^T] (docs/THEORY.md C5).
 
       "eq12" -> c = 2   (the paper's Eq. 12; the default everywhere)
       "half" -> c = 1   (the convention of the paper's Theorem 4.1 constant)
@@ -127,7 +127,7 @@ def empirical_rademacher(gram, *, radius, key, num_draws: int = 1000,
                          tol=None) -> RademacherEstimate:
   """Empirical Rademacher complexity of the RKHS ball of radius B on a sample (C4).
 
-  For F_B = {x -> <w, phi(x)> : ||w|| <= B} (per output coordinate; THEORY.md
+  For F_B = {x -> <w, phi(x)> : ||w|| <= B} (per output coordinate; docs/THEORY.md
   C4 uses K_ij = kappa(W^K x_i, W^K x_j)),
 
       R_hat(F_B) = E_sigma sup_{||w|| <= B} (1/N) sum_i sigma_i <w, phi(x_i)>
@@ -196,7 +196,7 @@ class RademacherBound(NamedTuple):
   """Right-hand side of C4 minus L_hat(W): L(W) <= L_hat(W) + ``hoeffding`` (or + ``paper``).
 
   Attributes:
-    hoeffding: complexity + confidence_hoeffding (claim ``thm3.2``, THEORY's stated form).
+    hoeffding: complexity + confidence_hoeffding (claim ``thm3.2``, docs/THEORY.md's stated form).
     paper: complexity + confidence_paper (claim ``thm3.2-paper-form``: the paper's
       O(log(1/delta)/N) term with the O-constant taken as (D_T + B C)^2).
     complexity: 4 B C (D_T + B C) / sqrt(N) (twice the Lipschitz constant
@@ -419,7 +419,7 @@ def distillation_bias(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=No
   (G_ij = k_V(z_i, z_j), w = [1/n, ..., -1/m, ...]); it is computed along two
   code paths (dual weights vs. MMD estimator). The bound holds because
   ||W^V||^2 k_x - k_V is a PSD kernel. :func:`literal_readings` gives the
-  literal form for every kernel reading of THEORY C5.
+  literal form for every kernel reading of docs/THEORY.md C5.
 
   Args:
     params: AttentionParams (W^K, W^V; W^Q is not used).
@@ -586,7 +586,7 @@ def total_variation(x_p, x_q) -> jax.Array:
 def literal_readings(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=None, tau=1.0,
                      convention: str = "eq12", bandwidths=None, input_bound=None,
                      feature_bound=None) -> LiteralReadings:
-  """Both sides of the paper's literal Theorem 4.1 under every kernel reading (THEORY C5).
+  """Both sides of the paper's literal Theorem 4.1 under every kernel reading (docs/THEORY.md C5).
 
       lhs = ||dW_PQ||_HS = c eta MMD_kV(P_hat, Q_hat)
       rhs = eta M_V M_x M_phi D(P_hat, Q_hat), with D one of

@@ -1,6 +1,6 @@
 """Analytic counterexamples to the literal readings of Theorems 4.1 and 4.2, as fixed instances.
 
-THEORY.md (docs/THEORY.md) C5 reads the paper's literal Theorem 4.1,
+docs/THEORY.md (docs/THEORY.md) C5 reads the paper's literal Theorem 4.1,
 ||dW_PQ||_F <= eta M_V M_x M_phi MMD_k(P, Q), with four kernels, and C6 reads
 Theorem 4.2 with M_phi in place of the query feature norm. Each instance here
 is small enough to solve by hand: it carries its closed-form ratio lhs / rhs

@@ -1,6 +1,6 @@
 """Exact weights of the reference model in dual (representer) form.
 
-THEORY.md, "Two exact representations of W": with the softmax kernel
+docs/THEORY.md, "Two exact representations of W": with the softmax kernel
 kappa(a, b) = exp(<a, b> / tau) and its Mercer feature map phi,
 
     W = exp(log_scale) * sum_i a_i phi(z_i)^T,

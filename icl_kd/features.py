@@ -1,6 +1,6 @@
 """Explicit finite feature maps phi_m approximating the softmax kernel.
 
-THEORY.md, "Primal (approximate)". Both maps use the kernel's tau convention,
+docs/THEORY.md, "Primal (approximate)". Both maps use the kernel's tau convention,
 <phi_m(a), phi_m(b)> ~ kappa(a, b) = exp(<a, b> / tau):
 
 - positive random features (Choromanski et al., 2021, "Rethinking attention

@@ -5,7 +5,7 @@ The squared MMD between P and Q in the RKHS of a kernel k is
     MMD_k^2(P, Q) = E k(x, x') + E k(y, y') - 2 E k(x, y),   x, x' ~ P,  y, y' ~ Q
 
 (Gretton, Borgwardt, Rasch, Schoelkopf, Smola, 2012, "A kernel two-sample
-test", JMLR 13). THEORY.md C5 (``thm4.1``) measures the bias of the distilled
+test", JMLR 13). docs/THEORY.md C5 (``thm4.1``) measures the bias of the distilled
 weights with it: ||W_0(P) - W_0(Q)||_HS = 2 eta MMD_kV(P, Q) for the
 distillation kernel k_V (see :func:`distillation_kernel` and
 :mod:`icl_kd.bounds`).
@@ -169,7 +169,7 @@ class IMQKernel:
 
 @dataclasses.dataclass(frozen=True)
 class ExpKernel:
-  """k(x, y) = exp(<x, y> / tau), the softmax kernel kappa of THEORY.md."""
+  """k(x, y) = exp(<x, y> / tau), the softmax kernel kappa of docs/THEORY.md."""
   tau: jax.Array
   kind: str = "exp"
 
@@ -191,7 +191,7 @@ class ExpKernel:
 class DistillationKernel:
   """k(x, y) = <g(x), g(y)> exp(<W^K x, W^K y> / tau) with g = W^V (k_V) or identity (k_x).
 
-  THEORY.md C5: ||W_0(P) - W_0(Q)||_HS = 2 eta MMD_kV(P, Q) (identity) and
+  docs/THEORY.md C5: ||W_0(P) - W_0(Q)||_HS = 2 eta MMD_kV(P, Q) (identity) and
   MMD_kV <= ||W^V||_op MMD_kx (bound), because ||W^V||^2 k_x - k_V is a
   product of two PSD kernels.
   """
@@ -251,7 +251,7 @@ def imq_kernel(bandwidth) -> IMQKernel:
 
 
 def exp_kernel(tau) -> ExpKernel:
-  """The softmax kernel kappa(x, y) = exp(<x, y> / tau), tau > 0 (THEORY.md notation)."""
+  """The softmax kernel kappa(x, y) = exp(<x, y> / tau), tau > 0 (docs/THEORY.md notation)."""
   return ExpKernel(_kernel_scalar("tau", tau))
 
 

@@ -1,7 +1,7 @@
 """Trainable attention models (Flax) whose weights map onto :class:`AttentionParams`.
 
 - :class:`SoftmaxAttentionLayer`: one softmax-attention layer, parameters
-  ``w_q, w_k`` (d_k, d) and ``w_v`` (d_v, d) exactly as in THEORY.md; the
+  ``w_q, w_k`` (d_k, d) and ``w_v`` (d_v, d) exactly as in docs/THEORY.md; the
   query token attends to the demonstrations and to itself. Its output is
   ``softmax_attention`` of the core library, so ``decompose`` (claim C1,
   ``thm3.1``) applies to a trained layer through :func:`attention_params`.

@@ -10,7 +10,7 @@ token representations x_1..x_n (each (d,)) through
     y = LayerNorm(a + W_2 GELU(W_1 a + b_1) + b_2)
 
 with GELU the exact erf form and mask_j = -inf on padding. Each head is one
-softmax-attention layer of THEORY.md with tau = sqrt(d_head) once the biases are
+softmax-attention layer of docs/THEORY.md with tau = sqrt(d_head) once the biases are
 folded in exactly by a constant coordinate,
 
     W^Q_h x + b^Q_h = [W^Q_h  b^Q_h] [x; 1]
@@ -561,7 +561,7 @@ def augment(x: jax.Array) -> jax.Array:
   """[x; 1]: appends a constant 1 to the last axis, (..., d) -> (..., d + 1).
 
   Folding a biased head. A transformer head computes q = W^Q x' + b^Q,
-  k_j = W^K x_j + b^K, v_j = W^V x_j + b^V; THEORY's layer (claim C1) has no
+  k_j = W^K x_j + b^K, v_j = W^V x_j + b^V; docs/THEORY.md's layer (claim C1) has no
   biases. A constant coordinate makes each biased map linear,
 
       W x + b = [W  b] [x; 1] = [W  b] augment(x),

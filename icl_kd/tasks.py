@@ -12,7 +12,7 @@ Two families:
   p, and the target at a query token v is p(v). Softmax attention with keys
   that match equal tokens computes exactly the in-context frequency.
 
-Distribution shift (THEORY.md C5, E1): the demonstrations and the queries are
+Distribution shift (docs/THEORY.md C5, E1): the demonstrations and the queries are
 drawn from differently transformed input distributions, each described by a
 :class:`Shift` (mean shift, covariance skew, subspace, scaling).
 

@@ -41,6 +41,7 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
     return objective({**free_one, **fixed_one})
 
   grad_fn = jax.vmap(jax.value_and_grad(value))
+  values = jax.jit(jax.vmap(value))            # compiled once: an eager vmap re-dispatches every op
 
   @jax.jit
   def step(free, fixed, state):
@@ -54,12 +55,12 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
     return new, state, vals
 
   state = opt.init(free)
-  initial = np.asarray(jax.vmap(value)(free, fixed))
+  initial = np.asarray(values(free, fixed))
   best_val = np.where(np.isfinite(initial), initial, -np.inf)
   best = jax.tree_util.tree_map(np.asarray, free)
   for _ in range(steps):
     new, state, _ = step(free, fixed, state)
-    vals = np.asarray(jax.vmap(value)(new, fixed))
+    vals = np.asarray(values(new, fixed))
     improved = np.isfinite(vals) & (vals > best_val)
     best = jax.tree_util.tree_map(
         lambda b, n: np.where(improved.reshape((-1,) + (1,) * (b.ndim - 1)), np.asarray(n), b),

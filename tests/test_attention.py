@@ -45,7 +45,7 @@ c1_batch = jax.jit(_c1_batch, static_argnums=(2, 3, 4))
        dtype=st.sampled_from(DTYPES), include_query=st.booleans(),
        lo=st.floats(-3.0, 3.0, allow_nan=False, allow_infinity=False, allow_subnormal=False))
 def test_c1_attention_equals_reference(seed, shape, dtype, include_query, lo):
-  """Relative error within THEORY's C1 tolerance over score scales 1e-3 .. 1e3."""
+  """Relative error within docs/THEORY.md's C1 tolerance over score scales 1e-3 .. 1e3."""
   if shape[1] == 0 and not include_query:
     include_query = True  # dW would be empty either way; keep the bucket count fixed
   seeds = jnp.arange(BATCH) + seed
@@ -121,7 +121,7 @@ def test_softmax_attention_agrees_with_jax_dot_product_attention():
 
 
 def test_decompose_parts_have_the_claimed_form():
-  """W_0 and dW are the representer sums of THEORY C1, checked coefficient by coefficient."""
+  """W_0 and dW are the representer sums of docs/THEORY.md C1, checked coefficient by coefficient."""
   params, demos, prefix, query = make_instance(2, 6, 3, 4, 3, 2, jnp.float64, 0.7)
   out = icl_kd.decompose(params, demos, prefix, query)
   tail = np.concatenate([np.asarray(prefix), np.asarray(query)[None]])

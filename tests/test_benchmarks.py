@@ -111,7 +111,8 @@ def test_b1_quick_row_carries_a_caveat(monkeypatch):
   monkeypatch.setattr(b1_claims, "agreement", lambda dtype, seed: {})
   monkeypatch.setattr(b1_claims, "sampling_only", lambda dtype, n, seed: 1e-6)
   quick = b1_claims.run(quick=True, seed=0)
-  assert quick and all("says nothing about the 100x target" in r.note for r in quick)
+  assert quick and all("says nothing" in r.note and f"{r.extra['instances']:,}" in r.note
+                       for r in quick)
   full = b1_claims.run(quick=False, seed=0)
   assert full and not any(r.note for r in full)
 

@@ -400,7 +400,7 @@ def test_bad_inputs():
   assert np.isnan(float(out.lhs)) and np.isnan(float(out.bound_rhs))
 
 
-# -- conventions (THEORY C5: c = 2 under eq12, c = 1 under half) --------------------------
+# -- conventions (docs/THEORY.md C5: c = 2 under eq12, c = 1 under half) --------------------------
 
 from icl_kd import counterexamples  # noqa: E402
 

@@ -99,6 +99,19 @@ def test_c1_error_unit_and_tolerance_against_numpy(include_query):
   assert 0 <= float(e.error) <= float(e.tolerance)
 
 
+def test_c1_error_without_a_prefix_on_a_users_prompt():
+  """prefix=None means M = 0: the same unit as an explicit empty prefix, computed in NumPy."""
+  kp, kx = jax.random.split(jax.random.key(7))
+  params = icl_kd.init_params(5, 3, 2, key=kp, dtype=jnp.float64)
+  x = jax.random.normal(kx, (9, 5), jnp.float64)
+  e = claims.c1_error(params, x[:8], None, x[8], tau=0.7)
+  _, unit, smax = _numpy_c1(params, np.asarray(x[:8]), np.zeros((0, 5)), np.asarray(x[8]), 0.7,
+                            True)
+  np.testing.assert_allclose(float(e.unit), unit, rtol=1e-13)
+  np.testing.assert_allclose(float(e.tolerance), 1e-12 * max(1.0, smax / 10.0), rtol=1e-12)
+  assert 0 <= float(e.error) <= float(e.tolerance)
+
+
 def test_generalization_gap_against_numpy():
   inst = c4_rademacher.sample(jax.random.key(2), c4_rademacher.SampleBucket(16, 3, "distilled"),
                               jnp.float64)

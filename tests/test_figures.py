@@ -32,10 +32,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def quick_out(tmp_path_factory):
+def quick_out(tmp_path_factory, figure_cache):
   out = str(tmp_path_factory.mktemp("figs"))
-  assert main(["--quick", "--out", out, "--seed", "0", "--no-compile-cache", "--no-progress"]) == 0
+  assert main(["--quick", "--out", out, "--seed", "0", "--compile-cache", figure_cache,
+               "--no-progress"]) == 0
   return out
+
+
+@pytest.fixture(scope="module")
+def figure_cache(tmp_path_factory):
+  """A compile cache of this module's own (cache on/off give the same bytes: tested below)."""
+  return str(tmp_path_factory.mktemp("figure-cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +129,7 @@ def _csv(path):
 
 def test_f1_identity_on_the_line(quick_out):
   # C1 in float64, recomputed from the plotted coordinates: for every prompt,
-  # ||h - (W_0 + dW) phi|| <= THEORY's tolerance 1e-12 max(1, max|s|/10) in units of
+  # ||h - (W_0 + dW) phi|| <= docs/THEORY.md's tolerance 1e-12 max(1, max|s|/10) in units of
   # sum_j p_j |W^V x_j| (saved as error_unit), and it is the plotted relative error.
   stem = _stem(quick_out, "F1")
   pts, err = _csv(stem + "_points.csv"), _csv(stem + "_errors.csv")
@@ -178,12 +185,12 @@ def _same_files(a, b, ids):
   assert not mismatch and not errors, (mismatch, errors)
 
 
-def test_same_seed_same_data(quick_out, tmp_path):
+def test_same_seed_same_data(quick_out, figure_cache, tmp_path):
   # The library figures (F1-F5) again into a fresh directory: byte-identical JSON and CSV.
-  # (F6-F9 plot saved experiment results; rerunning the experiments is their own tests' job.)
+  # (F6-F11 plot saved experiment results; rerunning the experiments is their own tests' job.)
   out = str(tmp_path)
-  assert main(["--quick", "--out", out, "--seed", "0", "--no-compile-cache", "--no-progress",
-               *IDS[:5]]) == 0
+  assert main(["--quick", "--out", out, "--seed", "0", "--compile-cache", figure_cache,
+               "--no-progress", *IDS[:5]]) == 0
   _same_files(quick_out, out, IDS[:5])
 
 
@@ -193,13 +200,15 @@ def test_compile_cache_gives_the_same_data_and_no_dependency_warning(quick_out, 
   figure's own progress line (no dependency warning such as fontTools' timestamp notice)."""
   cache = tmp_path / "cache"
   env = {k: v for k, v in os.environ.items() if k != "ICL_KD_COMPILE_CACHE"}
-  for run in ("cold", "warm"):
+  for run in ("off", "cold", "warm"):
     out = tmp_path / run
+    flags = ["--no-compile-cache"] if run == "off" else ["--compile-cache", str(cache)]
     proc = subprocess.run([sys.executable, "-m", "figures", "F2", "--quick", "--out", str(out),
-                           "--compile-cache", str(cache)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                           *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("[figures] F2 done"), proc.stderr[-3000:]
-    assert os.listdir(cache), "the persistent cache stayed empty"
+    if run != "off":
+      assert os.listdir(cache), "the persistent cache stayed empty"
     _same_files(quick_out, str(out), ["F2"])

@@ -166,7 +166,7 @@ def test_head_outputs_match_reference(model):
                                  err_msg=f"prompt {pi} layer {layer}")
 
 
-# -- heads as THEORY's layers (C1) --------------------------------------------------------
+# -- heads as docs/THEORY.md's layers (C1) --------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def c1_prompt(model):

@@ -3,7 +3,7 @@
 The end-to-end run uses the pretrained model and is skipped only when the model
 package is absent. Its saved arrays are checked against closed forms computed
 here (eta* = N / (2 D'), entropy bounds, unit-norm embeddings) and against
-the tolerances of THEORY.md, not against numbers copied from a run.
+the tolerances of docs/THEORY.md, not against numbers copied from a run.
 """
 
 import json
@@ -194,7 +194,7 @@ def test_real_outputs_are_the_documented_arrays(quick_run):
 
 
 def test_real_c1_holds_on_every_head(quick_run):
-  """THEORY.md C1 tolerances: 1e-5 (float32), 1e-12 (float64), times max(1, max|s|/10)."""
+  """docs/THEORY.md C1 tolerances: 1e-5 (float32), 1e-12 (float64), times max(1, max|s|/10)."""
   a, _, _ = quick_run
   for dt, tol in (("f32", 1e-5), ("f64", 1e-12)):
     scale = np.maximum(1.0, a["max_abs_score"].max(axis=1) / 10)

@@ -34,6 +34,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from icl_kd import bounds
+
 Instance = dict  # name -> array: one instance of a claim
 
 
@@ -112,14 +114,9 @@ def check_values(check) -> dict[str, Any]:
   return out
 
 
-CONVENTIONS = ("eq12", "half")   # c = 2 (the paper's Eq. 12, default) or c = 1 (C5, C6)
-
-
-def convention_factor(convention: str) -> float:
-  """c of docs/THEORY.md C5: 2 under "eq12" (the default), 1 under "half"."""
-  if convention not in CONVENTIONS:
-    raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
-  return 2.0 if convention == "eq12" else 1.0
+# c = 2 (the paper's Eq. 12, default) or c = 1 (C5, C6): defined once, in icl_kd.bounds.
+CONVENTIONS = bounds.CONVENTIONS
+convention_factor = bounds.convention_factor
 
 
 def bound_slack(dtype) -> float:

@@ -141,7 +141,7 @@ def c1_error(params: AttentionParams, demos, prefix, query, *, tau=1.0, include_
   Args:
     params: AttentionParams (W^Q, W^K, W^V).
     demos: (N, d) demonstrations, N >= 1.
-    prefix: (M, d) query-prefix tokens, M >= 0.
+    prefix: (M, d) query-prefix tokens, M >= 0; None (or []) for no prefix.
     query: (d,) the query token.
     tau: softmax temperature > 0.
     include_query: whether x' attends to itself.
@@ -152,6 +152,9 @@ def c1_error(params: AttentionParams, demos, prefix, query, *, tau=1.0, include_
   """
   out = decomposition if decomposition is not None else attention.decompose(
       params, demos, prefix, query, tau=tau, include_query=include_query)
+  demos = jnp.asarray(demos)
+  if prefix is None or (isinstance(prefix, (list, tuple)) and len(prefix) == 0):
+    prefix = jnp.zeros((0, demos.shape[-1]), demos.dtype)                  # M = 0
   parts = [demos, prefix] + ([query[None]] if include_query else [])
   context = jnp.concatenate(parts)                                          # (N + M [+1], d)
   p = jnp.exp(out.scores - out.log_partition)                               # (N + M [+1],)

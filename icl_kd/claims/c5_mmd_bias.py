@@ -90,7 +90,8 @@ class PairShared(NamedTuple):
   prediction: bounds.PredictionGap
 
 
-def _convention(bucket) -> str:
+def bucket_convention(bucket) -> str:
+  """The convention ('eq12' or 'half') a C5/C6 bucket carries; 'eq12' when it carries none."""
   return getattr(bucket, "convention", "eq12") if bucket is not None else "eq12"
 
 
@@ -98,12 +99,12 @@ def bias(inst, bucket=None) -> bounds.DistillationBias:
   """Every side of C5 for a pair instance (``bucket.convention``: c)."""
   return bounds.distillation_bias(pair_params(inst), inst["x_p"], inst["x_q"],
                                   log_eta=inst["log_eta"], tau=inst["tau"],
-                                  convention=_convention(bucket))
+                                  convention=bucket_convention(bucket))
 
 
 def prepare_pair(inst, bucket) -> PairShared:
   """The pair group's shared work, once per instance."""
-  kw = dict(log_eta=inst["log_eta"], tau=inst["tau"], convention=_convention(bucket))
+  kw = dict(log_eta=inst["log_eta"], tau=inst["tau"], convention=bucket_convention(bucket))
   params = pair_params(inst)
   return PairShared(bias(inst, bucket),
                     bounds.literal_readings(params, inst["x_p"], inst["x_q"], **kw),
@@ -150,7 +151,7 @@ class GaussianExtras(NamedTuple):
 
 def convention_events(log_lhs, log_rhs, bucket, dtype) -> LiteralEvents:
   """lhs > rhs (1 + slack) under c = 2 and under c = 1 (lhs scales with c, rhs does not)."""
-  c = convention_factor(_convention(bucket))
+  c = convention_factor(bucket_convention(bucket))
   lr = log_lhs - log_rhs
   tol = math.log1p(bound_slack(dtype))
   return LiteralEvents(lr + math.log(2.0 / c) > tol, lr + math.log(1.0 / c) > tol)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from icl_kd import bounds
 from icl_kd.claims.base import BoundCheck, Claim, ConjectureCheck, ConsistencyCheck
-from icl_kd.claims.c5_mmd_bias import (PAIRS, _convention, pair_params, prepare_pair,
+from icl_kd.claims.c5_mmd_bias import (PAIRS, bucket_convention, pair_params, prepare_pair,
                                        project_pair, sample_pair)
 
 
@@ -39,7 +39,8 @@ def compute_literal(inst, bucket, shared) -> ConjectureCheck:
 
 def compute_risk(inst, bucket, shared) -> ConsistencyCheck:
   r = bounds.risk_bound(pair_params(inst), inst["x_p"], inst["x_q"], inst["x_target"],
-                        log_eta=inst["log_eta"], tau=inst["tau"], convention=_convention(bucket))
+                        log_eta=inst["log_eta"], tau=inst["tau"],
+                        convention=bucket_convention(bucket))
   return ConsistencyCheck(r.log_lhs, r.log_rhs)
 
 

@@ -1,6 +1,6 @@
 """E1: demonstration selection by the theory's MMD under distribution shift.
 
-THEORY.md E1, with C5 (``thm4.1``): the bias of the distilled weights,
+docs/THEORY.md E1, with C5 (``thm4.1``): the bias of the distilled weights,
 ||W_0(P) - W_0(Q)||_HS = c eta MMD_kV(P, Q), is governed by the MMD in the
 distillation kernel of the model's own key and value maps,
 
@@ -142,7 +142,7 @@ class Results(NamedTuple):
 
 
 def theory_kernels(params: AttentionParams, *, tau, use_values: bool = True) -> tuple:
-  """The distillation kernels of the heads of one layer, one per head (THEORY.md C5).
+  """The distillation kernels of the heads of one layer, one per head (docs/THEORY.md C5).
 
       use_values=True:  k_V(e, e') = <W^V e, W^V e'> exp(<W^K e, W^K e'> / tau)
       use_values=False: k_x(e, e') = <e, e'>         exp(<W^K e, W^K e'> / tau)

@@ -1,6 +1,6 @@
 """E2: the learning-rate proxy eta* = N/(2D') vs order and perturbation sensitivity.
 
-THEORY.md E2 and C7 (``lr-proxy``). A single softmax layer without positions
+docs/THEORY.md E2 and C7 (``lr-proxy``). A single softmax layer without positions
 is permutation invariant, so order sensitivity needs positions: a transformer
 with sinusoidal positional encodings (:class:`icl_kd.models.Transformer`) is
 trained on linear-regression prompts. For each test prompt and each (layer,

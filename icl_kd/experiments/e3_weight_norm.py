@@ -1,6 +1,6 @@
 """E3: weight-norm intervention, and the C4 bound from the measured norms.
 
-THEORY.md E3 and C4 (``thm3.2``). A single softmax-attention layer is trained
+docs/THEORY.md E3 and C4 (``thm3.2``). A single softmax-attention layer is trained
 on a FIXED, small set of linear-regression prompts (so that it can overfit)
 with optax.adamw whose decoupled weight decay acts only on W^V and W^K
 (:func:`icl_kd.train.adamw_on`), for several decay strengths. For each

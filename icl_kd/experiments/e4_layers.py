@@ -1,6 +1,6 @@
 """E4: beyond one layer: C1 per layer and head, and the distance to one KD step.
 
-THEORY.md E4 and C1 (``thm3.1``). A multi-layer, multi-head transformer with
+docs/THEORY.md E4 and C1 (``thm3.1``). A multi-layer, multi-head transformer with
 positional encodings (:class:`icl_kd.models.Transformer`) is trained on
 linear-regression prompts. On test prompts:
 
@@ -14,7 +14,7 @@ linear-regression prompts. On test prompts:
   (model consistency, at the model's float precision), the implicit
   learning rate eta* = N/(2D') and the attention entropy;
 - how far the whole model is from a single one-step-KD reference: a single
-  softmax-attention layer, i.e. exactly one KD step of THEORY C1/C2 on the
+  softmax-attention layer, i.e. exactly one KD step of docs/THEORY.md C1/C2 on the
   raw prompt tokens, is distilled on the model's predictions, and the
   relative squared distance E(f_model - f_1)^2 / E f_model^2 on fresh prompts
   is reported, with the ICL errors of both and of two baselines.

@@ -1,6 +1,6 @@
 """E6: cross-task interference, measured by the theory's MMD_kV.
 
-THEORY.md E6, with C5 (``thm4.1``): replacing a fraction f of a prompt's
+docs/THEORY.md E6, with C5 (``thm4.1``): replacing a fraction f of a prompt's
 demonstrations by demonstrations of another task moves the prompt's
 distribution P away from the query task Q; by C5 the distilled weights move by
 ||W_0(P) - W_0(Q)||_HS = c eta MMD_kV(P, Q), with

@@ -1,4 +1,4 @@
-"""Experiment ``llm`` (THEORY.md E5): a real causal LM doing in-context learning.
+"""Experiment ``llm`` (docs/THEORY.md E5): a real causal LM doing in-context learning.
 
     python -m icl_kd.experiments llm [--quick] [--seed S] [--out results/llm]
 

@@ -15,11 +15,11 @@ bucket is a batch of equal-length sequences. Two query positions are read per
 sequence and head:
 
   ``last``       the last token ([SEP]); demonstrations = every earlier token (N = b - 1),
-                 no prefix, the query attends to itself (THEORY.md C1 with M = 0);
+                 no prefix, the query attends to itself (docs/THEORY.md C1 with M = 0);
   ``last_word``  the last word piece (position b - 2); demonstrations = the tokens
                  before it (N = b - 2), prefix = the final [SEP] (M = 1), plus itself.
 
-What is computed (claim ids of THEORY.md):
+What is computed (claim ids of docs/THEORY.md):
 
   C1 ``thm3.1``   per head: max over sequences of ||(W_0 + dW) phi(W^Q x') - h(x')|| / ||h(x')||,
                   with h from ``icl_kd.softmax_attention`` and, separately, from the

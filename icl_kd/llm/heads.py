@@ -1,4 +1,4 @@
-"""Heads of a Llama model as THEORY.md's softmax-attention layers (claims C1, C2, C7).
+"""Heads of a Llama model as docs/THEORY.md's softmax-attention layers (claims C1, C2, C7).
 
 Query head h of layer l at position t reads, for every j <= t,
 
@@ -8,7 +8,7 @@ Query head h of layer l at position t reads, for every j <= t,
 
 with x_hat = RMSNorm of the layer input and tau = sqrt(d_head). Because the
 rotation R_j depends on the position, W^K is a different linear map for each
-token: THEORY's objects are the anchors z_j themselves. C1 (``thm3.1``) reads
+token: docs/THEORY.md's objects are the anchors z_j themselves. C1 (``thm3.1``) reads
 
     o_h(t) = sum_{j<=t} softmax_j(<z_j, q_t>/tau) v_j = (W_0 + dW) phi(q_t),
     W_0 = (1/D') sum_{j in demos} v_j phi(z_j)^T,   dW = (1/D') sum_{j in rest} v_j phi(z_j)^T.
