@@ -176,13 +176,13 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
   if not (os.path.exists(npz) and os.path.exists(js)):
     import jax
-    from icl_kd.experiments import _common
+    from icl_kd.experiments import run_info
     from icl_kd.experiments.__main__ import module as experiment
     mod = experiment(name)
     config = (mod.QUICK._replace(**(overrides or {})) if quick else mod.Config())
     config = config._replace(progress=False)
     results = mod.run(config, key=jax.random.key(seed))
-    mod.save(results, results_dir, info=_common.run_info(mod, config, seed=seed, quick=quick))
+    mod.save(results, results_dir, info=run_info(mod, config, seed=seed, quick=quick))
   with np.load(npz) as f:
     arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   with open(js) as f:

@@ -46,11 +46,11 @@ def compute(cfg: Config) -> dict:
     # smaller than the experiment's own --quick: one length bucket, 4 sentences per domain
     import jax
     from icl_kd.experiments import real
-    from icl_kd.experiments import _common
+    from icl_kd.experiments import run_info
     tiny = real.QUICK._replace(sentences_per_domain=4, buckets=(12,), c5_tokens=32,
                                progress=False)
     res = real.run(tiny, key=jax.random.key(cfg.seed))
-    real.save(res, cfg.results_dir, info=_common.run_info(real, tiny, seed=cfg.seed, quick=True))
+    real.save(res, cfg.results_dir, info=run_info(real, tiny, seed=cfg.seed, quick=True))
   a, summary = experiment_results("real", results_dir=cfg.results_dir, seed=cfg.seed,
                                   quick=cfg.quick)
   import json

@@ -5,3 +5,7 @@ with ``QUICK``, ``Results``, ``run(config, *, key) -> Results``,
 ``summary(results) -> (text, dict)``, ``save`` and ``main(argv)`` (the
 protocol of :mod:`icl_kd.experiments._common`); ``__main__`` dispatches by name.
 """
+
+from icl_kd.experiments._common import run_info  # noqa: E402  (the info every saved result carries)
+
+__all__ = ["run_info"]
