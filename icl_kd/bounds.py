@@ -100,12 +100,39 @@ def gram_tolerance(dtype) -> float:
   return float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
 
 
-def _gram_defects(gram: jax.Array):
-  """(max |K - K^T|, max |K|, min eigenvalue, max |eigenvalue|) in jnp (traceable)."""
+def _cholesky_pivots_positive(a: jax.Array) -> jax.Array:
+  """Whether the symmetric (N, N) ``a`` has a Cholesky factor: every pivot of the
+  right-looking elimination is > 0 (i.e. ``a`` is positive definite up to rounding).
+
+  Written as an N-step ``fori_loop`` of rank-one updates rather than
+  ``jnp.linalg.cholesky``: the batched LAPACK kernels behind XLA's CPU
+  ``cholesky``/``eigh`` hang when two CPU devices run them at once on large
+  batches (seen with ``jax_num_cpu_devices=2``, the layout ``python -m
+  proofs_check`` uses for large runs), and this loop vectorises under ``vmap``.
+  """
+  n = a.shape[0]
+  idx = jnp.arange(n)
+
+  def step(j, carry):
+    a, ok = carry
+    pivot = a[j, j]
+    ok = ok & (pivot > 0)
+    col = jnp.where(idx > j, a[:, j], 0.0) / jnp.sqrt(jnp.where(pivot > 0, pivot, 1.0))
+    return a - jnp.outer(col, col), ok
+
+  _, ok = jax.lax.fori_loop(0, n, step, (a, jnp.asarray(True)))
+  return ok
+
+
+def _gram_defects(gram: jax.Array, tol):
+  """(max |K - K^T|, max |K|, whether K_sym + tol max|K| I has a Cholesky factor), traceable."""
   asym = jnp.max(jnp.abs(gram - gram.T))
   scale = jnp.max(jnp.abs(gram))
-  eig = jnp.linalg.eigvalsh(0.5 * (gram + gram.T))                          # (N,)
-  return asym, scale, jnp.min(eig), jnp.max(jnp.abs(eig))
+  n = gram.shape[0]
+  shifted = 0.5 * (gram + gram.T) + tol * scale * jnp.eye(n, dtype=gram.dtype)
+  factorises = _cholesky_pivots_positive(
+      jnp.where(scale > 0, shifted, jnp.eye(n, dtype=gram.dtype)))
+  return asym, scale, factorises
 
 
 def _check_gram_values(gram: jax.Array, tol: float) -> None:
@@ -116,11 +143,10 @@ def _check_gram_values(gram: jax.Array, tol: float) -> None:
   if asym > tol * scale:
     raise ValueError(f"gram must be symmetric: max |K - K^T| = {asym:.3g} exceeds "
                      f"tol * max |K| = {tol:.3g} * {scale:.3g}")
-  eig = np.linalg.eigvalsh(0.5 * (g + g.T))
-  lo, top = float(eig.min()), float(np.max(np.abs(eig)))
-  if lo < -tol * top:
+  lo = float(np.linalg.eigvalsh(0.5 * (g + g.T)).min())
+  if lo < -tol * scale:
     raise ValueError(f"gram must be positive semidefinite: its smallest eigenvalue {lo:.3g} is "
-                     f"below -tol * max |eigenvalue| = -{tol:.3g} * {top:.3g}")
+                     f"below -tol * max |K| = -{tol:.3g} * {scale:.3g}")
 
 
 def empirical_rademacher(gram, *, radius, key, num_draws: int = 1000,
@@ -143,7 +169,10 @@ def empirical_rademacher(gram, *, radius, key, num_draws: int = 1000,
   sigma^T K sigma is not a squared RKHS norm and the formula returns a wrong
   finite number. Checked to the relative tolerance ``tol``:
 
-      max |K - K^T| <= tol * max |K|    and    min eig(K) >= -tol * max |eig(K)|.
+      max |K - K^T| <= tol * max |K|    and    min eig(K) >= -tol * max |K|
+
+  (under jit the second test is that K + tol max|K| I has a Cholesky factor,
+  the same condition up to rounding).
 
   Args:
     gram: (N, N) symmetric PSD kernel matrix, N >= 1 (e.g.
@@ -178,8 +207,8 @@ def empirical_rademacher(gram, *, radius, key, num_draws: int = 1000,
     _check_gram_values(gram, float(tol))
     valid = jnp.ones((), gram.dtype)
   else:
-    asym, scale, lo, top = _gram_defects(gram)
-    valid = jnp.where((asym <= tol * scale) & (lo >= -tol * top), 1.0, 0.0).astype(gram.dtype)
+    asym, scale, factorises = _gram_defects(gram, tol)
+    valid = jnp.where((asym <= tol * scale) & factorises, 1.0, 0.0).astype(gram.dtype)
   sigma = jax.random.rademacher(key, (num_draws, n), dtype=gram.dtype)      # (S, N)
   quad = jnp.sum(jnp.dot(sigma, gram, precision=HIGHEST) * sigma, axis=1)   # (S,)
   # sigma^T K sigma >= 0 for PSD K; rounding can make a tiny value negative.

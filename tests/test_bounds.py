@@ -829,6 +829,39 @@ def test_empirical_rademacher_gram_checks_under_jit():
     bounds.empirical_rademacher(jnp.eye(2), radius=1.0, key=jax.random.key(0), tol=-1.0)
 
 
+def test_empirical_rademacher_traced_check_uses_no_eigensolver():
+  """The traced PSD test is a Cholesky elimination written in jnp, not a LAPACK call: XLA's
+  batched CPU ``eigh``/``cholesky`` kernels hang when two CPU devices run them at once (the
+  layout of large proofs_check runs), so a vmapped call must lower to neither."""
+  grams = jnp.stack([jnp.eye(4)] * 3)
+  jaxpr = str(jax.make_jaxpr(jax.vmap(
+      lambda g: bounds.empirical_rademacher(g, radius=1.0, key=jax.random.key(0),
+                                            num_draws=4)))(grams))
+  assert "eigh" not in jaxpr
+  assert "cholesky" not in jaxpr
+
+
+def test_empirical_rademacher_traced_psd_test_matches_eigenvalues():
+  """Under vmap the PSD verdict (finite estimate) equals NumPy's eigenvalue criterion
+  min eig(K) >= -tol max|K| on a mixed batch: PSD, rank-deficient PSD, and two indefinite
+  matrices, one far below and one just below the threshold."""
+  rng = np.random.default_rng(5)
+  a = rng.normal(size=(6, 3))
+  low_rank = a @ a.T                                             # PSD, rank 3
+  full = low_rank + np.eye(6)
+  tol = bounds.gram_tolerance(np.float64)
+  u, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  def with_min_eig(lam):
+    return u @ np.diag([2.0, 1.5, 1.0, 0.5, 0.25, lam]) @ u.T
+  batch = np.stack([full, low_rank, with_min_eig(-0.3), with_min_eig(-3.0 * tol * 2.0),
+                    with_min_eig(-0.2 * tol * 2.0)])
+  expected = [np.linalg.eigvalsh(k).min() >= -tol * np.abs(k).max() for k in batch]
+  assert expected == [True, True, False, False, True]
+  out = jax.jit(jax.vmap(lambda g: bounds.empirical_rademacher(
+      g, radius=1.0, key=jax.random.key(0), num_draws=4).estimate))(jnp.asarray(batch))
+  assert list(np.isfinite(np.asarray(out))) == expected
+
+
 def test_literal_readings_bad_inputs():
   params, x_p, x_q = draw_instance(0, (4, 3, 2, 2, 2))
   with pytest.raises(ValueError, match="bandwidths must hold at least one"):
