@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from hypothesis import given
+import pytest
 
 import icl_kd
 from tests.helpers import c1_tolerance, make_instance
@@ -218,3 +219,38 @@ def test_kd_bad_values_eagerly_raise_naming_the_argument():
     icl_kd.kd_loss(jnp.full((params.d_v, 4), jnp.nan), params, demos, feature_map=fm)
   with pytest.raises(TypeError, match="dtype"):
     icl_kd.kd_loss(jnp.ones((params.d_v, 4), jnp.float32), params, demos, feature_map=fm)
+
+
+def test_c2_error_unit_is_the_cancellation_free_weight():
+  """kd-step's unit |W_0| = (1/D') sum_i (|W^V||x_i|) phi(k_i)^T, pinned to NumPy; on an
+  instance whose value W^V x_0 cancels to 1e-9 of its terms the unit stays of the terms'
+  size (so rounding of W^V x_0 is not read as a 1e-7 relative error), and a wrong step
+  (eta = 2 eta*) is still an error of order one in that unit."""
+  import math
+
+  from icl_kd.claims import CLAIMS, c2_kd_step
+  from icl_kd.claims.c1_decomposition import prompt_params
+  from proofs_check import sweep
+  claim = CLAIMS["kd-step"]
+  bucket = claim.buckets[0]                                   # N = 1, d = 3, d_v = 1
+  inst = sweep.instance_of(claim, 0, 0, 3, jnp.float64)
+  x = np.asarray(inst["demos"])[0]
+  w_v = np.array([[x[1], -x[0], 0.0]]) * (1.0 + np.array([[0.0, 1e-9, 0.0]]))  # W^V x ~ 1e-9
+  inst = dict(inst, w_v=jnp.asarray(w_v))
+  shared = claim.prepare(inst, bucket)
+  params = prompt_params(inst)
+  unit = c2_kd_step.abs_weights(shared.w0, params, inst["demos"])
+  np.testing.assert_allclose(np.asarray(unit.coeffs),
+                             np.abs(np.asarray(inst["demos"])) @ np.abs(w_v).T, rtol=1e-15)
+  keys = np.asarray(shared.w0.anchors)
+  a = np.asarray(unit.coeffs)
+  gram = np.exp(keys @ keys.T / float(inst["tau"]))
+  hs = math.exp(float(unit.log_scale)) * math.sqrt(float(np.sum((a @ a.T) * gram)))
+  assert math.exp(float(unit.log_hs_norm())) == pytest.approx(hs, rel=1e-13)
+  ratio = float(np.abs(w_v @ x)[0] / (np.abs(w_v) @ np.abs(x))[0])
+  assert ratio < 1e-8                                          # the value cancels
+  check = claim.compute(inst, bucket, shared)
+  assert float(check.error) <= float(check.tolerance)
+  wrong = c2_kd_step.compute(inst, bucket,
+                             shared._replace(log_eta=shared.log_eta + math.log(2.0)))
+  assert float(wrong.error) == pytest.approx(ratio, rel=1e-3)    # 2 W_0 - W_0 = W_0 = ratio |W_0|

@@ -18,20 +18,30 @@ from icl_kd.claims.base import Claim, IdentityCheck, identity_tolerance
 from icl_kd.claims.c1_decomposition import PROMPTS, decompose_prompt, prompt_params, sample_prompt
 
 
+def abs_weights(w0: dual.DualWeights, params, demos) -> dual.DualWeights:
+  """|W_0|: W_0 with each value W^V x_i replaced by |W^V| |x_i| (the unit of C2's error)."""
+  coeffs = jnp.dot(jnp.abs(demos), jnp.abs(params.w_v).T, precision=jax.lax.Precision.HIGHEST)
+  return dual.DualWeights(coeffs, w0.anchors, w0.tau, w0.log_scale)
+
+
 def compute(inst, bucket, shared) -> IdentityCheck:
-  """C2 on one prompt: max(dual error, autodiff error) of W_1(eta*) against W_0."""
+  """C2 on one prompt: max(dual error, autodiff error) of W_1(eta*) against W_0, in units
+  of |W_0| (see the module docstring)."""
   out = shared
   params = prompt_params(inst)
   w1 = kd.one_step_kd_weights(params, inst["demos"], log_eta=out.log_eta, tau=inst["tau"])
-  dual_err = dual.relative_hs_error(w1, out.w0, aligned=True)
+  unit = abs_weights(out.w0, params, inst["demos"])
+  diff = dual.aligned_difference(w1, out.w0)
+  dual_err = jnp.exp(diff.log_hs_norm() - unit.log_hs_norm())
   fm = features.PositiveRandomFeatures(inst["omega"], inst["tau"])
   zero = jnp.zeros((params.d_v, inst["omega"].shape[0]), inst["w_q"].dtype)
   grad = jax.grad(kd.kd_loss)(zero, params, inst["demos"], feature_map=fm)
   # Compared at the scale D' W_0 (so that eta* ~ exp(-1000) does not underflow).
-  closed = dual.DualWeights(out.w0.coeffs, out.w0.anchors, out.w0.tau,
-                            jnp.zeros_like(out.w0.log_scale)).to_primal(fm)
+  zero_scale = jnp.zeros_like(out.w0.log_scale)
+  closed = dual.DualWeights(out.w0.coeffs, out.w0.anchors, out.w0.tau, zero_scale).to_primal(fm)
+  closed_unit = dual.DualWeights(unit.coeffs, unit.anchors, unit.tau, zero_scale).to_primal(fm)
   step = -jnp.exp(out.log_eta + out.log_partition) * grad
-  primal_err = jnp.linalg.norm(step - closed) / jnp.linalg.norm(closed)
+  primal_err = jnp.linalg.norm(step - closed) / jnp.linalg.norm(closed_unit)
   return IdentityCheck(jnp.maximum(dual_err, primal_err),
                        identity_tolerance(inst["w_q"].dtype, out.max_abs_score))
 
