@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 
 from icl_kd import runtime
 
@@ -92,7 +93,13 @@ def _print_report(report) -> None:
   for cid, a in report.attribution.items():
     print(f"  {cid}: violated {a['rate_eq12']:.2%} under eq12, {a['rate_half']:.2%} under half; "
           f"max ratio {a['max_ratio_eq12']:.3g} / {a['max_ratio_half']:.3g}")
-  print(report.summary())
+  print(wrapped_summary(report.summary()))
+
+
+def wrapped_summary(line: str, width: int = 120) -> str:
+  """The summary line wrapped to ``width`` columns, continuation lines indented by two."""
+  return textwrap.fill(line, width=width, subsequent_indent="  ", break_long_words=False,
+                       break_on_hyphens=False)
 
 
 def _counterexamples() -> int:

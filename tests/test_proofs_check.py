@@ -139,6 +139,14 @@ def _cli(*args, env=None, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def _summary(stdout: str) -> str:
+  """The closing summary of the CLI's output: its last unindented line and the indented
+  continuation lines after it (wrapped at 120 columns), joined back into one line."""
+  lines = stdout.rstrip().splitlines()
+  start = max(i for i, line in enumerate(lines) if not line.startswith(" "))
+  return " ".join(line.strip() for line in lines[start:])
+
+
 SUBSET = ["--claims", "thm3.1,thm4.1-*", "--instances", "64", "--chunk", "32", "--no-progress"]
 NO_CACHE = ["--no-compile-cache"]
 
@@ -162,10 +170,11 @@ def test_cli_table_json_schema_and_exit_code(subset_report):
   res, report, _ = subset_report
   assert "thm3.1" in res.stdout and "viol." in res.stdout
   # theorems and conjectures are told apart in the summary
-  summary = res.stdout.strip().splitlines()[-1]
+  summary = _summary(res.stdout)
   assert summary.startswith("3 checks hold; ") and "thm4.1-literal-gaussian" in summary
+  assert summary == report["summary"]                          # the JSON's line, unwrapped
   table = res.stdout.split("\nn: instances.")[0].splitlines()   # the table, before its legend
-  assert len(table) >= 9 and max(len(line) for line in table) <= 120
+  assert len(table) >= 9 and max(len(line) for line in res.stdout.splitlines()) <= 120
   for key in ("version", "seed", "dtype", "jax_version", "platform", "device_count", "claims"):
     assert key in report
   assert report["dtype"] == "float64" and report["seed"] == 0
@@ -538,7 +547,8 @@ def test_cli_float32_every_claim_completes():
   assert "Traceback" not in res.stderr
   for cid in CLAIMS:
     assert any(line.startswith(cid + " ") for line in res.stdout.splitlines()), cid
-  assert "o.o.r." in res.stdout and "check" in res.stdout.splitlines()[-1]
+  assert "o.o.r." in res.stdout and "check" in _summary(res.stdout)
+  assert max(len(line) for line in res.stdout.splitlines()) <= 120
 
 
 def test_cli_counterexamples_agree_with_their_closed_forms():
