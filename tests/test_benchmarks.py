@@ -318,3 +318,23 @@ def test_b6_counter_counts_one_compile_per_shape():
       for n in (3, 5):
         _counted_square(jnp.arange(float(n)))
   assert counter.count == 2
+
+
+def test_b5_reports_a_hung_run_as_a_missed_target(monkeypatch):
+  """A default run that does not finish is killed after TIMEOUT_S and becomes one MISSED row
+  (no warm run after it), not a benchmark that waits forever."""
+  import subprocess
+
+  from benchmarks import b5_proofs_check as b5
+
+  calls = []
+
+  def hang(cmd, **kw):
+    calls.append(kw["timeout"])
+    raise subprocess.TimeoutExpired(cmd, kw["timeout"], stderr=b"  rademacher-empirical 0/3,000")
+
+  monkeypatch.setattr(b5.subprocess, "run", hang)
+  rows = b5.run(quick=False, seed=0)
+  assert calls == [b5.TIMEOUT_S]
+  assert len(rows) == 1 and rows[0].met is False
+  assert "no result after" in rows[0].reason() and "rademacher" in rows[0].extra["last_progress"]
