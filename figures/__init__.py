@@ -50,6 +50,10 @@ class Skipped(Exception):
   """A figure that cannot be made here (a missing optional dependency); the message says why."""
 
 
+class MismatchedResults(ValueError):
+  """Saved experiment results of another kind of run than the figure's (quick vs full, seed)."""
+
+
 def module(fig_id: str):
   """The module of figure ``fig_id`` (e.g. 'F4')."""
   if fig_id not in FIGURES:
@@ -172,6 +176,11 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
   (``run(config, key=jax.random.key(seed))`` and ``save``): its full
   ``Config()``, or under ``quick`` its ``QUICK`` config with the fields in
   ``overrides`` (smaller still, for quick figures).
+
+  Raises:
+    MismatchedResults: the saved summary says it is a quick run and ``quick``
+      is False (or the reverse), or its seed is not ``seed``: a full figure is
+      never drawn, unmarked, from a quick run's numbers.
   """
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
   if not (os.path.exists(npz) and os.path.exists(js)):
@@ -183,8 +192,17 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
     config = config._replace(progress=False)
     results = mod.run(config, key=jax.random.key(seed))
     mod.save(results, results_dir, info=run_info(mod, config, seed=seed, quick=quick))
-  with np.load(npz) as f:
-    arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   with open(js) as f:
     summary = json.load(f)
+  got_quick, got_seed = summary.get("quick"), summary.get("seed")
+  if ((got_quick is not None and bool(got_quick) != bool(quick))
+      or (got_seed is not None and int(got_seed) != int(seed))):
+    kind = {True: "quick", False: "full"}
+    raise MismatchedResults(
+        f"{js} holds a {kind[bool(got_quick)]} run of {name} with seed {got_seed}, but this "
+        f"figure needs a {kind[bool(quick)]} run with seed {seed}: move {results_dir} away "
+        f"(the figure then runs {name} itself) or rerun `python -m icl_kd.experiments {name} "
+        f"--out {results_dir}{' --quick' if quick else ''} --seed {seed}`")
+  with np.load(npz) as f:
+    arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   return arrays, summary

@@ -57,6 +57,10 @@ def main(argv=None) -> int:
     except figures.Skipped as e:
       print(f"[figures] {fig_id} skipped: {e}", file=sys.stderr, flush=True)
       continue
+    except figures.MismatchedResults as e:  # the user's saved results: one line, no traceback
+      failed.append(fig_id)
+      print(f"[figures] {fig_id} FAILED: {e}", file=sys.stderr, flush=True)
+      continue
     except Exception as e:  # report, keep making the other figures
       failed.append(fig_id)
       traceback.print_exc()

@@ -131,7 +131,8 @@ def make(results: dict):
   ax.set_ylabel("exact match")
   ax.set_ylim(-0.02, 1.02)
   ax.set_title("(b) in-context learning", loc="left")
-  ax.legend(loc="upper left", fontsize="x-small", ncol=2, frameon=False)
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="x-small", ncol=3,
+            frameon=False)
   ax = axes[0, 2]
   x = np.arange(len(e1["rule"]))
   ax.bar(x - 0.2, e1["accuracy"], 0.4, color=style.PALETTE["blue"], label="exact match")
@@ -139,18 +140,18 @@ def make(results: dict):
          label="same-task demos (fraction)")
   short = {"mmd_kv": "MMD$_{kV}$", "mmd_gauss": "Gauss.\nMMD", "retrieval": "retr.",
            "random_task": "random\ntask", "random_pool": "random\npool"}
-  ax.set_xticks(x, [short.get(r, r) for r in e1["rule"]], fontsize="small")
+  ax.set_xticks(x, [short.get(r, r) for r in e1["rule"]], fontsize="x-small")
   ax.set_ylim(0, 1.05)
   ax2 = ax.twinx()
   ax2.plot(x, e1["logprob"], "D", color=style.PALETTE["vermillion"], label="gold log-prob")
   ax2.set_ylabel("gold log-probability")
   rho = meta["e1_spearman_mmd_kv_accuracy"]
   ax.set_title("(c) E1: choosing demonstrations", loc="left")
-  style.annotate(ax, f"Spearman(MMD$_{{kV}}$, acc.)\n{rho[0]:.2f} [{rho[1]:.2f}, {rho[2]:.2f}]",
-                 loc="upper right")
+  ax.set_xlabel(f"Spearman(MMD$_{{kV}}^2$, exact match)\n"
+                f"= {rho[0]:.2f} [{rho[1]:.2f}, {rho[2]:.2f}]")
   lines = [c for c in ax.containers] + ax2.get_lines()
-  ax.legend(lines, [c.get_label() for c in lines], loc="upper center", ncol=3, fontsize="x-small",
-            bbox_to_anchor=(0.5, -0.18), frameon=False)
+  ax.legend(lines, [c.get_label() for c in lines], loc="upper center", ncol=2, fontsize="x-small",
+            bbox_to_anchor=(0.5, -0.36), frameon=False)
   ax = axes[0, 3]
   ax.plot(e6["f"], e6["accuracy"], "o-", color=style.PALETTE["blue"], label="exact match")
   ax.set_xlabel("fraction f from another task")
@@ -162,8 +163,8 @@ def make(results: dict):
   ax2.set_ylabel("MMD$_{kV}^2$ relative to f = 0")
   ax.set_title("(d) E6: interference", loc="left")
   lines = ax.get_lines() + ax2.get_lines()
-  ax.legend(lines, [ln.get_label() for ln in lines], loc="center left", fontsize="x-small",
-            frameon=False)
+  ax.legend(lines, [ln.get_label() for ln in lines], loc="upper center", ncol=2,
+            fontsize="x-small", bbox_to_anchor=(0.5, -0.2), frameon=False)
   fig.suptitle(f"F10. {meta['model']} doing in-context learning:\nC1 on all "
                f"{meta['layers'] * meta['heads']} heads (max error {meta['max_c1_err_f64']:.0e}), "
                "accuracy, E1, E6")
