@@ -97,7 +97,8 @@ def _pairs(keys, shifts):
       r = bounds.literal_readings(params, x_p, x_q, eta=ETA, convention=convention)
       log_ratios += [r.log_ratio(name) for name in READING_CLAIMS]
     return (b.lhs, b.identity_rhs, b.bound_rhs, b.literal_rhs, rel, b.identity_residual,
-            b.mmd_v, b.mmd_x, b.mmd_k, r.bandwidth, *log_ratios)
+            b.mmd_v, b.mmd_x, b.mmd_k, r.bandwidth, *log_ratios,
+            dict(w_k=params.w_k, w_v=params.w_v, x_p=x_p, x_q=x_q))
   per_layer = lambda k: jax.vmap(lambda s: one(k, s))(shifts)
   return jax.vmap(per_layer)(keys)
 
@@ -139,7 +140,8 @@ def compute(cfg: Config) -> dict:
   """Every side of C5 on layers x shifts, plus the proofs_check worst/adversarial instances."""
   keys = jax.random.split(jax.random.key(cfg.seed), cfg.layers)
   shifts = jnp.linspace(0.0, MAX_SHIFT, cfg.shifts, dtype=jnp.float64)
-  out = [np.asarray(a) for a in _pairs(keys, shifts)]
+  *out, samples = _pairs(keys, shifts)
+  out = [np.asarray(a) for a in out]
   names = ("lhs", "identity_rhs", "bound_rhs", "literal_rhs", "identity_relative_error",
            "identity_residual", "mmd_v", "mmd_x", "mmd_k", "median_bandwidth")
   names += tuple(ratio_column(r, c) for c in bounds.CONVENTIONS for r in READING_CLAIMS)
@@ -148,6 +150,7 @@ def compute(cfg: Config) -> dict:
   pairs.update({n: (np.exp(a) if n.startswith("ratio_") else a).ravel().tolist()
                 for n, a in zip(names, out)})
   readings, summary = _readings_summary(pairs)
+  check_pair = _check_pair(samples, cfg)
   lhs, lit = np.asarray(pairs["lhs"]), np.asarray(pairs["literal_rhs"])
   pairs["literal_violated"] = (lhs > lit).tolist()
 
@@ -175,8 +178,17 @@ def compute(cfg: Config) -> dict:
               kernel="Gaussian, median-heuristic bandwidth of the pooled sample", dtype="float64",
               convention=CONVENTION, convention_factor=bounds.convention_factor(CONVENTION),
               conventions={c: bounds.convention_factor(c) for c in bounds.CONVENTIONS},
-              bandwidth_grid=list(bounds.DEFAULT_BANDWIDTHS), readings=readings)
+              bandwidth_grid=list(bounds.DEFAULT_BANDWIDTHS), readings=readings,
+              check_pair=check_pair)
   return dict(meta=meta, tables=dict(pairs=pairs, proofs_check=found, readings=summary))
+
+
+def _check_pair(samples: dict, cfg) -> dict:
+  """One pair's layer and samples (layer 1, or 0, at the middle shift), so that its row of the
+  pairs table can be recomputed from scratch; ``row`` indexes the pairs table."""
+  layer, j = min(1, cfg.layers - 1), cfg.shifts // 2
+  out = {k: np.asarray(v)[layer, j].tolist() for k, v in samples.items()}
+  return dict(layer=layer, shift_index=j, row=layer * cfg.shifts + j, **out)
 
 
 def _readings_summary(pairs: dict) -> tuple[dict, dict]:

@@ -67,7 +67,8 @@ def _pairs(keys, shifts):
     r = bounds.risk_bound(params, x_p, x_q, x_target, eta=ETA, convention=CONVENTION)
     g = bounds.prediction_gap(params, x_p, x_q, query, eta=ETA, convention=CONVENTION)
     return (r.weight_gap_norm, r.lhs, r.rhs, r.risk_p - r.risk_q, g.lhs, g.rhs, g.mmd_rhs,
-            g.literal_rhs, g.mmd_x, g.log_feature_norm, g.log_feature_bound)
+            g.literal_rhs, g.mmd_x, g.log_feature_norm, g.log_feature_bound,
+            dict(w_q=params.w_q, w_k=params.w_k, w_v=params.w_v, x_p=x_p, x_q=x_q, query=query))
   return jax.vmap(lambda k: jax.vmap(lambda s: one(k, s))(shifts))(keys)
 
 
@@ -79,7 +80,8 @@ def compute(cfg: Config) -> dict:
   # the same (params, P, Q) pairs as F4 for the same seed and sizes
   keys = jax.random.split(jax.random.key(cfg.seed), cfg.layers)
   shifts = jnp.linspace(0.0, MAX_SHIFT, cfg.shifts, dtype=jnp.float64)
-  out = [np.asarray(a).ravel() for a in _pairs(keys, shifts)]
+  *out, samples = _pairs(keys, shifts)
+  out = [np.asarray(a).ravel() for a in out]
   names = ("weight_gap_norm", "root_risk_p", "root_risk_bound", "excess_risk",
            "prediction_gap", "prediction_gap_bound", "prediction_mmd_rhs",
            "prediction_literal_rhs", "mmd_x", "log_query_feature_norm", "log_feature_bound")
@@ -101,8 +103,17 @@ def compute(cfg: Config) -> dict:
               mmd_violations=int(np.sum(mmd_ratio > 1.0)), max_mmd_ratio=float(mmd_ratio.max()),
               literal_violations=int(np.sum(literal_ratio > 1.0)),
               max_literal_ratio=float(literal_ratio.max()), pairs=int(literal_ratio.size),
-              query_beyond_m_phi=int(np.sum(out[9] > out[10])))
+              query_beyond_m_phi=int(np.sum(out[9] > out[10])),
+              check_pair=_check_pair(samples, cfg))
   return dict(meta=meta, tables=dict(pairs=pairs))
+
+
+def _check_pair(samples: dict, cfg) -> dict:
+  """One pair's layer, samples and query (layer 1, or 0, at the middle shift), so that its row
+  of the pairs table can be recomputed from scratch; ``row`` indexes the pairs table."""
+  layer, j = min(1, cfg.layers - 1), cfg.shifts // 2
+  out = {k: np.asarray(v)[layer, j].tolist() for k, v in samples.items()}
+  return dict(layer=layer, shift_index=j, row=layer * cfg.shifts + j, **out)
 
 
 @style.styled

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -184,7 +185,7 @@ def _gram_quadratic(kernel, n, m):
 
 
 def _numpy_readings(params, x_p, x_q, *, eta, c, bandwidths):
-  """lhs / rhs of the four literal readings of Theorem 4.1 (plus the grid's worst), in NumPy.
+  """lhs / rhs of the four literal readings of Theorem 4.1 (plus the grid's worst) and lhs, in NumPy.
 
   lhs = c eta MMD_kV (the HS norm of dW in dual form: the same quadratic form);
   rhs = eta ||W^V||_2 M_x M_phi D with D the Gaussian MMD (median of the pooled pairwise
@@ -213,7 +214,7 @@ def _numpy_readings(params, x_p, x_q, *, eta, c, bandwidths):
          "softmax": const * np.sqrt(_gram_quadratic(soft, n, m)),
          "normalised": eta * m_v * np.sqrt(_gram_quadratic((z @ z.T) * soft, n, m)),
          "tv": const * np.abs(mass).sum()}
-  return {k: lhs / v for k, v in rhs.items()}
+  return {"lhs": lhs, **{k: lhs / v for k, v in rhs.items()}}
 
 
 def test_f4_readings_under_both_conventions(quick_out):
@@ -226,8 +227,6 @@ def test_f4_readings_under_both_conventions(quick_out):
   and (iv) docs/THEORY.md C5: under half the normalised and TV readings never fail, under eq12
   the normalised one fails by at most 2x.
   """
-  import jax
-  import jax.numpy as jnp
   from figures import f4_mmd_bias as f4
   stem = _stem(quick_out, "F4")
   t = _csv(stem + "_pairs.csv")
@@ -254,18 +253,21 @@ def test_f4_readings_under_both_conventions(quick_out):
     assert rec["pairs"] == len(ratio) and rec["claim"] == f4.READING_CLAIMS[r]
   assert meta["readings"]["half"]["normalised"]["violations"] == 0
   assert meta["readings"]["half"]["tv"]["violations"] == 0
-  # one pair (layer 1, middle shift) recomputed in NumPy from its samples
-  cfg = meta["config"]
-  j = cfg["shifts"] // 2
-  row = cfg["shifts"] + j
-  assert t["layer"][row] == 1
-  key = jax.random.split(jax.random.key(cfg["seed"]), cfg["layers"])[1]
-  params, x_p, x_q, _, _ = f4.sample_pair(key, jnp.asarray(t["shift"][row], jnp.float64))
+  # one pair (the JSON keeps its samples) recomputed in NumPy from scratch
+  pair = meta["check_pair"]
+  row = pair["row"]
+  assert row == pair["layer"] * meta["config"]["shifts"] + pair["shift_index"]
+  assert t["layer"][row] == pair["layer"] and 0 < t["shift"][row] < meta["max_shift"]
+  params = SimpleNamespace(w_k=np.asarray(pair["w_k"]), w_v=np.asarray(pair["w_v"]))
+  x_p, x_q = np.asarray(pair["x_p"]), np.asarray(pair["x_q"])
+  assert x_p.shape == (f4.N_P, f4.D) and x_q.shape == (f4.N_Q, f4.D)
   for conv, c in meta["conventions"].items():
     expected = _numpy_readings(params, x_p, x_q, eta=meta["eta"], c=c,
                                bandwidths=meta["bandwidth_grid"])
     for r in readings:
       np.testing.assert_allclose(t[col(r, conv)][row], expected[r], rtol=1e-8, err_msg=(r, conv))
+    if conv == meta["convention"]:
+      np.testing.assert_allclose(t["lhs"][row], expected["lhs"], rtol=1e-9)
   # the figure says which convention each panel uses
   import matplotlib.text
   fig = f4.make(data)
@@ -315,9 +317,6 @@ def test_f5_mmd_chain_and_literal(quick_out):
   """thm4.2-mmd (bound) and thm4.2-literal (conjecture) in F5: one pair recomputed in NumPy,
   the bound on every pair, and the literal rhs = the mmd rhs times M_phi / ||phi(W^Q x')||, so
   a literal violation needs a query feature longer than M_phi."""
-  import jax
-  import jax.numpy as jnp
-  from figures import f5_downstream as f5
   stem = _stem(quick_out, "F5")
   t = _csv(stem + "_pairs.csv")
   meta = figures.load_data(stem + ".json")["meta"]
@@ -332,17 +331,18 @@ def test_f5_mmd_chain_and_literal(quick_out):
   assert meta["literal_violations"] == int(violated.sum())
   assert meta["mmd_violations"] == int(np.sum(y > mmd_rhs)) == 0
   assert meta["max_literal_ratio"] == np.max(y / lit)
-  # one pair (layer 1, middle shift) in NumPy, tau = 1
-  cfg = meta["config"]
-  row = cfg["shifts"] + cfg["shifts"] // 2
-  key = jax.random.split(jax.random.key(cfg["seed"]), cfg["layers"])[1]
-  params, x_p, x_q, _, query = f5.sample_instance(key, jnp.asarray(t["shift"][row], jnp.float64))
-  w_q, w_k, w_v = (np.asarray(a, np.float64) for a in params)
-  x = np.concatenate([np.asarray(x_p), np.asarray(x_q)])
+  # one pair (the JSON keeps its samples and query) in NumPy from scratch, tau = 1
+  pair = meta["check_pair"]
+  row = pair["row"]
+  assert row == pair["layer"] * meta["config"]["shifts"] + pair["shift_index"]
+  assert t["layer"][row] == pair["layer"] and 0 < t["shift"][row] < meta["max_shift"]
+  w_q, w_k, w_v, x_p, x_q, query = (np.asarray(pair[k], np.float64)
+                                     for k in ("w_q", "w_k", "w_v", "x_p", "x_q", "query"))
+  x = np.concatenate([x_p, x_q])
   n, m = len(x_p), len(x_q)
   wts = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
   c, eta = meta["convention_factor"], meta["eta"]
-  zq = w_q @ np.asarray(query)
+  zq = w_q @ query
   keys = x @ w_k.T
   gap = np.linalg.norm(c * eta * ((wts * np.exp(keys @ zq)) @ (x @ w_v.T)))
   mmd_x = np.sqrt(_gram_quadratic((x @ x.T) * np.exp(keys @ keys.T), n, m))
