@@ -185,7 +185,7 @@ def _gram_quadratic(kernel, n, m):
 
 
 def _numpy_readings(params, x_p, x_q, *, eta, c, bandwidths):
-  """lhs / rhs of the four literal readings of Theorem 4.1 (plus the grid's worst) and lhs, in NumPy.
+  """lhs and lhs / rhs of the four literal readings of Theorem 4.1 (and the grid's worst), NumPy.
 
   lhs = c eta MMD_kV (the HS norm of dW in dual form: the same quadratic form);
   rhs = eta ||W^V||_2 M_x M_phi D with D the Gaussian MMD (median of the pooled pairwise
