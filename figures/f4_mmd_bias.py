@@ -10,6 +10,21 @@ eta = 1/2, tau = 1, over several random layers. For every pair:
     (median bandwidth): a conjecture; points above the diagonal are marked,
     with the worst random and the adversarial instances that
     ``python -m proofs_check --claims thm4.1-literal --adversarial STEPS`` finds.
+
+Panels (a)-(c) use the convention ``eq12`` (c = 2, W_0 = 2 eta E_P[...], the
+paper's Eq. 12). The second row shows every kernel reading of the literal form
+(:func:`icl_kd.bounds.literal_readings`) on the same pairs, as the ratio
+lhs / rhs against the shift, under both conventions ``eq12`` (c = 2) and
+``half`` (c = 1); a ratio above 1 is a violation:
+
+(d) ``thm4.1-literal-gaussian``: median-heuristic bandwidth (points) and the
+    worst bandwidth of the fixed grid :data:`icl_kd.bounds.DEFAULT_BANDWIDTHS`
+    (largest ratio over the pairs at each shift, dashed);
+(e) ``thm4.1-literal-softmax``: phi's own kernel kappa(W^K x, W^K y);
+(f) ``thm4.1-literal-normalised``: k_x / (M_x M_phi)^2 (``thm4.1-bound`` over c);
+(g) ``thm4.1-literal-tv``: ||P_hat - Q_hat||_1.
+
+The literal right sides carry no c, so ratio(half) = ratio(eq12) / 2 exactly.
 """
 
 from __future__ import annotations
@@ -26,9 +41,22 @@ from icl_kd import bounds, distributions
 
 # thm4.1-literal is the Gaussian reading, thm4.1-literal-gaussian
 ID, SLUG, CLAIMS = "F4", "mmd_bias", ("thm4.1-identity", "thm4.1-bound", "thm4.1-literal",
-                                      "thm4.1-literal-gaussian")
+                                      "thm4.1-literal-gaussian", "thm4.1-literal-softmax",
+                                      "thm4.1-literal-normalised", "thm4.1-literal-tv")
 D, N_P, N_Q, ETA = 3, 64, 64, 0.5
 MAX_SHIFT = 2.0
+CONVENTION = "eq12"   # of panels (a)-(c) and of the pairs table's lhs, identity_rhs, bound_rhs
+# reading (a key of bounds.READINGS) -> its claim id; the grid is part of the Gaussian claim
+READING_CLAIMS = {"gaussian": "thm4.1-literal-gaussian",
+                  "gaussian-grid": "thm4.1-literal-gaussian",
+                  "softmax": "thm4.1-literal-softmax",
+                  "normalised": "thm4.1-literal-normalised",
+                  "tv": "thm4.1-literal-tv"}
+
+
+def ratio_column(reading: str, convention: str) -> str:
+  """The pairs-table column of lhs / rhs of ``reading`` under ``convention``."""
+  return f"ratio_{reading.replace('-', '_')}_{convention}"
 
 
 class Config(NamedTuple):
@@ -62,10 +90,15 @@ def sample_pair(key, shift):
 def _pairs(keys, shifts):
   def one(key, shift):
     params, x_p, x_q, _, _ = sample_pair(key, shift)
-    b = bounds.distillation_bias(params, x_p, x_q, eta=ETA)
+    b = bounds.distillation_bias(params, x_p, x_q, eta=ETA, convention=CONVENTION)
     rel = jnp.abs(b.lhs - b.identity_rhs) / b.identity_rhs
+    log_ratios = []
+    for convention in bounds.CONVENTIONS:
+      r = bounds.literal_readings(params, x_p, x_q, eta=ETA, convention=convention)
+      log_ratios += [r.log_ratio(name) for name in READING_CLAIMS]
     return (b.lhs, b.identity_rhs, b.bound_rhs, b.literal_rhs, rel, b.identity_residual,
-            b.mmd_v, b.mmd_x, b.mmd_k)
+            b.mmd_v, b.mmd_x, b.mmd_k, r.bandwidth, *log_ratios,
+            dict(w_k=params.w_k, w_v=params.w_v, x_p=x_p, x_q=x_q))
   per_layer = lambda k: jax.vmap(lambda s: one(k, s))(shifts)
   return jax.vmap(per_layer)(keys)
 
@@ -107,12 +140,17 @@ def compute(cfg: Config) -> dict:
   """Every side of C5 on layers x shifts, plus the proofs_check worst/adversarial instances."""
   keys = jax.random.split(jax.random.key(cfg.seed), cfg.layers)
   shifts = jnp.linspace(0.0, MAX_SHIFT, cfg.shifts, dtype=jnp.float64)
-  out = [np.asarray(a) for a in _pairs(keys, shifts)]
+  *out, samples = _pairs(keys, shifts)
+  out = [np.asarray(a) for a in out]
   names = ("lhs", "identity_rhs", "bound_rhs", "literal_rhs", "identity_relative_error",
-           "identity_residual", "mmd_v", "mmd_x", "mmd_k")
+           "identity_residual", "mmd_v", "mmd_x", "mmd_k", "median_bandwidth")
+  names += tuple(ratio_column(r, c) for c in bounds.CONVENTIONS for r in READING_CLAIMS)
   pairs = {"layer": np.repeat(np.arange(cfg.layers), cfg.shifts).tolist(),
            "shift": np.tile(np.asarray(shifts), cfg.layers).tolist()}
-  pairs.update({n: a.ravel().tolist() for n, a in zip(names, out)})
+  pairs.update({n: (np.exp(a) if n.startswith("ratio_") else a).ravel().tolist()
+                for n, a in zip(names, out)})
+  readings, summary = _readings_summary(pairs)
+  check_pair = _check_pair(samples, cfg)
   lhs, lit = np.asarray(pairs["lhs"]), np.asarray(pairs["literal_rhs"])
   pairs["literal_violated"] = (lhs > lit).tolist()
 
@@ -137,22 +175,69 @@ def compute(cfg: Config) -> dict:
               literal_violations=int(np.sum(pairs["literal_violated"])),
               proofs_check=dict(instances=entry["instances"], violations=entry["violations"],
                                 verdict=entry["verdict"], adversarial_steps=cfg.adversarial_steps),
-              kernel="Gaussian, median-heuristic bandwidth of the pooled sample", dtype="float64")
-  return dict(meta=meta, tables=dict(pairs=pairs, proofs_check=found))
+              kernel="Gaussian, median-heuristic bandwidth of the pooled sample", dtype="float64",
+              convention=CONVENTION, convention_factor=bounds.convention_factor(CONVENTION),
+              conventions={c: bounds.convention_factor(c) for c in bounds.CONVENTIONS},
+              bandwidth_grid=list(bounds.DEFAULT_BANDWIDTHS), readings=readings,
+              check_pair=check_pair)
+  return dict(meta=meta, tables=dict(pairs=pairs, proofs_check=found, readings=summary))
+
+
+def _check_pair(samples: dict, cfg) -> dict:
+  """One pair's layer and samples (layer 1, or 0, at the middle shift), so that its row of the
+  pairs table can be recomputed from scratch; ``row`` indexes the pairs table."""
+  layer, j = min(1, cfg.layers - 1), cfg.shifts // 2
+  out = {k: np.asarray(v)[layer, j].tolist() for k, v in samples.items()}
+  return dict(layer=layer, shift_index=j, row=layer * cfg.shifts + j, **out)
+
+
+def _readings_summary(pairs: dict) -> tuple[dict, dict]:
+  """Per reading and convention: violations (ratio > 1), pairs and the largest ratio.
+
+  Returns ``{convention: {reading: {...}}}`` for the JSON meta and the same as
+  a table (one row per reading and convention).
+  """
+  meta, rows = {}, {k: [] for k in ("reading", "claim", "convention", "convention_factor",
+                                    "violations", "pairs", "max_ratio")}
+  for convention in bounds.CONVENTIONS:
+    meta[convention] = {}
+    for reading, claim in READING_CLAIMS.items():
+      ratio = np.asarray(pairs[ratio_column(reading, convention)], float)
+      rec = dict(claim=claim, violations=int(np.sum(ratio > 1.0)), pairs=int(ratio.size),
+                 max_ratio=float(np.max(ratio)))
+      meta[convention][reading] = rec
+      for k, v in dict(reading=reading, convention=convention,
+                       convention_factor=bounds.convention_factor(convention), **rec).items():
+        rows[k].append(v)
+  return meta, rows
+
+
+CONVENTION_STYLE = {"eq12": dict(color=style.PALETTE["blue"], marker="o"),
+                    "half": dict(color=style.PALETTE["orange"], marker="s")}
+READING_PANELS = (("gaussian", "(d) Gaussian, median $h$"),
+                  ("softmax", "(e) softmax $\\kappa$"),
+                  ("normalised", "(f) normalised $k_x$"),
+                  ("tv", "(g) TV $\\|P - Q\\|_1$"))
 
 
 @style.styled
 def make(results: dict):
-  """Three log-log panels of ||W_0(P) - W_0(Q)||_HS against the three right-hand sides of C5."""
+  """Top: three log-log panels of ||W_0(P) - W_0(Q)||_HS against the right sides of C5 (eq12).
+  Bottom: lhs / rhs of each literal reading against the shift, under eq12 and half."""
+  import matplotlib.pyplot as plt
   meta, t, pc = results["meta"], table(results, "pairs"), table(results, "proofs_check")
-  fig, axes = style.figure(1, 3, height=3.1)
+  fig = plt.figure(figsize=(style.WIDTH, 7.6), layout="constrained")
+  row1, row2 = fig.subfigures(2, 1, height_ratios=(1.2, 1.0))
+  top, bottom = row1.subplots(1, 3), row2.subplots(1, 4)
   lhs = t["lhs"]
-  panels = (("identity_rhs", "$2\\eta\\,\\mathrm{MMD}_{k_V}(P,Q)$", "(a) identity: $k_V$"),
-            ("bound_rhs", "$2\\eta\\,\\|W^V\\|_{op}\\mathrm{MMD}_{k_x}(P,Q)$", "(b) bound: $k_x$"),
+  c = meta.get("convention_factor", 2.0)
+  panels = (("identity_rhs", f"${c:g}\\eta\\,\\mathrm{{MMD}}_{{k_V}}(P,Q)$", "(a) identity: $k_V$"),
+            ("bound_rhs", f"${c:g}\\eta\\,\\|W^V\\|_{{op}}\\mathrm{{MMD}}_{{k_x}}(P,Q)$",
+             "(b) bound: $k_x$"),
             ("literal_rhs", "$\\eta M_V M_x M_\\phi\\,\\mathrm{MMD}_k(P,Q)$",
              "(c) paper's literal form"))
   for i, (col, xlabel, title) in enumerate(panels):
-    ax = axes[0, i]
+    ax = top[i]
     rhs = t[col]
     extra = [pc["literal_rhs"], pc["lhs"]] if i == 2 and len(pc.get("lhs", [])) else []
     lo, hi = style.log_range(lhs, rhs, *extra)
@@ -177,11 +262,53 @@ def make(results: dict):
     ax.set_ylabel("$\\|W_0(P) - W_0(Q)\\|_{HS}$")
     ax.set_title(title, loc="left")
     style.legend_below(ax)
-  style.annotate(axes[0, 0], f"max rel. error\n{meta['max_identity_relative_error']:.1e}")
-  style.annotate(axes[0, 1], f"max lhs/rhs\n{meta['max_bound_ratio']:.3f}")
-  style.annotate(axes[0, 2], f"max lhs/rhs\n{meta['max_literal_ratio']:.3g}")
-  cb = fig.colorbar(sc, ax=axes[0, 2], pad=0.01, aspect=30)
+  style.annotate(top[0], f"max rel. error\n{meta['max_identity_relative_error']:.1e}")
+  style.annotate(top[1], f"max lhs/rhs\n{meta['max_bound_ratio']:.3f}")
+  style.annotate(top[2], f"max lhs/rhs\n{meta['max_literal_ratio']:.3g}")
+  cb = row1.colorbar(sc, ax=top[2], pad=0.01, aspect=30)
   cb.set_label("shift $\\|\\mu_Q - \\mu_P\\|$")
-  fig.suptitle("F4. Claim C5 (thm4.1): $\\|W_0(P) - W_0(Q)\\|_{HS}$ is linear in MMD "
-               f"($\\eta$={meta['eta']}, n=m={meta['n_p']})")
+  if "readings" in meta:
+    _draw_readings(bottom, meta, t)
+  row1.suptitle("F4. Claim C5 (thm4.1): $\\|W_0(P) - W_0(Q)\\|_{HS}$ is linear in MMD "
+                f"($\\eta$={meta['eta']}, n=m={meta['n_p']})\n"
+                f"(a)-(c): convention {meta.get('convention', 'eq12')}, "
+                f"$W_0(P) = {c:g}\\eta\\,E_P[W^Vx\\,\\phi(W^Kx)^T]$ (c = {c:g})")
   return fig
+
+
+def _draw_readings(axes, meta: dict, t: dict) -> None:
+  """(d)-(g): lhs / rhs of each literal reading against the shift, both conventions.
+
+  Legend entries: "<convention>: <violations> (max <largest ratio>)" over all pairs.
+  """
+  shift = t["shift"]
+  grid_shifts = np.unique(shift)
+  pairs = meta["readings"]["eq12"]["gaussian"]["pairs"]
+  for ax, (reading, title) in zip(axes, READING_PANELS):
+    for convention, look in CONVENTION_STYLE.items():
+      ratio = t[ratio_column(reading, convention)]
+      rec = meta["readings"][convention][reading]
+      ax.scatter(shift, ratio, s=5, alpha=0.6, lw=0, rasterized=True, color=look["color"],
+                 marker=look["marker"],
+                 label=f"{convention}: {rec['violations']} (max {rec['max_ratio']:.3g})")
+    if reading == "gaussian":     # the worst bandwidth of the grid, largest ratio per shift
+      for convention, look in CONVENTION_STYLE.items():
+        worst = t[ratio_column("gaussian-grid", convention)]
+        worst_per_shift = [np.max(worst[shift == s]) for s in grid_shifts]
+        g = meta["readings"][convention]["gaussian-grid"]
+        ax.plot(grid_shifts, worst_per_shift, ls="--", lw=1.0, color=look["color"],
+                label=f"grid {convention}: {g['violations']} (max {g['max_ratio']:.3g})")
+    ax.axhline(1.0, color=style.REFERENCE, ls="-", lw=1.0, zorder=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("shift $\\|\\mu_Q - \\mu_P\\|$")
+    ax.set_title(title, loc="left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=7, handlelength=1.2,
+              handletextpad=0.3, markerscale=2.0, borderaxespad=0.0)
+  axes[0].set_ylabel("lhs / rhs of the literal form")
+  looks = " and ".join(f"{c} (c = {meta['conventions'][c]:g}, "
+                       f"{'circles' if c == 'eq12' else 'squares'})" for c in CONVENTION_STYLE)
+  axes[0].figure.suptitle(
+      f"(d)-(g): each reading of the literal form (a kernel for MMD$_k$), lhs / rhs against the "
+      f"shift,\nunder {looks}; legends: violations of {pairs} pairs (max lhs/rhs);\n"
+      "grey line: ratio 1; dashed: the grid's worst bandwidth, largest ratio per shift",
+      fontsize=8)

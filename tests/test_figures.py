@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -175,6 +176,181 @@ def test_f4_identity_and_bound(quick_out):
     assert abs(lhs / rhs - ratio) <= 1e-9 * ratio
   # the shift knob sweeps the MMD: the biggest shift has a larger bias than no shift
   assert np.median(t["lhs"][t["shift"] == t["shift"].max()]) > np.median(t["lhs"][t["shift"] == 0])
+
+
+def _gram_quadratic(kernel, n, m):
+  """w^T K w with w = [1/n ... , -1/m ...]: the squared biased MMD of a pooled Gram matrix."""
+  w = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
+  return float(w @ kernel @ w)
+
+
+def _numpy_readings(params, x_p, x_q, *, eta, c, bandwidths):
+  """lhs and lhs / rhs of the four literal readings of Theorem 4.1 (and the grid's worst), NumPy.
+
+  lhs = c eta MMD_kV (the HS norm of dW in dual form: the same quadratic form);
+  rhs = eta ||W^V||_2 M_x M_phi D with D the Gaussian MMD (median of the pooled pairwise
+  distances; the worst of ``bandwidths``), the MMD of exp(<W^K x, W^K y>), MMD_kx / (M_x M_phi),
+  or ||P_hat - Q_hat||_1 (tau = 1).
+  """
+  w_k, w_v = (np.asarray(a, np.float64) for a in (params.w_k, params.w_v))
+  z = np.concatenate([np.asarray(x_p, np.float64), np.asarray(x_q, np.float64)])
+  n, m = len(x_p), len(x_q)
+  keys, values = z @ w_k.T, z @ w_v.T
+  soft = np.exp(keys @ keys.T)
+  lhs = c * eta * np.sqrt(_gram_quadratic((values @ values.T) * soft, n, m))
+  m_v, m_x = np.linalg.norm(w_v, 2), np.linalg.norm(z, axis=1).max()
+  m_phi = np.exp(np.max(np.sum(keys ** 2, axis=1)) / 2)
+  const = eta * m_v * m_x * m_phi
+  sq = np.sum((z[:, None, :] - z[None, :, :]) ** 2, axis=-1)
+  h = np.median(np.sqrt(sq[np.triu_indices(n + m, 1)]))
+
+  def gaussian(bw):
+    return np.sqrt(_gram_quadratic(np.exp(-sq / (2 * bw * bw)), n, m))
+  atoms, inverse = np.unique(z, axis=0, return_inverse=True)
+  mass = np.zeros(len(atoms))
+  np.add.at(mass, inverse.ravel(), np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)]))
+  rhs = {"gaussian": const * gaussian(h),
+         "gaussian-grid": const * min(gaussian(b) for b in bandwidths),
+         "softmax": const * np.sqrt(_gram_quadratic(soft, n, m)),
+         "normalised": eta * m_v * np.sqrt(_gram_quadratic((z @ z.T) * soft, n, m)),
+         "tv": const * np.abs(mass).sum()}
+  return {"lhs": lhs, **{k: lhs / v for k, v in rhs.items()}}
+
+
+def test_f4_readings_under_both_conventions(quick_out):
+  """The second row of F4: thm4.1-literal-{gaussian,softmax,normalised,tv} under eq12 and half.
+
+  Pinned to (i) a NumPy recomputation of one pair (every reading, both conventions), (ii) the
+  closed-form relation ratio(half) = ratio(eq12) / 2 (the literal right sides carry no c), (iii)
+  the first row's other code path (bounds.distillation_bias, eq12: the normalised reading is
+  2 lhs / bound_rhs, the Gaussian one lhs / literal_rhs),
+  and (iv) docs/THEORY.md C5: under half the normalised and TV readings never fail, under eq12
+  the normalised one fails by at most 2x.
+  """
+  from figures import f4_mmd_bias as f4
+  stem = _stem(quick_out, "F4")
+  t = _csv(stem + "_pairs.csv")
+  data = figures.load_data(stem + ".json")
+  meta = data["meta"]
+  assert meta["convention"] == "eq12" and meta["conventions"] == {"eq12": 2.0, "half": 1.0}
+  readings = ("gaussian", "gaussian-grid", "softmax", "normalised", "tv")
+  col = f4.ratio_column
+  for r in readings:
+    np.testing.assert_allclose(t[col(r, "half")], t[col(r, "eq12")] / 2, rtol=1e-12)
+  np.testing.assert_allclose(t[col("normalised", "eq12")], 2 * t["lhs"] / t["bound_rhs"],
+                             rtol=1e-9)
+  np.testing.assert_allclose(t[col("gaussian", "eq12")], t["lhs"] / t["literal_rhs"], rtol=1e-9)
+  assert np.all(t[col("normalised", "half")] <= 1.0) and np.all(t[col("tv", "half")] <= 1.0)
+  assert np.all(t[col("normalised", "eq12")] <= 2.0 * (1 + 1e-12))
+  # the counts in the JSON and the summary table are those of the plotted ratios
+  summary = data["tables"]["readings"]
+  assert len(summary["reading"]) == 2 * len(readings)
+  for i, (r, conv) in enumerate(zip(summary["reading"], summary["convention"])):
+    ratio = t[col(r, conv)]
+    rec = meta["readings"][conv][r]
+    assert rec["violations"] == summary["violations"][i] == int(np.sum(ratio > 1)), (r, conv)
+    assert rec["max_ratio"] == summary["max_ratio"][i] == ratio.max(), (r, conv)
+    assert rec["pairs"] == len(ratio) and rec["claim"] == f4.READING_CLAIMS[r]
+  assert meta["readings"]["half"]["normalised"]["violations"] == 0
+  assert meta["readings"]["half"]["tv"]["violations"] == 0
+  # one pair (the JSON keeps its samples) recomputed in NumPy from scratch
+  pair = meta["check_pair"]
+  row = pair["row"]
+  assert row == pair["layer"] * meta["config"]["shifts"] + pair["shift_index"]
+  assert t["layer"][row] == pair["layer"] and 0 < t["shift"][row] < meta["max_shift"]
+  params = SimpleNamespace(w_k=np.asarray(pair["w_k"]), w_v=np.asarray(pair["w_v"]))
+  x_p, x_q = np.asarray(pair["x_p"]), np.asarray(pair["x_q"])
+  assert x_p.shape == (f4.N_P, f4.D) and x_q.shape == (f4.N_Q, f4.D)
+  for conv, c in meta["conventions"].items():
+    expected = _numpy_readings(params, x_p, x_q, eta=meta["eta"], c=c,
+                               bandwidths=meta["bandwidth_grid"])
+    for r in readings:
+      np.testing.assert_allclose(t[col(r, conv)][row], expected[r], rtol=1e-8, err_msg=(r, conv))
+    if conv == meta["convention"]:
+      np.testing.assert_allclose(t["lhs"][row], expected["lhs"], rtol=1e-9)
+  # the figure says which convention each panel uses
+  import matplotlib.text
+  fig = f4.make(data)
+  texts = " ".join(x.get_text() for x in fig.findobj(matplotlib.text.Text))
+  assert "convention eq12" in texts and "half (c = 1" in texts and "eq12 (c = 2" in texts
+  panels = {ax.get_title(loc="left")[:3]: ax for ax in fig.axes}
+  for label, r in zip(("(d)", "(e)", "(f)", "(g)"), ("gaussian", "softmax", "normalised", "tv")):
+    legend = [x.get_text() for x in panels[label].get_legend().get_texts()]
+    for conv in ("eq12", "half"):
+      rec = meta["readings"][conv][r]
+      assert f"{conv}: {rec['violations']} (max {rec['max_ratio']:.3g})" in legend, (r, legend)
+
+
+def test_f3_paper_form(quick_out):
+  """thm3.2-paper-form next to thm3.2: both bounds in closed form from the saved constants;
+  the paper's form is the smaller for N > 2 log(1/delta), so it is violated at least as often."""
+  stem = _stem(quick_out, "F3")
+  t = _csv(stem + "_by_n.csv")
+  meta = figures.load_data(stem + ".json")["meta"]
+  assert "thm3.2-paper-form" in meta["claims"]
+  b, c, d_t, delta, n = (meta["radius"], meta["feature_bound_c"], meta["teacher_bound_d_t"],
+                         meta["delta"], t["n"])
+  reach = d_t + b * c
+  complexity = 4 * b * c * reach / np.sqrt(n)
+  np.testing.assert_allclose(t["bound"], complexity + reach ** 2 * np.sqrt(np.log(1 / delta) /
+                                                                          (2 * n)), rtol=1e-12)
+  np.testing.assert_allclose(t["bound_paper"], complexity + reach ** 2 * np.log(1 / delta) / n,
+                             rtol=1e-12)
+  np.testing.assert_allclose(t["confidence_term_paper"], reach ** 2 * np.log(1 / delta) / n,
+                             rtol=1e-12)
+  assert np.all(n > 2 * np.log(1 / delta)) and np.all(t["bound_paper"] < t["bound"])
+  # both violation rates recounted from every sample's gap against the closed-form bounds
+  gaps = _csv(stem + "_gaps.csv")
+  for i, size in enumerate(n):
+    g = gaps["gap"][gaps["n"] == size]
+    assert g.size == meta["config"]["repetitions"]
+    assert t["violation_rate"][i] == np.mean(g > t["bound"][i])
+    assert t["violation_rate_paper"][i] == np.mean(g > t["bound_paper"][i])
+    assert t["gap_quantile"][i] == np.quantile(g, 1 - delta)
+  assert np.all(t["violation_rate_paper"] >= t["violation_rate"])
+  np.testing.assert_allclose(t["tightness_paper"], t["bound_paper"] / t["gap_quantile"],
+                             rtol=1e-12)
+  assert meta["max_violation_rate_paper"] == t["violation_rate_paper"].max()
+
+
+def test_f5_mmd_chain_and_literal(quick_out):
+  """thm4.2-mmd (bound) and thm4.2-literal (conjecture) in F5: one pair recomputed in NumPy,
+  the bound on every pair, and the literal rhs = the mmd rhs times M_phi / ||phi(W^Q x')||, so
+  a literal violation needs a query feature longer than M_phi."""
+  stem = _stem(quick_out, "F5")
+  t = _csv(stem + "_pairs.csv")
+  meta = figures.load_data(stem + ".json")["meta"]
+  assert meta["convention"] == "eq12" and meta["convention_factor"] == 2.0
+  y, mmd_rhs, lit = t["prediction_gap"], t["prediction_mmd_rhs"], t["prediction_literal_rhs"]
+  assert np.all(y <= mmd_rhs * (1 + 1e-12)), np.max(y / mmd_rhs)
+  np.testing.assert_allclose(
+      lit / mmd_rhs, np.exp(t["log_feature_bound"] - t["log_query_feature_norm"]), rtol=1e-9)
+  violated = y > lit
+  np.testing.assert_array_equal(t["prediction_literal_violated"], violated)
+  assert not np.any(violated & (t["log_query_feature_norm"] <= t["log_feature_bound"]))
+  assert meta["literal_violations"] == int(violated.sum())
+  assert meta["mmd_violations"] == int(np.sum(y > mmd_rhs)) == 0
+  assert meta["max_literal_ratio"] == np.max(y / lit)
+  # one pair (the JSON keeps its samples and query) in NumPy from scratch, tau = 1
+  pair = meta["check_pair"]
+  row = pair["row"]
+  assert row == pair["layer"] * meta["config"]["shifts"] + pair["shift_index"]
+  assert t["layer"][row] == pair["layer"] and 0 < t["shift"][row] < meta["max_shift"]
+  w_q, w_k, w_v, x_p, x_q, query = (np.asarray(pair[k], np.float64)
+                                     for k in ("w_q", "w_k", "w_v", "x_p", "x_q", "query"))
+  x = np.concatenate([x_p, x_q])
+  n, m = len(x_p), len(x_q)
+  wts = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
+  c, eta = meta["convention_factor"], meta["eta"]
+  zq = w_q @ query
+  keys = x @ w_k.T
+  gap = np.linalg.norm(c * eta * ((wts * np.exp(keys @ zq)) @ (x @ w_v.T)))
+  mmd_x = np.sqrt(_gram_quadratic((x @ x.T) * np.exp(keys @ keys.T), n, m))
+  chain = c * eta * np.linalg.norm(w_v, 2) * mmd_x
+  np.testing.assert_allclose(y[row], gap, rtol=1e-9)
+  np.testing.assert_allclose(mmd_rhs[row], chain * np.exp(zq @ zq / 2), rtol=1e-9)
+  np.testing.assert_allclose(lit[row], chain * np.exp(np.max(np.sum(keys ** 2, 1)) / 2),
+                             rtol=1e-9)
 
 
 def _same_files(a, b, ids):
