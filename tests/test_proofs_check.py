@@ -205,6 +205,7 @@ def test_cli_same_seed_same_numbers_with_and_without_compile_cache(subset_report
   assert _numbers(json.loads(path.read_text())) == _numbers(report)
 
 
+@pytest.mark.slow
 def test_check_agrees_with_the_cli_json(subset_report):
   """proofs_check.check() in this process gives the CLI's report, number for number."""
   _, report, _ = subset_report
@@ -347,6 +348,7 @@ def test_check_planted_failure_is_not_ok(monkeypatch):
 
 # --- resume --------------------------------------------------------------------------------
 
+@pytest.mark.slow   # tests/test_sweep_scale.py resumes a killed run (torn record) by default
 def test_checkpoint_resume_matches_uninterrupted(tmp_path):
   group = [CLAIMS["thm3.1"], CLAIMS["lr-proxy"]]
   kw = dict(instances=200, seed=5, dtype=jnp.float64, dtype_name="float64", progress=False,
@@ -378,6 +380,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     assert resumed[cid].to_json() == full[cid].to_json()
 
 
+@pytest.mark.slow   # tests/test_sweep_scale.py checks instance i as a pure function by default
 def test_instance_of_regenerates_the_swept_instance():
   """The worst instance is regenerated bit for bit and re-evaluates to the swept ratio."""
   claim = CLAIMS["lr-proxy"]
@@ -402,6 +405,7 @@ def _starts(cid, n=4, bucket=0, seed=11):
   return claim, [sweep.instance_of(claim, seed, bucket, i, jnp.float64) for i in range(n)]
 
 
+@pytest.mark.slow   # every bound's negative control (tests/test_claims.py) runs by default
 def test_adversarial_cannot_push_a_true_bound_above_one():
   from proofs_check import adversarial
   claim, starts = _starts("thm4.1-bound")
@@ -539,6 +543,7 @@ def test_stats_json_round_trip_with_non_finite_fields():
 
 # --- float32 ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_float32_every_claim_completes():
   """The default claims in float32 (few instances): no crash; out-of-range apart from violations."""
   res = _cli("--dtype", "float32", "--instances", "24", "--chunk", "24", "--no-progress",

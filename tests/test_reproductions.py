@@ -188,6 +188,7 @@ def _per_prompt_sq_error(model, params, prompts):
   return np.asarray((preds - prompts.targets) ** 2, float).mean(axis=1)
 
 
+@pytest.mark.slow
 def test_trained_linear_attention_reaches_von_oswald_optimum():
   # Linear self-attention on tokens (x_i, y_i), query (x', 0); 1500 Adam steps on fresh
   # batches of 256 prompts (float32). Evaluated on 20000 fresh prompts (s.e. ~0.5% of the
@@ -200,6 +201,7 @@ def test_trained_linear_attention_reaches_von_oswald_optimum():
   assert 245 / 1188 - 3 * se < loss < 1.05 * 245 / 1188, (loss, se)
 
 
+@pytest.mark.slow
 def test_trained_linear_attention_reaches_the_gaussian_optimum():
   # d = N = 20, no noise: target 21/41 (normalised by d). 500 Adam steps on fresh batches
   # of 512 prompts (float32; seconds). Evaluated on 20000 fresh prompts (s.e. ~1% of the

@@ -182,6 +182,7 @@ def _numbers(report):
                      for k, v in report["claims"].items()}, sort_keys=True)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_report(tmp_path):
   one = tmp_path / "one.json"
   res = subprocess.run([sys.executable, "-m", "proofs_check", *ARGS, "--json", str(one)],
