@@ -6,8 +6,8 @@
 (Gretton et al., 2012, JMLR 13, Eq. 3).
 
 Ours: the DEFAULT path, ``icl_kd.mmd.mmd2(x, y, kernel=gaussian_kernel(h))``
-jitted: the three kernel sums over tiles of at most 256 x 256 (float64) or
-512 x 512 (float32) pairs on CPU (4096 x 4096 on accelerators), each tile
+jitted: the three kernel sums over tiles of at most 512 x 512 pairs on CPU
+(``mmd.DEFAULT_BLOCK_SIZE``; 4096 x 4096 on accelerators), each tile
 from one matmul by the centred expansion |a|^2 + |b|^2 - 2 <a, b>, the x-x
 and y-y sums on and above the diagonal only.
 Also timed: ``fused=False`` (the nested vmap of the one-pair kernel, exact

@@ -5,6 +5,7 @@ same numbers as their baselines, that the baselines are themselves right
 (against brute force), and that the report is well formed.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -115,6 +116,23 @@ def test_b1_quick_row_carries_a_caveat(monkeypatch):
                        for r in quick)
   full = b1_claims.run(quick=False, seed=0)
   assert full and not any(r.note for r in full)
+
+
+def test_b1_sampling_share_draws_exactly_what_the_check_reads():
+  """The trivial evaluation of the sampler's share sums the fields C1 reads and no others.
+
+  C1 (docs/THEORY.md) reads the three weight matrices, the demonstrations, the
+  query and tau; the prompt group's ``omega`` directions belong to C2 and are
+  dead code in the C1 program, so summing them would time Gaussians the real
+  program never draws. A check that does read ``omega`` must get it back.
+  """
+  expected = ("w_q", "w_k", "w_v", "demos", "query", "tau")
+  assert set(b1_claims.fields_read(dtype=jnp.float32)) == set(expected)
+  c = b1_claims.claim()
+  greedy = dataclasses.replace(
+      c, compute=lambda inst, bucket, shared: c.compute(inst, bucket, shared)._replace(
+          error=c.compute(inst, bucket, shared).error + 0.0 * jnp.sum(inst["omega"])))
+  assert set(b1_claims.fields_read(greedy, dtype=jnp.float32)) == set(expected) | {"omega"}
 
 
 def test_unknown_benchmark_is_a_usage_error():

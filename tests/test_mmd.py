@@ -371,9 +371,14 @@ def test_blocked_equals_dense(name, dtype):
 
 
 def test_default_path_on_several_tiles_matches_numpy():
-  """n = 600, m = 530 with the default tiles (256 in float64: 3 x 3 tiles with remainders)
-  and 200 rows offset by 1e4 in the mean: default == one-pair (exact differences) == NumPy."""
-  x, y, _ = draw_data(9, 600, 530, 5, shift=0.2)
+  """n = 2B + 88, m = 2B + 18 with the default float64 tile side B (3 x 3 tiles, the last
+  padded) and rows offset by 1e4 in the mean: default == one-pair (exact differences) == NumPy."""
+  b = mmd.DEFAULT_BLOCK_SIZE["float64"]
+  n, m = 2 * b + 88, 2 * b + 18
+  for rows in (n, m):
+    tiles, side = -(-rows // b), -(-rows // -(-rows // b))
+    assert tiles == 3 and tiles * side > rows       # several tiles, the last one padded
+  x, y, _ = draw_data(9, n, m, 5, shift=0.2)
   x, y = x + 1e4, y + 1e4
   xr, yr = np.asarray(x) - 1e4, np.asarray(y) - 1e4
   kernel = mmd.gaussian_kernel(2.0)
