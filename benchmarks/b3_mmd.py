@@ -29,8 +29,9 @@ stay in cache).
 Scaling: the default path (float64) over n = m = 256 .. 65,536 (quick: ..
 1024); the baseline only up to 8192 (above, its three dense n x n float64
 matrices need 3 * 8 n^2 bytes: 6 GiB at 16,384, 96 GiB at 65,536). The
-largest size runs in a child process, which reports its peak resident memory
-(``ru_maxrss``) before and after; XLA's memory plan (temporaries of the
+largest size runs in a child process, which reports its own peak resident
+memory (``VmHWM`` of /proc/self/status, before and after the run; ``ru_maxrss``
+where /proc is absent, which on Linux would carry over the parent's peak); XLA's memory plan (temporaries of the
 compiled program) is reported for every size. The exponent b of t ~ n^b is
 fitted by least squares on log t over n >= 1024 (quick: n >= 512).
 """
@@ -218,17 +219,29 @@ def compare_vmap(n: int, seed: int, *, repeats: int) -> harness.Row:
 _CHILD = r"""
 import json, resource, sys, time
 import jax
+
+
+def peak_kib():
+  # VmHWM: this address space's peak resident set. ru_maxrss is not usable here: Linux
+  # keeps it across exec, so a child started by a large parent reports the parent's peak.
+  try:
+    with open("/proc/self/status") as f:
+      return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+  except (OSError, StopIteration):
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 jax.config.update("jax_enable_x64", True)
 from benchmarks import b3_mmd
 n, seed = int(sys.argv[1]), int(sys.argv[2])
 x, y = b3_mmd.samples(n, n, b3_mmd.D, seed)
 fn = jax.jit(b3_mmd.ours).lower(x, y).compile()
 jax.block_until_ready(x)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kib()
 t0 = time.perf_counter()
 v = float(fn(x, y))
 t = time.perf_counter() - t0
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps(dict(seconds=t, mmd2=v, maxrss_before_kib=before, maxrss_after_kib=after)))
 """
 
