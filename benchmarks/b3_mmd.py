@@ -116,7 +116,7 @@ def cdist_mmd2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _block(n: int, dtype) -> int:
   """The default tile side of ``mmd2`` on this backend."""
-  return mmd._check_block_size(None, dtype)
+  return mmd.default_block_size(dtype)
 
 
 def _tiles(n: int, block: int) -> tuple[int, int]:

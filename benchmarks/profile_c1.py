@@ -6,9 +6,11 @@ Times the compiled chunk program of :func:`proofs_check.sweep` on 65,536
 instances of ``thm3.1``'s bucket N = 32, d = 8 (1 device), once with the real
 evaluation and once with a trivial one that only sums the sampled arrays the
 real check reads (the sampling share; :func:`benchmarks.b1_claims.fields_read`),
-for keys of JAX's default Threefry and of the sweep's generator (:mod:`proofs_check.rng`), in float32 and float64. Prints CPU
-microseconds per instance (process time: less sensitive to other jobs than
-the wall clock, best of 3).
+for keys of JAX's default Threefry and of the sweep's generator
+(:mod:`proofs_check.rng`), in float32 and float64. Prints CPU microseconds per
+instance (process time: less sensitive to other jobs than the wall clock, best
+of 3). Then the cost of the sampler's Gaussians by stage
+(bits, uniforms, the ``erf_inv`` transform) in the same layout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,41 @@ import zlib
 
 import jax
 import jax.numpy as jnp
+
+
+def gaussian_stages(instances: int = 65_536, per_instance: int = 456) -> None:
+  """CPU us per instance of drawing ``per_instance`` Gaussians (C1's count at N = 32, d = 8):
+  the sweep's bits, their uniforms, and ``jax.random.normal`` (uniforms through ``erf_inv``),
+  in the sweep's layout (``lax.map`` over micro-batches of 256 vmapped instances)."""
+  from proofs_check import rng, sweep
+
+  def program(draw):
+    def block(bkey, ix):
+      return jax.lax.map(lambda b: jax.vmap(lambda i: draw(jax.random.fold_in(bkey, i)))(b),
+                         ix.reshape(-1, sweep.MICRO_BATCH))
+    return jax.jit(block)
+
+  for dt in (jnp.float32, jnp.float64):
+    word = jnp.uint32 if dt == jnp.float32 else jnp.uint64
+    stages = (("bits", lambda k: jnp.sum(jax.random.bits(k, (per_instance,), word).astype(dt))),
+              ("uniform", lambda k: jnp.sum(jax.random.uniform(k, (per_instance,), dt))),
+              ("normal", lambda k: jnp.sum(jax.random.normal(k, (per_instance,), dt))))
+    us = {name: _best_us(program(draw), rng.key(0), instances) for name, draw in stages}
+    print(f"{per_instance} Gaussians, {jnp.dtype(dt).name}: bits {us['bits']:.2f} us CPU/instance, "
+          f"uniform {us['uniform']:.2f}, normal {us['normal']:.2f} "
+          f"(the transform erf_inv ~{us['normal'] - us['uniform']:.2f})", flush=True)
+
+
+def _best_us(fn, key, instances: int) -> float:
+  """Best of 3 CPU (process) times of fn(key, 0..instances-1), in us per instance."""
+  ix = jnp.arange(instances, dtype=jnp.uint32)
+  jax.block_until_ready(fn(key, ix))
+  best = float("inf")
+  for _ in range(3):
+    t0 = time.process_time()
+    jax.block_until_ready(fn(key, ix))
+    best = min(best, time.process_time() - t0)
+  return 1e6 * best / instances
 
 
 def main(instances: int = 65_536) -> None:
@@ -39,19 +76,13 @@ def main(instances: int = 65_536) -> None:
     for dt in (jnp.float32, jnp.float64):
       us = {}
       for name, cl in (("total", c), ("sampling", sampling)):
-        fn = sweep._batch_fn([cl], 0, dt, 8192)
+        fn = sweep.batch_fn([cl], 0, dt, 8192)
         gkey = jax.random.fold_in(make(0), zlib.crc32(b"prompt") & 0x7FFFFFFF)
-        bkey, ix = jax.random.fold_in(gkey, 0), jnp.arange(instances, dtype=jnp.uint32)
-        jax.block_until_ready(fn(bkey, ix))
-        best = float("inf")
-        for _ in range(3):
-          t0 = time.process_time()
-          jax.block_until_ready(fn(bkey, ix))
-          best = min(best, time.process_time() - t0)
-        us[name] = 1e6 * best / instances
+        us[name] = _best_us(fn, jax.random.fold_in(gkey, 0), instances)
       print(f"{gen:13s} {jnp.dtype(dt).name}: total {us['total']:.2f} us CPU/instance, "
             f"sampling {us['sampling']:.2f}, evaluation {us['total'] - us['sampling']:.2f}",
             flush=True)
+  gaussian_stages(instances)
 
 
 if __name__ == "__main__":

@@ -368,11 +368,20 @@ def _check_samples(x, y, *, min_size: int = 1) -> tuple[jax.Array, jax.Array]:
   return x, y
 
 
+def default_block_size(dtype=None) -> int:
+  """The tile side :func:`mmd2` uses when ``block_size`` is None, on this backend and dtype.
+
+  :data:`DEFAULT_BLOCK_SIZE` on CPU (256 for other dtypes), :data:`ACCELERATOR_BLOCK_SIZE`
+  on GPU/TPU.
+  """
+  if jax.default_backend() != "cpu":
+    return ACCELERATOR_BLOCK_SIZE
+  return DEFAULT_BLOCK_SIZE.get(jnp.dtype(dtype).name if dtype is not None else "", 256)
+
+
 def _check_block_size(block_size, dtype=None) -> int:
   if block_size is None:
-    if jax.default_backend() != "cpu":
-      return ACCELERATOR_BLOCK_SIZE
-    return DEFAULT_BLOCK_SIZE.get(jnp.dtype(dtype).name if dtype is not None else "", 256)
+    return default_block_size(dtype)
   if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
     raise TypeError(f"block_size must be None or an int >= 1, got {type(block_size).__name__} "
                     f"{block_size!r}")

@@ -98,7 +98,7 @@ def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype) -> dict
   return claim.sample(key, claim.buckets[bucket], dtype)
 
 
-MICRO_BATCH = 256  # instances vmapped at once inside a device (fixed: see _batch_fn)
+MICRO_BATCH = 256  # instances vmapped at once inside a device (fixed: see batch_fn)
 
 
 def _micro(chunk: int) -> int:
@@ -112,8 +112,13 @@ def padded_size(chunk: int, n_dev: int) -> int:
   return per_device * n_dev
 
 
-def _batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
+def batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
   """A single-device program evaluating every claim of a group on a block of indices.
+
+  ``batch_fn(claims, bucket, dtype, chunk)(bucket_key, indices)`` returns, per
+  claim id, the checks of the instances ``indices`` (uint32) of bucket
+  ``bucket``, drawn from ``bucket_key``: the compiled program of one chunk of
+  :func:`sweep` (used to profile it, see ``benchmarks/profile_c1.py``).
 
   The block is mapped (``lax.map``) over micro-batches of a fixed size, each
   ``vmap``-ed, and the same executable runs on every device's shard (see
@@ -315,7 +320,7 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
         else:
           if stop_after_chunks is not None and computed >= stop_after_chunks:
             raise KeyboardInterrupt(f"stopped after {computed} new chunks")
-          fn = fn or _batch_fn(claims, b, dtype, c)
+          fn = fn or batch_fn(claims, b, dtype, c)
           values = _run_sharded(fn, bkey, start, padded, mesh)
           stats = {}
           for cl in claims:

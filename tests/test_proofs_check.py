@@ -359,7 +359,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     sweep.sweep(group, checkpoint=ckpt, stop_after_chunks=5, **kw)   # killed mid-run
   assert sweep.saved_chunks(ckpt, group[0].group_id) == 5
   calls = []
-  orig = sweep._batch_fn
+  orig = sweep.batch_fn
 
   def counting(*a, **k):
     fn = orig(*a, **k)
@@ -368,11 +368,11 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
       return fn(*x)
     return wrapped
 
-  sweep._batch_fn = counting
+  sweep.batch_fn = counting
   try:
     resumed = sweep.sweep(group, checkpoint=ckpt, **kw)
   finally:
-    sweep._batch_fn = orig
+    sweep.batch_fn = orig
   total_chunks = sum(-(-n // 16) for n in sweep.bucket_counts(200, len(group[0].buckets)))
   assert len(calls) == total_chunks - 5       # the saved chunks were not redone
   assert resumed.loaded_chunks == 5 and resumed.computed_chunks == total_chunks - 5
