@@ -227,6 +227,9 @@ def attribution(results: dict, convention: str) -> dict:
   out = {}
   for cid, r in results.items():
     ev = r.detail
+    if r.kind == "conjecture" and "events_query_beyond_m_phi" in ev:
+      out[cid] = _query_feature_attribution(r)
+      continue
     if r.kind != "conjecture" or "events_violated_eq12" not in ev:
       continue
     n = max(r.instances - r.out_of_range, 1)
@@ -242,6 +245,25 @@ def attribution(results: dict, convention: str) -> dict:
       entry.update(adversarial_max_ratio_eq12=m * 2.0 / c, adversarial_max_ratio_half=m / c)
     out[cid] = entry
   return out
+
+
+def _query_feature_attribution(r) -> dict:
+  """``thm4.2-literal``: its ratio is ``thm4.2-mmd``'s times ||phi(z)|| / M_phi (docs/THEORY.md C6).
+
+  Counts the instances whose query feature exceeds M_phi (the only way the
+  literal form can fail while the proved bound holds) and splits the worst
+  instance's log ratio into its two parts.
+  """
+  n = max(r.instances - r.out_of_range, 1)
+  beyond = r.detail["events_query_beyond_m_phi"]
+  extras = (r.worst_instance.values.get("extras", {}) if r.worst_instance else {})
+  return dict(instances=r.instances, violations=r.violations, rate=r.violations / n,
+              query_beyond_m_phi=beyond, rate_query_beyond_m_phi=beyond / n,
+              max_ratio=r.worst,
+              worst_log_mmd_ratio=extras.get("log_mmd_ratio", math.nan),
+              worst_log_query_over_m_phi=extras.get("log_query_over_m_phi", math.nan),
+              note="ratio = thm4.2-mmd's ratio x ||phi(W^Q x')|| / M_phi; M_phi bounds the key "
+                   "features only, so a query feature beyond it is what a violation needs")
 
 
 class CounterexampleRow(NamedTuple):

@@ -394,6 +394,31 @@ def test_convention_half_halves_every_literal_ratio_and_counts_both():
                              rtol=1e-12, atol=1e-12)
 
 
+def test_literal_prediction_extras_split_the_ratio_against_numpy():
+  """thm4.2-literal's extras: log_query_over_m_phi = |W^Q x'|^2/(2 tau) - max_x |W^K x|^2/(2 tau)
+  over both samples (NumPy), log_mmd_ratio = log lhs - thm4.2-mmd's log rhs, and the two add up
+  to the literal log ratio; the event says whether the query feature exceeds M_phi. Several
+  instances, on both sides of the event."""
+  lit, mmd_c = CLAIMS["thm4.2-literal"], CLAIMS["thm4.2-mmd"]
+  seen = set()
+  for i in range(12):
+    b = lit.buckets[i % len(lit.buckets)]
+    inst = lit.sample(jax.random.key(40 + i), b, jnp.float64)
+    r, m = _evaluate(lit, inst, b), _evaluate(mmd_c, inst, b)
+    a = {k: np.asarray(v, np.float64) for k, v in inst.items() if k != "sign_key"}
+    z = a["w_q"] @ a["query"]
+    keys = np.concatenate([a["x_p"], a["x_q"]]) @ a["w_k"].T
+    gap = z @ z / (2 * a["tau"]) - np.max(np.sum(keys ** 2, 1)) / (2 * a["tau"])
+    np.testing.assert_allclose(float(r.extras.log_query_over_m_phi), gap, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(float(r.extras.log_mmd_ratio), float(m.log_lhs - m.log_rhs),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(float(r.extras.log_mmd_ratio + r.extras.log_query_over_m_phi),
+                               float(r.log_lhs - r.log_rhs), rtol=1e-12, atol=1e-12)
+    assert bool(r.events.query_beyond_m_phi) == (gap > 0)
+    seen.add(bool(gap > 0))
+  assert seen == {True, False}
+
+
 def test_literal_normalised_reading_is_the_bound_over_c():
   """thm4.1-literal-normalised's right side is thm4.1-bound's divided by c (docs/THEORY.md C5)."""
   c = CLAIMS["thm4.1-literal-normalised"]

@@ -562,3 +562,26 @@ def test_cli_counterexamples_agree_with_their_closed_forms():
   assert "every computed ratio equals its closed form" in res.stdout
   for name in ("gaussian-point-masses", "softmax-null-space"):
     assert name in res.stdout
+
+
+def test_literal_prediction_attribution_counts_query_features_beyond_m_phi():
+  """The report's thm4.2-literal entry: the number of instances whose query feature exceeds
+  M_phi, recounted in NumPy on every instance the sweep drew (|W^Q x'|^2 > max_x |W^K x|^2
+  over both samples), and the worst ratio split into thm4.2-mmd's ratio times
+  ||phi(z)||/M_phi, whose product is the reported worst ratio."""
+  report = proofs_check.check("thm4.2-literal", instances=96, chunk=32)
+  a = report.attribution["thm4.2-literal"]
+  c = CLAIMS["thm4.2-literal"]
+  beyond = 0
+  for b, count in enumerate(sweep.bucket_counts(96, len(c.buckets))):
+    for i in range(count):
+      inst = {k: np.asarray(v, np.float64) for k, v in
+              sweep.instance_of(c, 0, b, i, jnp.float64).items()}
+      z = inst["w_q"] @ inst["query"]
+      keys = np.concatenate([inst["x_p"], inst["x_q"]]) @ inst["w_k"].T
+      beyond += bool(z @ z > np.max(np.sum(keys ** 2, 1)))
+  assert a["query_beyond_m_phi"] == beyond and 0 < beyond < 96
+  assert a["violations"] == report.claims["thm4.2-literal"].violations <= beyond
+  np.testing.assert_allclose(a["worst_log_mmd_ratio"] + a["worst_log_query_over_m_phi"],
+                             np.log(a["max_ratio"]), rtol=1e-12, atol=1e-12)
+  assert a["worst_log_mmd_ratio"] <= 1e-9            # thm4.2-mmd, a bound, holds there

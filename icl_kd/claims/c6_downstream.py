@@ -15,6 +15,10 @@ Tested by tests/test_bounds.py and tests/test_claims.py; shown in figure F5.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
+
 from icl_kd import bounds
 from icl_kd.claims.base import BoundCheck, Claim, ConjectureCheck, ConsistencyCheck
 from icl_kd.claims.c5_mmd_bias import (PAIRS, bucket_convention, pair_params, prepare_pair,
@@ -31,10 +35,31 @@ def compute_mmd(inst, bucket, shared) -> BoundCheck:
   return BoundCheck(g.log_lhs, g.log_mmd_rhs)
 
 
+class LiteralExtras(NamedTuple):
+  """Why ``thm4.2-literal`` fails where it does: its log ratio is the sum of the two fields.
+
+  log(lhs / literal rhs) = log_mmd_ratio + log_query_over_m_phi, because the
+  literal right side is ``thm4.2-mmd``'s with M_phi in place of ||phi(z)||.
+  """
+  log_mmd_ratio: jax.Array          # log(lhs / thm4.2-mmd's rhs): <= 0 where that bound holds
+  log_query_over_m_phi: jax.Array   # |z|^2/(2 tau) - log M_phi: how far M_phi misses phi(z)
+
+
+class LiteralEvents(NamedTuple):
+  query_beyond_m_phi: jax.Array     # ||phi(W^Q x')|| > M_phi
+
+
 def compute_literal(inst, bucket, shared) -> ConjectureCheck:
-  """Both sides carry c here, so the ratio (and the verdict) is the same under both conventions."""
+  """Both sides carry c here, so the ratio (and the verdict) is the same under both conventions.
+
+  The extras split each instance's log ratio into the (proved) ``thm4.2-mmd`` ratio and the
+  factor ||phi(z)|| / M_phi that the literal form leaves out (docs/THEORY.md, C6).
+  """
   g = shared.prediction
-  return ConjectureCheck(g.log_lhs, g.log_literal_rhs)
+  gap = g.log_feature_norm - g.log_feature_bound
+  return ConjectureCheck(g.log_lhs, g.log_literal_rhs,
+                         extras=LiteralExtras(g.log_lhs - g.log_mmd_rhs, gap),
+                         events=LiteralEvents(gap > 0))
 
 
 def compute_risk(inst, bucket, shared) -> ConsistencyCheck:
