@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from icl_kd.claims import Claim, check_values, log_ratio
+from proofs_check import verdicts
 
 FIXED = ("tau", "log_eta")  # hyperparameters of the claim, not searched over
 
@@ -71,8 +72,15 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
   winner = {**{k: jnp.asarray(v[i]) for k, v in best.items()},
             **{k: v[i] for k, v in fixed.items()}}
   final = check_values(claim.evaluate(winner, cfg))
+  log_r = float(final["log_lhs"] - final["log_rhs"])
   return dict(steps=steps, starts=len(starts), bucket=bucket,
-              initial_max_ratio=float(np.exp(np.max(initial[np.isfinite(initial)])))
+              initial_max_ratio=_capped_exp(np.max(initial[np.isfinite(initial)]))
               if np.isfinite(initial).any() else None,
-              max_ratio=float(np.exp(final["log_lhs"] - final["log_rhs"])),
+              max_ratio=_capped_exp(log_r), max_log_ratio=log_r,
               values=final, instance={k: np.asarray(v).tolist() for k, v in winner.items()})
+
+
+def _capped_exp(log_r) -> float:
+  """exp(min(log ratio, LOG_CAP)), as the report's ratios (no float64 overflow); the uncapped
+  logarithm is kept beside it (``max_log_ratio``)."""
+  return float(np.exp(min(float(log_r), verdicts.LOG_CAP)))

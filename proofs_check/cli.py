@@ -79,6 +79,7 @@ def _list() -> str:
 
 
 def _print_report(report) -> None:
+  from proofs_check import verdicts
   from proofs_check.report import LEGEND, format_table
   rows = list(report.claims.values())
   print(format_table(rows))
@@ -86,9 +87,11 @@ def _print_report(report) -> None:
     if r.adversarial:
       a = r.adversarial
       init = a.get("initial_max_ratio")
-      print(f"adversarial {r.id}: max lhs/rhs {a['max_ratio']:.4g} after {a['steps']} steps "
+      log_r = a.get("max_log_ratio", math.log(a["max_ratio"]) if a["max_ratio"] > 0 else -math.inf)
+      best = f"e^{log_r:.4g}" if log_r > verdicts.LOG_CAP else f"{a['max_ratio']:.4g}"
+      print(f"adversarial {r.id}: max lhs/rhs {best} after {a['steps']} steps "
             f"from {a['starts']} starts (random max {init:.4g})" if init is not None else
-            f"adversarial {r.id}: max lhs/rhs {a['max_ratio']:.4g} after {a['steps']} steps")
+            f"adversarial {r.id}: max lhs/rhs {best} after {a['steps']} steps")
   print(LEGEND)
   print(f"convention: {report.convention} (c = {2 if report.convention == 'eq12' else 1})")
   for cid, a in report.attribution.items():

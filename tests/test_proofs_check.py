@@ -428,6 +428,19 @@ def test_adversarial_raises_the_literal_ratio():
   res = adversarial.search(claim, starts, 0, steps=40)
   assert res["max_ratio"] > res["initial_max_ratio"]
   assert res["max_ratio"] > 1.0
+  np.testing.assert_allclose(res["max_log_ratio"], np.log(res["max_ratio"]), rtol=1e-12)
+
+
+def test_adversarial_ratio_beyond_float64_is_capped_without_overflow():
+  """A searched log ratio above LOG_CAP (thm4.2-literal's is unbounded) gives the report's
+  capped ratio e^LOG_CAP, as the table's worst does, and no overflow warning."""
+  import warnings
+
+  from proofs_check import adversarial
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert adversarial._capped_exp(2500.0) == np.exp(verdicts.LOG_CAP)
+    assert adversarial._capped_exp(3.0) == np.exp(3.0)
 
 
 # --- documented verdict rules at their boundaries (proofs_check/verdicts.py) -------------------
