@@ -147,7 +147,7 @@ def _summary(stdout: str) -> str:
   return " ".join(line.strip() for line in lines[start:])
 
 
-SUBSET = ["--claims", "thm3.1,thm4.1-*", "--instances", "64", "--chunk", "32", "--no-progress"]
+SUBSET = ["--claims", "thm3.1,thm4.1-*,thm4.2-literal", "--instances", "64", "--chunk", "32", "--no-progress"]
 NO_CACHE = ["--no-compile-cache"]
 
 
@@ -180,7 +180,8 @@ def test_cli_table_json_schema_and_exit_code(subset_report):
   assert report["dtype"] == "float64" and report["seed"] == 0
   assert set(report["claims"]) == {"thm3.1", "thm4.1-identity", "thm4.1-bound",
                                    "thm4.1-literal-gaussian", "thm4.1-literal-softmax",
-                                   "thm4.1-literal-normalised", "thm4.1-literal-tv"}
+                                   "thm4.1-literal-normalised", "thm4.1-literal-tv",
+                                   "thm4.2-literal"}
   assert report["convention"] == "eq12"
   att = report["attribution"]["thm4.1-literal-normalised"]
   # the normalised reading is thm4.1-bound / c: under half it cannot be violated
@@ -209,7 +210,7 @@ def test_cli_same_seed_same_numbers_with_and_without_compile_cache(subset_report
 def test_check_agrees_with_the_cli_json(subset_report):
   """proofs_check.check() in this process gives the CLI's report, number for number."""
   _, report, _ = subset_report
-  ours = proofs_check.check("thm3.1,thm4.1-*", instances=64, chunk=32).to_json()
+  ours = proofs_check.check("thm3.1,thm4.1-*,thm4.2-literal", instances=64, chunk=32).to_json()
   assert _numbers(json.loads(json.dumps(ours))) == _numbers(report)
   assert ours["passed"] == report["passed"] and ours["summary"] == report["summary"]
   back = Report.from_json(report)
@@ -577,24 +578,25 @@ def test_cli_counterexamples_agree_with_their_closed_forms():
     assert name in res.stdout
 
 
-def test_literal_prediction_attribution_counts_query_features_beyond_m_phi():
+def test_literal_prediction_attribution_counts_query_features_beyond_m_phi(subset_report):
   """The report's thm4.2-literal entry: the number of instances whose query feature exceeds
   M_phi, recounted in NumPy on every instance the sweep drew (|W^Q x'|^2 > max_x |W^K x|^2
   over both samples), and the worst ratio split into thm4.2-mmd's ratio times
   ||phi(z)||/M_phi, whose product is the reported worst ratio."""
-  report = proofs_check.check("thm4.2-literal", instances=96, chunk=32)
-  a = report.attribution["thm4.2-literal"]
+  res, report, _ = subset_report
+  a = report["attribution"]["thm4.2-literal"]
   c = CLAIMS["thm4.2-literal"]
   beyond = 0
-  for b, count in enumerate(sweep.bucket_counts(96, len(c.buckets))):
+  for b, count in enumerate(sweep.bucket_counts(64, len(c.buckets))):
     for i in range(count):
       inst = {k: np.asarray(v, np.float64) for k, v in
               sweep.instance_of(c, 0, b, i, jnp.float64).items()}
       z = inst["w_q"] @ inst["query"]
       keys = np.concatenate([inst["x_p"], inst["x_q"]]) @ inst["w_k"].T
       beyond += bool(z @ z > np.max(np.sum(keys ** 2, 1)))
-  assert a["query_beyond_m_phi"] == beyond and 0 < beyond < 96
-  assert a["violations"] == report.claims["thm4.2-literal"].violations <= beyond
+  assert a["query_beyond_m_phi"] == beyond and 0 < beyond < 64
+  assert a["violations"] == report["claims"]["thm4.2-literal"]["violations"] <= beyond
   np.testing.assert_allclose(a["worst_log_mmd_ratio"] + a["worst_log_query_over_m_phi"],
                              np.log(a["max_ratio"]), rtol=1e-12, atol=1e-12)
   assert a["worst_log_mmd_ratio"] <= 1e-9            # thm4.2-mmd, a bound, holds there
+  assert "thm4.2-literal: violated" in res.stdout and "||phi(z)|| > M_phi in" in res.stdout
