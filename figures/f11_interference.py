@@ -14,29 +14,16 @@ fraction f of a prompt's demonstrations comes from another regression task;
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F11", "interference", ("E6",)
 CORRELATIONS = ("mmd_kv_error", "mmd_kx_error", "gaussian_error", "f_mmd_kv", "f_error")
 LABELS = ("MMD$_{kV}$, err", "MMD$_{kx}$, err", "Gauss, err", "$f$, MMD$_{kV}$", "$f$, err")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "E6")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "E6"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="E6")
 
 
 def compute(cfg: Config) -> dict:

@@ -14,12 +14,9 @@ From ``python -m icl_kd.experiments E1`` (run when its results are missing):
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F6", "selection", ("E1",)
 RULES = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random", "knn")
@@ -27,17 +24,7 @@ SHARED = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random")
 MMDS = ("mmd_kv", "mmd_kx", "gaussian")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "E1")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "E1"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="E1")
 
 
 def compute(cfg: Config) -> dict:
