@@ -190,7 +190,7 @@ def results_config(module: str, **dirs: str):
       module=module)
 
   def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides):
-    """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
+    """Full runs read results/<E>; quick runs keep theirs under <out>/experiments/<E>."""
     if quick and out is not None:
       for field, name in dirs.items():
         overrides.setdefault(field, os.path.join(out, "experiments", name))
