@@ -206,6 +206,24 @@ def head_columns(n_layers: int, n_heads: int) -> dict[str, list[int]]:
           "head": np.tile(np.arange(n_heads), n_layers).tolist()}
 
 
+def correlation_table(summary: dict, names, *, column: str) -> dict[str, list]:
+  """The Spearman correlations of an experiment's summary as one table, pooled rows first.
+
+  A row per (kind, name): kind "pooled" (``summary["spearman"]``), then "within
+  trials" (``summary["spearman_within_trial"]``), for each of ``names``; the
+  columns are ``column`` (the name), ``kind``, ``rho``, ``lo``, ``hi`` and ``n``.
+  """
+  corr = {column: [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
+  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
+    for name in names:
+      c = summary[key][name]
+      corr[column].append(name)
+      corr["kind"].append(kind)
+      for f in ("rho", "lo", "hi", "n"):
+        corr[f].append(c[f])
+  return corr
+
+
 def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
                        overrides: dict | None = None) -> tuple[dict, dict]:
   """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4, real).

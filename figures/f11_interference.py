@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from figures import experiment_results, results_config, style, table
+from figures import correlation_table, experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F11", "interference", ("E6",)
 CORRELATIONS = ("mmd_kv_error", "mmd_kx_error", "gaussian_error", "f_mmd_kv", "f_error")
@@ -40,14 +40,7 @@ def compute(cfg: Config) -> dict:
     q25, q50, q75 = np.quantile(arrays[f"{m}2"], [0.25, 0.5, 0.75], axis=0)
     curves[f"{m}2_q25"], curves[f"{m}2_median"], curves[f"{m}2_q75"] = (
         q25.tolist(), q50.tolist(), q75.tolist())
-  corr = {"name": [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
-  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
-    for name in CORRELATIONS:
-      c = summary[key][name]
-      corr["name"].append(name)
-      corr["kind"].append(kind)
-      for fld in ("rho", "lo", "hi", "n"):
-        corr[fld].append(c[fld])
+  corr = correlation_table(summary, CORRELATIONS, column="name")
   meta = dict(id=ID, claims=list(CLAIMS), results_dir=cfg.results_dir, seed=cfg.seed,
               quick=bool(cfg.quick or summary.get("quick", False)), heads=summary["heads"],
               target=summary["target"], trials=int(n), experiment_config=summary["config"])

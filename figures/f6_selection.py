@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from figures import experiment_results, results_config, style, table
+from figures import correlation_table, experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F6", "selection", ("E1",)
 RULES = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random", "knn")
@@ -39,14 +39,7 @@ def compute(cfg: Config) -> dict:
     rules["error_mean"].append(float(e.mean()))
     rules["error_se"].append(float(e.std(ddof=1) / np.sqrt(e.size)))
     rules["ridge_error_mean"].append(float(summary["rules"][r]["ridge_error_mean"]))
-  corr = {"mmd": [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
-  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
-    for m in MMDS:
-      c = summary[key][m]
-      corr["mmd"].append(m)
-      corr["kind"].append(kind)
-      for f in ("rho", "lo", "hi", "n"):
-        corr[f].append(c[f])
+  corr = correlation_table(summary, MMDS, column="mmd")
   points = {"kind": [], "mmd_kv2": [], "gaussian2": [], "error": []}
   for r in SHARED:
     points["kind"] += [r] * arrays[f"error_{r}"].size
