@@ -75,13 +75,7 @@ def make(results: dict):
   ax.set_title("(b) MMD vs $f$", loc="left")
   style.legend(ax, loc="lower right", bbox_to_anchor=(1.0, 0.1))
   ax = axes[0, 2]
-  for i, kind in enumerate(("pooled", "within trials")):
-    sel = c["kind"] == kind
-    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
-    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
-    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=style.MARKERS[i], color=style.CYCLE[i],
-                capsize=2, label=kind)
-  ax.axhline(0.0, color=style.REFERENCE, lw=0.8)
+  style.correlation_intervals(ax, c)
   ax.set_xticks(np.arange(len(CORRELATIONS)), LABELS, rotation=35, ha="right")
   ax.set_ylabel("Spearman $\\rho$, 95% CI")
   ax.set_title("(c) rank correlations", loc="left")

@@ -73,13 +73,7 @@ def make(results: dict):
   ax.set_title("(a) error per selection rule", loc="left")
   style.legend_below(ax, ncols=1, bbox_to_anchor=(0.5, -0.3))
   ax = axes[0, 1]
-  for i, kind in enumerate(("pooled", "within trials")):
-    sel = c["kind"] == kind
-    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
-    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
-    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=style.MARKERS[i], color=style.CYCLE[i],
-                capsize=2, label=kind)
-  ax.axhline(0.0, color=style.REFERENCE, lw=0.8)
+  style.correlation_intervals(ax, c)
   ax.set_xticks(np.arange(len(MMDS)), ["MMD$_{kV}$", "MMD$_{kx}$", "Gaussian"])
   ax.set_ylabel("Spearman $\\rho$(MMD$^2$, error), 95% CI")
   ax.set_title("(b) which MMD tracks the error", loc="left")

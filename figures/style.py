@@ -160,6 +160,21 @@ def c1_heat_map(fig, ax, errors, layers: int, heads: int, *, layer_step: int = 1
   cb.set_label("$\\log_{10}$ max relative error")
 
 
+def correlation_intervals(ax, c) -> None:
+  """Spearman rho with its interval [lo, hi] per name: pooled and within trials side by side.
+
+  ``c``: the columns of a :func:`figures.correlation_table` as :func:`figures.table`
+  reads them; names at x = 0, 1, ...; a line at rho = 0 for reference.
+  """
+  for i, kind in enumerate(("pooled", "within trials")):
+    sel = c["kind"] == kind
+    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
+    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
+    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=MARKERS[i], color=CYCLE[i],
+                capsize=2, label=kind)
+  ax.axhline(0.0, color=REFERENCE, lw=0.8)
+
+
 def annotate(ax, text: str, *, loc: str = "lower right") -> None:
   """A small boxed note inside the axes (key numbers of the panel)."""
   x, ha = (0.97, "right") if "right" in loc else (0.03, "left")
