@@ -21,6 +21,7 @@ first layer) in every figure, table and JSON, as in the README.
 
 from __future__ import annotations
 
+import collections
 import csv
 import importlib
 import io
@@ -164,6 +165,63 @@ def run(fig_id: str, *, out: str, quick: bool = False, seed: int = 0, **override
   paths += save_figure(fig, stem, quick=quick)
   plt.close(fig)
   return paths
+
+
+def results_config(module: str, **dirs: str):
+  """``(Config, config)`` of a figure drawn from saved experiment results.
+
+  ``Config`` is a NamedTuple of ``seed`` (0), ``quick`` (False) and, for each
+  ``field=NAME`` in ``dirs``, ``field`` (default ``results/NAME``): where
+  experiment NAME's results are read (and written when missing, see
+  :func:`experiment_results`). ``config(*, quick, seed, out, **overrides)``
+  keeps these defaults for full runs; a quick run given ``out`` keeps its
+  experiment results under ``<out>/experiments/NAME`` instead (an override wins).
+
+  Args:
+    module: the figure module's ``__name__``; ``Config`` and ``config`` are its own.
+    **dirs: field name -> experiment name, e.g. ``results_dir="E1"``.
+
+  Returns:
+    ``(Config, config)``, the figure protocol's class and function.
+  """
+  Config = collections.namedtuple(
+      "Config", ("seed", "quick", *dirs),
+      defaults=(0, False, *(os.path.join("results", name) for name in dirs.values())),
+      module=module)
+
+  def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides):
+    """Full runs read results/<E>; quick runs keep theirs under <out>/experiments/<E>."""
+    if quick and out is not None:
+      for field, name in dirs.items():
+        overrides.setdefault(field, os.path.join(out, "experiments", name))
+    return Config(seed=seed, quick=quick, **overrides)
+
+  config.__module__, config.__qualname__ = module, "config"
+  return Config, config
+
+
+def head_columns(n_layers: int, n_heads: int) -> dict[str, list[int]]:
+  """The ``layer`` and ``head`` columns of a per-head table, layer-major, numbered from 0."""
+  return {"layer": np.repeat(np.arange(n_layers), n_heads).tolist(),
+          "head": np.tile(np.arange(n_heads), n_layers).tolist()}
+
+
+def correlation_table(summary: dict, names, *, column: str) -> dict[str, list]:
+  """The Spearman correlations of an experiment's summary as one table, pooled rows first.
+
+  A row per (kind, name): kind "pooled" (``summary["spearman"]``), then "within
+  trials" (``summary["spearman_within_trial"]``), for each of ``names``; the
+  columns are ``column`` (the name), ``kind``, ``rho``, ``lo``, ``hi`` and ``n``.
+  """
+  corr = {column: [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
+  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
+    for name in names:
+      c = summary[key][name]
+      corr[column].append(name)
+      corr["kind"].append(kind)
+      for f in ("rho", "lo", "hi", "n"):
+        corr[f].append(c[f])
+  return corr
 
 
 def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,

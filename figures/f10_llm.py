@@ -16,11 +16,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from typing import NamedTuple
 
 import numpy as np
 
-from figures import Skipped, experiment_results, style, table
+from figures import Skipped, experiment_results, head_columns, results_config, style, table
 
 ID, SLUG, CLAIMS = "F10", "llm", ("thm3.1", "lr-proxy")
 # A quick figure runs less than the experiment's own --quick: two tasks, k in (0, 2), two
@@ -30,17 +29,7 @@ QUICK_OVERRIDES = dict(tasks=("antonym", "plural"), ks=(0, 2), n_queries=2, c1_k
                        e6_queries=2, n_boot=50)
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "llm")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/llm; quick runs keep theirs under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "llm"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="llm")
 
 
 def compute(cfg: Config) -> dict:
@@ -62,8 +51,7 @@ def compute(cfg: Config) -> dict:
   s = doc["summary"]
   err = a["c1_err_f64"].max(axis=0)                                         # (L, H)
   n_l, n_h = err.shape
-  heads = {"layer": np.repeat(np.arange(n_l), n_h).tolist(),
-           "head": np.tile(np.arange(n_h), n_l).tolist(), "c1_err_f64": err.ravel().tolist(),
+  heads = {**head_columns(n_l, n_h), "c1_err_f64": err.ravel().tolist(),
            "c1_err_f32": a["c1_err_f32"].max(axis=0).ravel().tolist(),
            "c1_tol_ratio_f64": a["c1_tol_ratio_f64"].max(axis=0).ravel().tolist(),
            "sink_share": np.median(a["c1_sink_share"], axis=0).ravel().tolist()}
@@ -104,16 +92,8 @@ def make(results: dict):
   fig, axes = style.figure(2, 2, height=7.0)
   axes = axes.reshape(1, 4)
   ax = axes[0, 0]
-  grid = np.log10(np.maximum(h["c1_err_f64"], 1e-18)).reshape(meta["layers"], meta["heads"])
-  im = ax.imshow(grid, cmap=style.SEQUENTIAL, aspect="auto", origin="lower")
-  ax.set_xticks(range(0, meta["heads"], 2), [str(k) for k in range(0, meta["heads"], 2)])
-  ax.set_yticks(range(0, meta["layers"], 5), [str(k) for k in range(0, meta["layers"], 5)])
-  ax.set_xlabel("query head (0 = first)")
-  ax.set_ylabel("layer (0 = first)")
-  ax.grid(False)
-  ax.set_title("(a) C1 error, float64", loc="left")
-  cb = fig.colorbar(im, ax=ax, pad=0.01, aspect=30)
-  cb.set_label("$\\log_{10}$ max relative error")
+  style.c1_heat_map(fig, ax, h["c1_err_f64"], meta["layers"], meta["heads"], layer_step=5,
+                      xlabel="query head (0 = first)")
   ax = axes[0, 1]
   tasks = [t for t in dict.fromkeys(acc["task"].tolist()) if t != "mean"]
   ks = np.unique(acc["k"])

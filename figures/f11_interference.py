@@ -14,29 +14,16 @@ fraction f of a prompt's demonstrations comes from another regression task;
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import correlation_table, experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F11", "interference", ("E6",)
 CORRELATIONS = ("mmd_kv_error", "mmd_kx_error", "gaussian_error", "f_mmd_kv", "f_error")
 LABELS = ("MMD$_{kV}$, err", "MMD$_{kx}$, err", "Gauss, err", "$f$, MMD$_{kV}$", "$f$, err")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "E6")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "E6"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="E6")
 
 
 def compute(cfg: Config) -> dict:
@@ -53,14 +40,7 @@ def compute(cfg: Config) -> dict:
     q25, q50, q75 = np.quantile(arrays[f"{m}2"], [0.25, 0.5, 0.75], axis=0)
     curves[f"{m}2_q25"], curves[f"{m}2_median"], curves[f"{m}2_q75"] = (
         q25.tolist(), q50.tolist(), q75.tolist())
-  corr = {"name": [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
-  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
-    for name in CORRELATIONS:
-      c = summary[key][name]
-      corr["name"].append(name)
-      corr["kind"].append(kind)
-      for fld in ("rho", "lo", "hi", "n"):
-        corr[fld].append(c[fld])
+  corr = correlation_table(summary, CORRELATIONS, column="name")
   meta = dict(id=ID, claims=list(CLAIMS), results_dir=cfg.results_dir, seed=cfg.seed,
               quick=bool(cfg.quick or summary.get("quick", False)), heads=summary["heads"],
               target=summary["target"], trials=int(n), experiment_config=summary["config"])
@@ -95,13 +75,7 @@ def make(results: dict):
   ax.set_title("(b) MMD vs $f$", loc="left")
   style.legend(ax, loc="lower right", bbox_to_anchor=(1.0, 0.1))
   ax = axes[0, 2]
-  for i, kind in enumerate(("pooled", "within trials")):
-    sel = c["kind"] == kind
-    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
-    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
-    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=style.MARKERS[i], color=style.CYCLE[i],
-                capsize=2, label=kind)
-  ax.axhline(0.0, color=style.REFERENCE, lw=0.8)
+  style.correlation_intervals(ax, c)
   ax.set_xticks(np.arange(len(CORRELATIONS)), LABELS, rotation=35, ha="right")
   ax.set_ylabel("Spearman $\\rho$, 95% CI")
   ax.set_title("(c) rank correlations", loc="left")

@@ -257,10 +257,7 @@ def make(results: dict):
                    s=90, color=style.PALETTE["purple"] if "advers" in src else style.PALETTE["orange"],
                    edgecolor="black", linewidths=0.5, zorder=5,
                    label=f"{src.replace('proofs_check ', 'proofs_check: ')} ({pc['ratio'][j]:.2g}x)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
+    style.log_square(ax, lo, hi)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("$\\|W_0(P) - W_0(Q)\\|_{HS}$")
     ax.set_title(title, loc="left")

@@ -183,10 +183,7 @@ def _draw_chain(axes, meta: dict, t: dict, c: float) -> None:
       ax.scatter(rhs[viol], y[viol], marker="x", s=22, color=style.VIOLATION,
                  label=f"violations ({int(viol.sum())})")
     style.identity_line(ax, lo, hi, label="y = x")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
+    style.log_square(ax, lo, hi)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("$\\|\\Delta W_{PQ}\\,\\phi(W^Q x')\\|$")
     ax.set_title(title, loc="left")

@@ -14,12 +14,9 @@ From ``python -m icl_kd.experiments E1`` (run when its results are missing):
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import correlation_table, experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F6", "selection", ("E1",)
 RULES = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random", "knn")
@@ -27,17 +24,7 @@ SHARED = ("mmd_kv", "mmd_kx", "gaussian", "retrieval", "random")
 MMDS = ("mmd_kv", "mmd_kx", "gaussian")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "E1")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "E1"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="E1")
 
 
 def compute(cfg: Config) -> dict:
@@ -52,14 +39,7 @@ def compute(cfg: Config) -> dict:
     rules["error_mean"].append(float(e.mean()))
     rules["error_se"].append(float(e.std(ddof=1) / np.sqrt(e.size)))
     rules["ridge_error_mean"].append(float(summary["rules"][r]["ridge_error_mean"]))
-  corr = {"mmd": [], "kind": [], "rho": [], "lo": [], "hi": [], "n": []}
-  for kind, key in (("pooled", "spearman"), ("within trials", "spearman_within_trial")):
-    for m in MMDS:
-      c = summary[key][m]
-      corr["mmd"].append(m)
-      corr["kind"].append(kind)
-      for f in ("rho", "lo", "hi", "n"):
-        corr[f].append(c[f])
+  corr = correlation_table(summary, MMDS, column="mmd")
   points = {"kind": [], "mmd_kv2": [], "gaussian2": [], "error": []}
   for r in SHARED:
     points["kind"] += [r] * arrays[f"error_{r}"].size
@@ -93,13 +73,7 @@ def make(results: dict):
   ax.set_title("(a) error per selection rule", loc="left")
   style.legend_below(ax, ncols=1, bbox_to_anchor=(0.5, -0.3))
   ax = axes[0, 1]
-  for i, kind in enumerate(("pooled", "within trials")):
-    sel = c["kind"] == kind
-    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
-    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
-    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=style.MARKERS[i], color=style.CYCLE[i],
-                capsize=2, label=kind)
-  ax.axhline(0.0, color=style.REFERENCE, lw=0.8)
+  style.correlation_intervals(ax, c)
   ax.set_xticks(np.arange(len(MMDS)), ["MMD$_{kV}$", "MMD$_{kx}$", "Gaussian"])
   ax.set_ylabel("Spearman $\\rho$(MMD$^2$, error), 95% CI")
   ax.set_title("(b) which MMD tracks the error", loc="left")

@@ -12,29 +12,14 @@ From ``python -m icl_kd.experiments E2`` and ``E3`` (run when missing):
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import experiment_results, results_config, style, table
 
 ID, SLUG, CLAIMS = "F7", "proxy_and_decay", ("E2", "E3", "lr-proxy", "thm3.2")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  e2_dir: str = os.path.join("results", "E2")
-  e3_dir: str = os.path.join("results", "E3")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("e2_dir", os.path.join(out, "experiments", "E2"))
-    overrides.setdefault("e3_dir", os.path.join(out, "experiments", "E3"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, e2_dir="E2", e3_dir="E3")
 
 
 def compute(cfg: Config) -> dict:

@@ -13,27 +13,14 @@ multi-layer, multi-head transformer:
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
-from figures import experiment_results, style, table
+from figures import experiment_results, head_columns, results_config, style, table
 
 ID, SLUG, CLAIMS = "F8", "layers", ("E4", "thm3.1")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "E4")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/<E>; quick runs keep their experiment results under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "E4"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="E4")
 
 
 def compute(cfg: Config) -> dict:
@@ -42,8 +29,7 @@ def compute(cfg: Config) -> dict:
                                   quick=cfg.quick,
                                   overrides=dict(train_steps=40, d_model=16, n_test=8))
   n_l, n_h = a["residual"].shape
-  heads = {"layer": np.repeat(np.arange(n_l), n_h).tolist(),
-           "head": np.tile(np.arange(n_h), n_l).tolist(),
+  heads = {**head_columns(n_l, n_h),
            "residual": a["residual"].ravel().tolist(), "consistency": a["consistency"].ravel().tolist(),
            "log_eta": a["log_eta"].ravel().tolist(), "entropy": a["entropy"].ravel().tolist()}
   mse = {k: v for k, v in summary.items() if "mse" in k}

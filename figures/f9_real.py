@@ -12,26 +12,15 @@ From ``python -m icl_kd.experiments real`` (run when its results are missing):
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import numpy as np
 
-from figures import Skipped, experiment_results, style, table
+from figures import Skipped, experiment_results, head_columns, results_config, style, table
 
 ID, SLUG, CLAIMS = "F9", "real", ("thm3.1", "lr-proxy", "thm4.1-identity")
 
 
-class Config(NamedTuple):
-  seed: int = 0
-  quick: bool = False
-  results_dir: str = os.path.join("results", "real")
-
-
-def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
-  """Full runs read results/real; quick runs keep theirs under <out>/experiments."""
-  if quick and out is not None:
-    overrides.setdefault("results_dir", os.path.join(out, "experiments", "real"))
-  return Config(seed=seed, quick=quick, **overrides)
+Config, config = results_config(__name__, results_dir="real")
 
 
 def compute(cfg: Config) -> dict:
@@ -59,8 +48,7 @@ def compute(cfg: Config) -> dict:
   domains = [str(d) for d in doc.get("domains", doc.get("config", {}).get("domains", []))]
   err = a["c1_err_f64"][0]                                    # (L, H), query "last"
   n_l, n_h = err.shape
-  heads = {"layer": np.repeat(np.arange(n_l), n_h).tolist(),
-           "head": np.tile(np.arange(n_h), n_l).tolist(), "c1_err_f64": err.ravel().tolist(),
+  heads = {**head_columns(n_l, n_h), "c1_err_f64": err.ravel().tolist(),
            "c1_err_f32": a["c1_err_f32"][0].ravel().tolist(),
            "c1_tol_ratio_f64": a["c1_tol_ratio_f64"][0].ravel().tolist()}
   log_z = a["log_partition"][0]                              # (S, L, H)
@@ -89,16 +77,7 @@ def make(results: dict):
                    table(results, "c5"))
   fig, axes = style.figure(1, 3, height=3.1)
   ax = axes[0, 0]
-  grid = np.log10(np.maximum(h["c1_err_f64"], 1e-18)).reshape(meta["layers"], meta["heads"])
-  im = ax.imshow(grid, cmap=style.SEQUENTIAL, aspect="auto", origin="lower")
-  ax.set_xticks(range(0, meta["heads"], 2), [str(k) for k in range(0, meta["heads"], 2)])
-  ax.set_yticks(range(meta["layers"]), [str(k) for k in range(meta["layers"])])
-  ax.set_xlabel("head (from 0)")
-  ax.set_ylabel("layer (0 = first)")
-  ax.grid(False)
-  ax.set_title("(a) C1 error, float64", loc="left")
-  cb = fig.colorbar(im, ax=ax, pad=0.01, aspect=30)
-  cb.set_label("$\\log_{10}$ max relative error")
+  style.c1_heat_map(fig, ax, h["c1_err_f64"], meta["layers"], meta["heads"])
   ax = axes[0, 1]
   y = np.arange(len(d["domain"]))
   ax.errorbar(d["median"], y, xerr=[d["median"] - d["q10"], d["q90"] - d["median"]], fmt="o",
@@ -112,10 +91,7 @@ def make(results: dict):
   ax.scatter(c["rhs"], c["lhs"], s=6, color=style.PALETTE["green"], rasterized=True,
              label="head x domain pair")
   style.identity_line(ax, lo, hi)
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlim(lo, hi)
-  ax.set_ylim(lo, hi)
+  style.log_square(ax, lo, hi)
   ax.set_xlabel("$2\\eta\\,\\mathrm{MMD}_{k_V}(P,Q)$")
   ax.set_ylabel("$\\|W_0(P) - W_0(Q)\\|_{HS}$")
   ax.set_title("(c) C5 identity on real heads", loc="left")

@@ -132,6 +132,49 @@ def log_range(*arrays, pad: float = 1.5) -> tuple[float, float]:
   return float(v.min() / pad), float(v.max() * pad)
 
 
+def log_square(ax, lo: float, hi: float) -> None:
+  """Log scales on both axes, each limited to [lo, hi] (a panel of lhs against rhs)."""
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlim(lo, hi)
+  ax.set_ylim(lo, hi)
+
+
+def c1_heat_map(fig, ax, errors, layers: int, heads: int, *, layer_step: int = 1,
+                  xlabel: str = "head (from 0)") -> None:
+  """The panel "(a) C1 error, float64": log10 of the per-head C1 errors as a layers x heads map.
+
+  ``errors`` are layer-major (as :func:`figures.head_columns`), floored at
+  1e-18 so that an exact zero stays on the colour scale; every second head and
+  every ``layer_step``-th layer get a tick, numbered from 0.
+  """
+  grid = np.log10(np.maximum(errors, 1e-18)).reshape(layers, heads)
+  im = ax.imshow(grid, cmap=SEQUENTIAL, aspect="auto", origin="lower")
+  ax.set_xticks(range(0, heads, 2), [str(k) for k in range(0, heads, 2)])
+  ax.set_yticks(range(0, layers, layer_step), [str(k) for k in range(0, layers, layer_step)])
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("layer (0 = first)")
+  ax.grid(False)
+  ax.set_title("(a) C1 error, float64", loc="left")
+  cb = fig.colorbar(im, ax=ax, pad=0.01, aspect=30)
+  cb.set_label("$\\log_{10}$ max relative error")
+
+
+def correlation_intervals(ax, c) -> None:
+  """Spearman rho with its interval [lo, hi] per name: pooled and within trials side by side.
+
+  ``c``: the columns of a :func:`figures.correlation_table` as :func:`figures.table`
+  reads them; names at x = 0, 1, ...; a line at rho = 0 for reference.
+  """
+  for i, kind in enumerate(("pooled", "within trials")):
+    sel = c["kind"] == kind
+    xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
+    rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]
+    ax.errorbar(xs, rho, yerr=[rho - lo, hi - rho], fmt=MARKERS[i], color=CYCLE[i],
+                capsize=2, label=kind)
+  ax.axhline(0.0, color=REFERENCE, lw=0.8)
+
+
 def annotate(ax, text: str, *, loc: str = "lower right") -> None:
   """A small boxed note inside the axes (key numbers of the panel)."""
   x, ha = (0.97, "right") if "right" in loc else (0.03, "left")

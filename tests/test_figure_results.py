@@ -4,7 +4,9 @@
 the directory the full figure F8 reads: without this check ``python -m
 figures F8`` drew the quick numbers as a full run (no watermark). The saved
 files here are tiny stand-ins: the check reads only the summary's ``quick`` and
-``seed`` fields before any array.
+``seed`` fields before any array. Also the shared pieces of those figures: their
+``Config``/``config`` (:func:`figures.results_config`), the correlation table and
+the per-head columns.
 """
 
 import json
@@ -62,3 +64,36 @@ def test_cli_says_so_in_one_line(tmp_path):
   assert lines[0].startswith("[figures] F8 FAILED: ") and "holds a quick run of E4" in lines[0]
   assert lines[1:] == ["[figures] failed: F8"], lines
   assert not os.path.exists(tmp_path / "out" / "F8_layers.png")
+
+
+def test_results_config_reads_results_and_keeps_quick_runs_under_out():
+  """Full runs read results/<E> (``out`` does not move them); a quick run keeps its own
+  experiment results under <out>/experiments/<E>, unless a field is given."""
+  Config, config = figures.results_config("figures.fx", e2_dir="E2", e3_dir="E3")
+  assert Config._fields == ("seed", "quick", "e2_dir", "e3_dir")
+  assert Config.__module__ == config.__module__ == "figures.fx"
+  full = (os.path.join("results", "E2"), os.path.join("results", "E3"))
+  assert tuple(config()) == (0, False, *full)
+  assert tuple(config(seed=2, out="o")) == (2, False, *full)
+  assert tuple(config(quick=True)) == (0, True, *full)
+  assert tuple(config(quick=True, out="o")) == (0, True, os.path.join("o", "experiments", "E2"),
+                                                os.path.join("o", "experiments", "E3"))
+  assert config(quick=True, out="o", e3_dir="mine").e3_dir == "mine"
+  with pytest.raises(TypeError):
+    config(results_dir="x")                         # not a field of this figure
+
+
+def test_correlation_table_rows_pooled_then_within_trials():
+  corr = lambda r: {"rho": r, "lo": r - 0.1, "hi": r + 0.1, "n": 8}
+  summary = {"spearman": {"a": corr(0.5), "b": corr(0.25)},
+             "spearman_within_trial": {"a": corr(0.75), "b": corr(-0.5)}}
+  t = figures.correlation_table(summary, ("b", "a"), column="mmd")
+  assert list(t) == ["mmd", "kind", "rho", "lo", "hi", "n"]
+  assert t["mmd"] == ["b", "a", "b", "a"]
+  assert t["kind"] == ["pooled", "pooled", "within trials", "within trials"]
+  assert t["rho"] == [0.25, 0.5, -0.5, 0.75]
+  assert t["hi"] == [0.35, 0.6, -0.4, 0.85]
+
+
+def test_head_columns_are_layer_major_from_zero():
+  assert figures.head_columns(2, 3) == {"layer": [0, 0, 0, 1, 1, 1], "head": [0, 1, 2, 0, 1, 2]}

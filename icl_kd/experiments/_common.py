@@ -12,6 +12,10 @@ Every experiment module follows one protocol:
 
 The integer ``--seed`` of the command line makes the key
 (``jax.random.key(seed)``); ``run`` draws everything from that key.
+
+What several experiments compute alike is here too: the theory's distillation
+kernels on the heads of one layer and their summed MMD^2 (E1, E6), and C1 on
+every head of a trained transformer (E2, E4).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icl_kd import runtime, tasks, train
+from icl_kd import decompose, mmd, models, runtime, tasks, train
+from icl_kd.attention import AttentionParams
 
 
 def rankdata(a) -> np.ndarray:
@@ -87,6 +92,33 @@ def bootstrap_spearman(a, b, *, seed: int, groups=None, n_boot: int = 1000,
   alpha = (1 - level) / 2
   lo, hi = (np.quantile(stats, [alpha, 1 - alpha]) if stats.size else (np.nan, np.nan))
   return Correlation(spearman(a, b), float(lo), float(hi), len(a))
+
+
+def within_trial_spearman(a, b, *, seed: int, n_boot: int = 1000,
+                          level: float = 0.95) -> Correlation:
+  """Mean over rows (trials) of Spearman(a[t], b[t]), with a percentile bootstrap over rows.
+
+  Args:
+    a, b: (T, P) values of P prompts in each of T trials.
+    seed: NumPy seed of the bootstrap. n_boot: resamples. level: interval level.
+
+  Returns:
+    Correlation(rho = mean_t rho_t, lo, hi, n = T * P); trials whose rho_t is
+    undefined (a constant row) are left out of the mean.
+  """
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  if a.shape != b.shape or a.ndim != 2:
+    raise ValueError(f"a and b must be 2-D (trials, prompts) of equal shape, got {a.shape} and "
+                     f"{b.shape}")
+  per = np.array([spearman(x, y) for x, y in zip(a, b)])           # (T,)
+  per = per[np.isfinite(per)]
+  if per.size == 0:
+    return Correlation(float("nan"), float("nan"), float("nan"), a.size)
+  rng = np.random.default_rng(seed)
+  stats = per[rng.integers(0, per.size, (n_boot, per.size))].mean(axis=1)
+  alpha = (1 - level) / 2
+  lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+  return Correlation(float(per.mean()), float(lo), float(hi), a.size)
 
 
 class Flag(NamedTuple):
@@ -214,6 +246,18 @@ def save(out_dir: str, name: str, *, arrays: dict, summary: dict, params=None) -
   return paths
 
 
+def save_results(module, results, out_dir: str, *, info: dict) -> list[str]:
+  """:func:`save` of an experiment module's ``results``: the protocol's ``save``.
+
+  The arrays are ``module.arrays(results)``, the summary JSON is ``info``
+  followed by the numbers of ``module.summary(results)``, and the trained
+  parameters are ``results.params``; the files are ``<out>/<NAME>.npz``,
+  ``.json`` and ``_model.npz``.
+  """
+  return save(out_dir, module.NAME, arrays=module.arrays(results),
+              summary={**info, **module.summary(results)[1]}, params=results.params)
+
+
 def config_dict(config) -> dict:
   return runtime.jsonable(dict(config._asdict()) if hasattr(config, "_asdict")
                           else dataclasses.asdict(config))
@@ -261,3 +305,78 @@ def to_float64(tree):
   """Casts every float leaf to float64 (needs x64 enabled)."""
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
+
+# -- the theory's kernels on the heads of one layer (E1, E6) --------------------------------
+
+
+def theory_kernels(params: AttentionParams, *, tau, use_values: bool = True) -> tuple:
+  """The distillation kernels of the heads of one layer, one per head (docs/THEORY.md C5).
+
+      use_values=True:  k_V(e, e') = <W^V e, W^V e'> exp(<W^K e, W^K e'> / tau)
+      use_values=False: k_x(e, e') = <e, e'>         exp(<W^K e, W^K e'> / tau)
+
+  Args:
+    params: AttentionParams of one head (w_k (d_k, d)) or of the H heads of one layer
+      (leading head axis: w_k (H, d_k, d), w_v (H, d_v, d)). W^Q is not used.
+    tau: the softmax temperature of the layer.
+    use_values: k_V (True) or k_x (False).
+
+  Returns:
+    A tuple of :class:`icl_kd.mmd.DistillationKernel`; the MMD^2 of their sum
+    kernel (the sum of the heads' MMD^2) is what the ``mmd_kv``/``mmd_kx`` rules use.
+  """
+  if params.w_k.ndim == 2:
+    return (mmd.distillation_kernel(params, tau=tau, use_values=use_values),)
+  if params.w_k.ndim != 3:
+    raise ValueError(f"params.w_k must have shape (d_k, d) or (H, d_k, d), got {params.w_k.shape}")
+  return tuple(mmd.distillation_kernel(AttentionParams(*(p[h] for p in params)), tau=tau,
+                                       use_values=use_values)
+               for h in range(params.w_k.shape[0]))
+
+
+def as_kernels(kernel) -> tuple:
+  """``kernel`` as a non-empty tuple of one-pair kernels (one kernel, or a sequence of them)."""
+  kernels = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
+  if not kernels:
+    raise ValueError("kernel must be a kernel or a non-empty sequence of kernels, got an empty one")
+  for k in kernels:
+    if not callable(k):
+      raise TypeError(f"kernel must be callable on one pair (x, y) -> scalar, got "
+                      f"{type(k).__name__}")
+  return kernels
+
+
+def summed_mmd2(x: jax.Array, y: jax.Array, *, kernel) -> jax.Array:
+  """Biased MMD^2 of the sum kernel, sum_h MMD_{k_h}^2(x, y), via :func:`icl_kd.mmd.mmd2`."""
+  return sum(mmd.mmd2(x, y, kernel=k, estimator="biased") for k in as_kernels(kernel))
+
+
+# -- C1 on every head of a trained transformer (E2, E4) -------------------------------------
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+def layer_head_decomposition(model: models.Transformer, params, xs, ys, query):
+  """C1 at the query for every (layer, head) of one prompt, on the layer's actual inputs.
+
+  Returns (residual, consistency, log_eta, entropy), each (L, H): the relative
+  C1 residual |h - reference| / |h| of ``decompose`` in float64, and the
+  relative difference between ``decompose``'s h and the head output inside
+  the model.
+  """
+  demos = tasks.regression_tokens(xs, ys)
+  inter = models.transformer_intermediates(model, params, demos, tasks.query_token(query))
+  n = xs.shape[0]
+  tau = models.head_tau(params)
+  heads = to_float64(models.stacked_head_params(params))                   # (L, H, ...)
+  x = inter.attn_inputs.astype(jnp.float64)                                # (L, N+1, d_model)
+  h_model = inter.head_outputs[:, :, n].astype(jnp.float64)                # (L, H, d_model)
+
+  def one(p, x_l, h_m):
+    out = decompose(p, x_l[:n], jnp.zeros((0, x_l.shape[1]), x_l.dtype), x_l[n], tau=tau)
+    norm = jnp.linalg.norm(out.attention)
+    return (jnp.linalg.norm(out.attention - out.reference) / norm,
+            jnp.linalg.norm(out.attention - h_m) / jnp.linalg.norm(h_m), out.log_eta, out.entropy)
+
+  per_head = jax.vmap(one, in_axes=(0, None, 0))                           # over heads
+  return jax.vmap(per_head, in_axes=(0, 0, 0))(heads, x, h_model)          # over layers

@@ -60,8 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_kd import baselines, models, mmd, runtime, tasks
-from icl_kd.attention import AttentionParams
 from icl_kd.experiments import _common
+from icl_kd.experiments._common import summed_mmd2, theory_kernels, within_trial_spearman
 
 NAME = "E1"
 DESCRIPTION = ("demonstration selection by MMD_kV, MMD_kx, Gaussian MMD, retrieval, random and k-NN "
@@ -141,42 +141,6 @@ class Results(NamedTuple):
 # -- kernels and selection ---------------------------------------------------------------
 
 
-def theory_kernels(params: AttentionParams, *, tau, use_values: bool = True) -> tuple:
-  """The distillation kernels of the heads of one layer, one per head (docs/THEORY.md C5).
-
-      use_values=True:  k_V(e, e') = <W^V e, W^V e'> exp(<W^K e, W^K e'> / tau)
-      use_values=False: k_x(e, e') = <e, e'>         exp(<W^K e, W^K e'> / tau)
-
-  Args:
-    params: AttentionParams of one head (w_k (d_k, d)) or of the H heads of one layer
-      (leading head axis: w_k (H, d_k, d), w_v (H, d_v, d)). W^Q is not used.
-    tau: the softmax temperature of the layer.
-    use_values: k_V (True) or k_x (False).
-
-  Returns:
-    A tuple of :class:`icl_kd.mmd.DistillationKernel`; the MMD^2 of their sum
-    kernel (the sum of the heads' MMD^2) is what the ``mmd_kv``/``mmd_kx`` rules use.
-  """
-  if params.w_k.ndim == 2:
-    return (mmd.distillation_kernel(params, tau=tau, use_values=use_values),)
-  if params.w_k.ndim != 3:
-    raise ValueError(f"params.w_k must have shape (d_k, d) or (H, d_k, d), got {params.w_k.shape}")
-  return tuple(mmd.distillation_kernel(AttentionParams(*(p[h] for p in params)), tau=tau,
-                                       use_values=use_values)
-               for h in range(params.w_k.shape[0]))
-
-
-def _as_kernels(kernel) -> tuple:
-  kernels = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
-  if not kernels:
-    raise ValueError("kernel must be a kernel or a non-empty sequence of kernels, got an empty one")
-  for k in kernels:
-    if not callable(k):
-      raise TypeError(f"kernel must be callable on one pair (x, y) -> scalar, got "
-                      f"{type(k).__name__}")
-  return kernels
-
-
 def _pair_factors(kernel, a: jax.Array, b: jax.Array):
   """(c, l), each (n, m), with k(a_i, b_j) = c exp(l): nested vmap of the one-pair kernel."""
   if hasattr(kernel, "log_factors"):
@@ -192,15 +156,10 @@ def summed_gram(kernel, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Arra
   ``s`` is the largest finite log-factor over every head, subtracted before any
   exponential, so scores of 1e3 do not overflow; K carries the sign of the kernel.
   """
-  parts = [_pair_factors(k, a, b) for k in _as_kernels(kernel)]
+  parts = [_pair_factors(k, a, b) for k in _common.as_kernels(kernel)]
   s = jnp.max(jnp.stack([jnp.max(l) for _, l in parts]))
   s = jnp.where(jnp.isfinite(s), s, 0.0)
   return sum(c * jnp.exp(l - s) for c, l in parts), s
-
-
-def summed_mmd2(x: jax.Array, y: jax.Array, *, kernel) -> jax.Array:
-  """Biased MMD^2 of the sum kernel, sum_h MMD_{k_h}^2(x, y), via :func:`icl_kd.mmd.mmd2`."""
-  return sum(mmd.mmd2(x, y, kernel=k, estimator="biased") for k in _as_kernels(kernel))
 
 
 def mmd_greedy(pool: jax.Array, queries: jax.Array, k: int, *, kernel) -> jax.Array:
@@ -224,7 +183,7 @@ def mmd_greedy(pool: jax.Array, queries: jax.Array, k: int, *, kernel) -> jax.Ar
   """
   if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= pool.shape[0]:
     raise ValueError(f"k must be an int in [1, {pool.shape[0]}] (the pool size), got {k!r}")
-  kernels = _as_kernels(kernel)
+  kernels = _common.as_kernels(kernel)
   k_pp, s_pp = summed_gram(kernels, pool, pool)                             # (P, P)
   k_pq, s_pq = summed_gram(kernels, pool, queries)                          # (P, M)
   s = jnp.maximum(s_pp, s_pq)
@@ -386,33 +345,6 @@ def select(rule: str, kernels: dict, trial: Trial, k: int, *, key=None) -> jax.A
   raise ValueError(f"rule must be one of {SHARED}, got {rule!r}")
 
 
-def within_trial_spearman(a, b, *, seed: int, n_boot: int = 1000,
-                          level: float = 0.95) -> _common.Correlation:
-  """Mean over rows (trials) of Spearman(a[t], b[t]), with a percentile bootstrap over rows.
-
-  Args:
-    a, b: (T, P) values of P prompts in each of T trials.
-    seed: NumPy seed of the bootstrap. n_boot: resamples. level: interval level.
-
-  Returns:
-    Correlation(rho = mean_t rho_t, lo, hi, n = T * P); trials whose rho_t is
-    undefined (a constant row) are left out of the mean.
-  """
-  a, b = np.asarray(a, float), np.asarray(b, float)
-  if a.shape != b.shape or a.ndim != 2:
-    raise ValueError(f"a and b must be 2-D (trials, prompts) of equal shape, got {a.shape} and "
-                     f"{b.shape}")
-  per = np.array([_common.spearman(x, y) for x, y in zip(a, b)])           # (T,)
-  per = per[np.isfinite(per)]
-  if per.size == 0:
-    return _common.Correlation(float("nan"), float("nan"), float("nan"), a.size)
-  rng = np.random.default_rng(seed)
-  stats = per[rng.integers(0, per.size, (n_boot, per.size))].mean(axis=1)
-  alpha = (1 - level) / 2
-  lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-  return _common.Correlation(float(per.mean()), float(lo), float(hi), a.size)
-
-
 def run(config: Config = Config(), *, key) -> Results:
   """Trains the layer, then runs every rule on ``n_trials`` paired trials; see the module doc.
 
@@ -565,8 +497,7 @@ result_arrays = arrays
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E1.json`` (info and summary), ``E1.npz`` (arrays), ``E1_model.npz`` under ``out``."""
-  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
-                      params=res.params)
+  return _common.save_results(sys.modules[__name__], res, out, info=info)
 
 
 def main(argv=None) -> int:

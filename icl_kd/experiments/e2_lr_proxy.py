@@ -28,7 +28,7 @@ import numpy as np
 
 from icl_kd import models, runtime, tasks
 from icl_kd.experiments import _common
-from icl_kd.experiments.e4_layers import DTYPES, layer_head_decomposition
+from icl_kd.experiments._common import DTYPES, layer_head_decomposition
 
 NAME = "E2"
 DESCRIPTION = "the learning-rate proxy eta* vs order and perturbation sensitivity (C7)"
@@ -175,8 +175,7 @@ def arrays(res: Results) -> dict:
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E2.json`` (info and summary), ``E2.npz`` (arrays), ``E2_model.npz`` under ``out``."""
-  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
-                      params=res.params)
+  return _common.save_results(sys.modules[__name__], res, out, info=info)
 
 
 def main(argv=None) -> int:

@@ -197,8 +197,7 @@ def arrays(res: Results) -> dict:
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E3.json`` (info and summary), ``E3.npz`` (arrays), ``E3_model.npz`` under ``out``."""
-  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
-                      params=res.params)
+  return _common.save_results(sys.modules[__name__], res, out, info=info)
 
 
 def main(argv=None) -> int:

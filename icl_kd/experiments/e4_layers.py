@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import baselines, decompose, models, runtime, tasks, train
+from icl_kd import baselines, models, runtime, tasks, train
 from icl_kd.experiments import _common
+from icl_kd.experiments._common import DTYPES, layer_head_decomposition
 
 NAME = "E4"
 DESCRIPTION = "C1 per layer and head of a trained transformer, and its distance to one KD step"
-DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
 
 class Config(NamedTuple):
@@ -95,32 +95,6 @@ class Results(NamedTuple):
 def make_model(cfg: Config) -> models.Transformer:
   return models.Transformer(n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=cfg.d_model,
                             d_mlp=cfg.d_mlp, d_out=1, positions=True, dtype=DTYPES[cfg.dtype])
-
-
-def layer_head_decomposition(model: models.Transformer, params, xs, ys, query):
-  """C1 at the query for every (layer, head) of one prompt, on the layer's actual inputs.
-
-  Returns (residual, consistency, log_eta, entropy), each (L, H): the relative
-  C1 residual |h - reference| / |h| of ``decompose`` in float64, and the
-  relative difference between ``decompose``'s h and the head output inside
-  the model.
-  """
-  demos = tasks.regression_tokens(xs, ys)
-  inter = models.transformer_intermediates(model, params, demos, tasks.query_token(query))
-  n = xs.shape[0]
-  tau = models.head_tau(params)
-  heads = _common.to_float64(models.stacked_head_params(params))          # (L, H, ...)
-  x = inter.attn_inputs.astype(jnp.float64)                                # (L, N+1, d_model)
-  h_model = inter.head_outputs[:, :, n].astype(jnp.float64)                # (L, H, d_model)
-
-  def one(p, x_l, h_m):
-    out = decompose(p, x_l[:n], jnp.zeros((0, x_l.shape[1]), x_l.dtype), x_l[n], tau=tau)
-    norm = jnp.linalg.norm(out.attention)
-    return (jnp.linalg.norm(out.attention - out.reference) / norm,
-            jnp.linalg.norm(out.attention - h_m) / jnp.linalg.norm(h_m), out.log_eta, out.entropy)
-
-  per_head = jax.vmap(one, in_axes=(0, None, 0))                           # over heads
-  return jax.vmap(per_head, in_axes=(0, 0, 0))(heads, x, h_model)          # over layers
 
 
 def run(config: Config = Config(), *, key) -> Results:
@@ -205,8 +179,7 @@ def arrays(res: Results) -> dict:
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E4.json`` (info and summary), ``E4.npz`` (arrays), ``E4_model.npz`` under ``out``."""
-  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
-                      params=res.params)
+  return _common.save_results(sys.modules[__name__], res, out, info=info)
 
 
 def main(argv=None) -> int:

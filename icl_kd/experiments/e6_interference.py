@@ -42,8 +42,7 @@ import numpy as np
 
 from icl_kd import baselines, models, mmd, runtime, tasks
 from icl_kd.experiments import _common
-from icl_kd.experiments.e1_selection import (summed_mmd2, theory_kernels,
-                                             within_trial_spearman)
+from icl_kd.experiments._common import summed_mmd2, theory_kernels, within_trial_spearman
 
 NAME = "E6"
 DESCRIPTION = "cross-task interference: MMD_kV to the query task and ICL error against f (C5)"
@@ -289,8 +288,7 @@ result_arrays = arrays
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E6.json`` (info and summary), ``E6.npz`` (arrays), ``E6_model.npz`` under ``out``."""
-  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]},
-                      params=res.params)
+  return _common.save_results(sys.modules[__name__], res, out, info=info)
 
 
 def main(argv=None) -> int:
