@@ -214,36 +214,54 @@ def read_json(path: str, *, flag: str = "path") -> Any:
 # -- progress ---------------------------------------------------------------------
 
 class Progress:
-  """A one-line progress bar on stderr; plain lines every 25% when stderr is not a terminal.
+  """A one-line progress bar on stderr, with the rate and the time left.
 
-  Only process 0 of a multi-process run prints.
+  On a terminal the line is redrawn at every update; otherwise (a log file, a
+  batch job) a plain line is written at every 25% and at least every
+  ``interval`` seconds in between. Only process 0 of a multi-process run prints.
 
   Args:
     label: what is counted (cut to 40 characters).
     total: the count at completion.
     enabled: False prints nothing.
     stream: where to write (default ``sys.stderr``).
+    interval: the longest gap between two plain lines, in seconds.
+    clock: the time source (default ``time.perf_counter``).
   """
 
-  def __init__(self, label: str, total: int, enabled: bool = True, *, stream=None):
+  def __init__(self, label: str, total: int, enabled: bool = True, *, stream=None,
+               interval: float = 60.0, clock=time.perf_counter):
     try:
       import jax
       first = jax.process_index() == 0
     except Exception:  # noqa: BLE001 (no backend yet: a single process)
       first = True
     self.label, self.total, self.enabled = label, total, enabled and first
-    self.start = time.perf_counter()
+    self.clock, self.interval = clock, interval
+    self.start = self.last = clock()
     self.stream = sys.stderr if stream is None else stream
     self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
     self.next_pct = 25
+
+  def _rate_and_left(self, done: int, el: float) -> str:
+    """The rate and the time left, e.g. ``  1.2e+05/s, 3m20s left``; empty before any progress."""
+    if done <= 0 or el <= 0 or done >= self.total:
+      return ""
+    rate = done / el
+    left = (self.total - done) / rate
+    left_s = f"{left:.0f}s" if left < 60 else (f"{left // 60:.0f}m{left % 60:02.0f}s"
+                                               if left < 3600 else
+                                               f"{left // 3600:.0f}h{left % 3600 // 60:02.0f}m")
+    return f"  {rate:.3g}/s, {left_s} left"
 
   def update(self, done: int, note: str = "") -> None:
     """Shows ``done`` of ``total``, and ``note`` (e.g. the current loss) after the time."""
     if not self.enabled:
       return
+    now = self.clock()
     pct = 100 * done // max(self.total, 1)
-    el = time.perf_counter() - self.start
-    tail = f"  {note}" if note else ""
+    el = now - self.start
+    tail = self._rate_and_left(done, el) + (f"  {note}" if note else "")
     if self.tty:
       bar = "#" * (pct // 5) + "." * (20 - pct // 5)
       self.stream.write(f"\r  {self.label[:40]:<40} [{bar}] {done:>11,}/{self.total:,}  "
@@ -251,10 +269,12 @@ class Progress:
       if done >= self.total:
         self.stream.write("\n")
       self.stream.flush()
-    elif pct >= self.next_pct or done >= self.total:
+    elif pct >= self.next_pct or done >= self.total or now - self.last >= self.interval:
       self.stream.write(f"  {self.label[:40]:<40} {done:>11,}/{self.total:,}  {el:6.1f}s{tail}\n")
       self.stream.flush()
-      self.next_pct = pct // 25 * 25 + 25
+      self.last = now
+      if pct >= self.next_pct:
+        self.next_pct = pct // 25 * 25 + 25
 
 
 def log(msg: str) -> None:
