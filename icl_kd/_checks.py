@@ -182,10 +182,19 @@ def scalar_param(name: str, value: Any, dtype, *, positive: bool = True,
 
 
 def all_finite(*arrays: jax.Array) -> jax.Array:
+  """A traced bool: every element of every array is finite.
+
+  Computed as isfinite(sum(a * 0)): a * 0 is 0 for a finite element and NaN
+  for +-inf or NaN, so the sum is finite exactly when every element is, and it
+  cannot overflow (its terms are zeros). A float reduction rather than
+  all(isfinite(a)): in the compiled sweep of ``python -m proofs_check`` the
+  validation of C1 this way costs ~30% less time per instance, with bitwise the
+  same results (``benchmarks/profile_c1.py``).
+  """
   ok = jnp.asarray(True)
   for a in arrays:
     if a.size:
-      ok = ok & jnp.all(jnp.isfinite(a))
+      ok = ok & jnp.isfinite(jnp.sum(a * 0))
   return ok
 
 

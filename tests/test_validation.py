@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import icl_kd
+from icl_kd import _checks
 
 D, DK, DV = 4, 3, 2
 F = jnp.float64
@@ -295,3 +296,26 @@ def test_checks_on_arrays_captured_by_jit():
   h = jax.jit(lambda q: icl_kd.softmax_attention(P, DEMOS, q, tau=-2.0))
   with pytest.raises(ValueError, match="tau must be > 0"):
     h(QUERY)
+
+
+_all_finite = jax.jit(lambda *a: _checks.all_finite(*a))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_all_finite_is_every_element_finite(dtype):
+  """The poisoning test, under jit: each non-finite kind anywhere in any array is caught, the
+  largest finite values (whose plain sum overflows) are not, and empty or integer arrays are
+  finite. Compared with NumPy's np.isfinite(...).all() on every case."""
+  big = np.finfo(dtype).max
+  cases = [np.zeros((3, 4)), np.full((5,), big), np.array([big, big, -big]), np.arange(6.0)]
+  for bad in (np.inf, -np.inf, np.nan):
+    for pos in (0, 5, 11):
+      a = np.ones((3, 4))
+      a.flat[pos] = bad
+      cases.append(a)
+  for a in cases:
+    a = jnp.asarray(a, dtype)
+    expected = bool(np.isfinite(np.asarray(a)).all())
+    assert bool(_all_finite(a)) == expected, np.asarray(a)
+    assert bool(_all_finite(jnp.ones(2, dtype), a, jnp.zeros((0, 3), dtype))) == expected
+  assert bool(_all_finite(jnp.arange(4), jnp.zeros((0,), dtype)))
