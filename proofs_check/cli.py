@@ -99,13 +99,18 @@ def _print_report(report) -> None:
       print(textwrap.fill(
           f"  {cid}: violated {a['rate']:.2%}; ||phi(z)|| > M_phi in "
           f"{a['rate_query_beyond_m_phi']:.2%}; worst ratio {a['max_ratio']:.3g} = "
-          f"{math.exp(a['worst_log_mmd_ratio']):.3g} (thm4.2-mmd's) x "
-          f"{math.exp(a['worst_log_query_over_m_phi']):.3g} (||phi(z)||/M_phi)",
+          f"{_exp_text(a['worst_log_mmd_ratio'])} (thm4.2-mmd's) x "
+          f"{_exp_text(a['worst_log_query_over_m_phi'])} (||phi(z)||/M_phi)",
           width=120, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False))
       continue
     print(f"  {cid}: violated {a['rate_eq12']:.2%} under eq12, {a['rate_half']:.2%} under half; "
           f"max ratio {a['max_ratio_eq12']:.3g} / {a['max_ratio_half']:.3g}")
   print(wrapped_summary(report.summary()))
+
+
+def _exp_text(log_x: float) -> str:
+  """exp(log_x) to 3 significant figures, or "e^x" where it would overflow float64."""
+  return f"e^{log_x:.4g}" if log_x > 700 else f"{math.exp(log_x):.3g}"
 
 
 def wrapped_summary(line: str, width: int = 120) -> str:

@@ -600,3 +600,9 @@ def test_literal_prediction_attribution_counts_query_features_beyond_m_phi(subse
                              np.log(a["max_ratio"]), rtol=1e-12, atol=1e-12)
   assert a["worst_log_mmd_ratio"] <= 1e-9            # thm4.2-mmd, a bound, holds there
   assert "thm4.2-literal: violated" in res.stdout and "||phi(z)|| > M_phi in" in res.stdout
+
+
+def test_cli_exponential_text_never_overflows():
+  from proofs_check import cli
+  assert cli._exp_text(np.log(2.5e-4)) == "0.00025" and cli._exp_text(800.0) == "e^800"
+  assert cli._exp_text(float("nan")) == "nan"
