@@ -242,12 +242,19 @@ class Progress:
     self.stream = sys.stderr if stream is None else stream
     self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
     self.next_pct = 25
+    self.skipped = 0
+
+  def skip(self, count: int) -> None:
+    """Marks ``count`` of the items done so far as done without work (e.g. loaded from a
+    checkpoint): they count as done but not in the rate, so the time left stays honest."""
+    self.skipped += count
 
   def _rate_and_left(self, done: int, el: float) -> str:
     """The rate and the time left, e.g. ``  1.2e+05/s, 3m20s left``; empty before any progress."""
-    if done <= 0 or el <= 0 or done >= self.total:
+    worked = done - self.skipped
+    if worked <= 0 or el <= 0 or done >= self.total:
       return ""
-    rate = done / el
+    rate = worked / el
     left = (self.total - done) / rate
     left_s = f"{left:.0f}s" if left < 60 else (f"{left // 60:.0f}m{left % 60:02.0f}s"
                                                if left < 3600 else

@@ -317,6 +317,7 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
         stats = log.stats(j, start, valid, ids) if log is not None else None
         if stats is not None:
           loaded += 1
+          bar.skip(valid)
         else:
           if stop_after_chunks is not None and computed >= stop_after_chunks:
             raise KeyboardInterrupt(f"stopped after {computed} new chunks")

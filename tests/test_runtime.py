@@ -50,3 +50,17 @@ def test_hours_left_and_disabled_bar():
   silent = io.StringIO()
   runtime.Progress("x", 10, enabled=False, stream=silent).update(10)
   assert silent.getvalue() == ""
+
+
+def test_items_loaded_without_work_do_not_inflate_the_rate():
+  """600 of 1000 loaded from a checkpoint at t = 0, then 200 computed in 20 s: 10/s, and the
+  200 left take 20 s (counting the loaded ones would claim 40/s and 5 s left)."""
+  clock = _Clock()
+  out = io.StringIO()
+  bar = runtime.Progress("claims", 1000, stream=out, clock=clock)
+  bar.skip(600)
+  bar.update(600)
+  clock.t = 20.0
+  bar.update(800)
+  last = out.getvalue().splitlines()[-1]
+  assert "800/1,000" in last and "10/s, 20s left" in last, last
