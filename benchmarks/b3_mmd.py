@@ -30,9 +30,10 @@ Scaling: the default path (float64) over n = m = 256 .. 65,536 (quick: ..
 1024); the baseline only up to 8192 (above, its three dense n x n float64
 matrices need 3 * 8 n^2 bytes: 6 GiB at 16,384, 96 GiB at 65,536). The
 largest size runs in a child process, which reports its own peak resident
-memory (``VmHWM`` of /proc/self/status, before and after the run; ``ru_maxrss``
-where /proc is absent, which on Linux would carry over the parent's peak); XLA's memory plan (temporaries of the
-compiled program) is reported for every size. The exponent b of t ~ n^b is
+memory before and after the run (``VmHWM`` of /proc/self/status; ``ru_maxrss``
+only where /proc is absent, since Linux carries it over from the parent).
+XLA's memory plan (temporaries of the compiled program) is reported for every
+size. The exponent b of t ~ n^b is
 fitted by least squares on log t over n >= 1024 (quick: n >= 512).
 """
 

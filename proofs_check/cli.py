@@ -79,7 +79,6 @@ def _list() -> str:
 
 
 def _print_report(report) -> None:
-  from proofs_check import verdicts
   from proofs_check.report import LEGEND, format_table
   rows = list(report.claims.values())
   print(format_table(rows))
@@ -87,8 +86,8 @@ def _print_report(report) -> None:
     if r.adversarial:
       a = r.adversarial
       init = a.get("initial_max_ratio")
-      log_r = a.get("max_log_ratio", math.log(a["max_ratio"]) if a["max_ratio"] > 0 else -math.inf)
-      best = f"e^{log_r:.4g}" if log_r > verdicts.LOG_CAP else f"{a['max_ratio']:.4g}"
+      log_r = a.get("max_log_ratio")           # absent from reports written before it existed
+      best = f"{a['max_ratio']:.4g}" if log_r is None else _exp_text(log_r, ".4g")
       print(f"adversarial {r.id}: max lhs/rhs {best} after {a['steps']} steps "
             f"from {a['starts']} starts (random max {init:.4g})" if init is not None else
             f"adversarial {r.id}: max lhs/rhs {best} after {a['steps']} steps")
@@ -108,9 +107,11 @@ def _print_report(report) -> None:
   print(wrapped_summary(report.summary()))
 
 
-def _exp_text(log_x: float) -> str:
-  """exp(log_x) to 3 significant figures, or "e^x" where it would overflow float64."""
-  return f"e^{log_x:.4g}" if log_x > 700 else f"{math.exp(log_x):.3g}"
+def _exp_text(log_x: float, fmt: str = ".3g") -> str:
+  """exp(log_x) formatted with ``fmt``, or "e^x" above the reports' cap (LOG_CAP = 700), where
+  the capped ratio would be printed in place of the true one."""
+  from proofs_check import verdicts
+  return f"e^{log_x:.4g}" if log_x > verdicts.LOG_CAP else format(math.exp(log_x), fmt)
 
 
 def wrapped_summary(line: str, width: int = 120) -> str:
