@@ -466,29 +466,53 @@ def distillation_bias(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=No
     DistillationBias. Jittable and vmappable (over samples, eta, tau, params).
     Checkers ``thm4.1-identity``, ``thm4.1-bound`` in proofs_check.
   """
-  log_eta_, shift = _log_eta_and_shift(params, eta, log_eta, convention)
+  core = _pair_core(params, x_p, x_q, eta, log_eta, tau, convention, input_bound,
+                    feature_bound)
+  return _bias_of(core, kernel)
+
+
+class _PairCore(NamedTuple):
+  """The work every C5/C6 side shares, done once per pair of samples."""
+  params: AttentionParams
+  x_p: jax.Array
+  x_q: jax.Array
+  tau: jax.Array
+  log_eta: jax.Array           # log eta (no c)
+  c: float
+  gap: DualWeights             # dW_PQ
+  log_lhs: jax.Array           # log ||dW_PQ||_HS
+  log_mmd_x: jax.Array         # log MMD_kx (biased)
+  value_norm: jax.Array        # ||W^V||_op
+  input_bound: jax.Array       # M_x
+  log_feature_bound: jax.Array  # log M_phi
+
+
+def _pair_core(params, x_p, x_q, eta, log_eta, tau, convention, input_bound,
+               feature_bound) -> _PairCore:
+  log_eta_, _ = _log_eta_and_shift(params, eta, log_eta, convention)
   params, x_p, x_q, dtype = _sample_pair(params, x_p, x_q)
   tau = _checks.scalar_param("tau", tau, dtype)
-  log_c_eta = log_eta_ + math.log(convention_factor(convention))
-
   gap = distilled_weight_gap(params, x_p, x_q, log_eta=log_eta_, tau=tau, convention=convention)
-  log_lhs = gap.log_hs_norm()
+  log_mmd_x, _ = _log_mmd_parts(_mmd.distillation_kernel(params, tau=tau, use_values=False),
+                                x_p, x_q)
+  m_x, log_m_phi = _support_constants(params, x_p, x_q, tau, dtype, input_bound, feature_bound)
+  return _PairCore(params, x_p, x_q, tau, log_eta_, convention_factor(convention), gap,
+                   gap.log_hs_norm(), log_mmd_x, jnp.linalg.norm(params.w_v, 2), m_x, log_m_phi)
 
+
+def _bias_of(core: _PairCore, kernel) -> "DistillationBias":
+  params, x_p, x_q, tau = core.params, core.x_p, core.x_q, core.tau
+  log_c_eta = core.log_eta + math.log(core.c)
   k_v = _mmd.distillation_kernel(params, tau=tau, use_values=True)
-  k_x = _mmd.distillation_kernel(params, tau=tau, use_values=False)
   log_mmd_v, log_abs_v = _log_mmd_parts(k_v, x_p, x_q)
-  log_mmd_x, _ = _log_mmd_parts(k_x, x_p, x_q)
   if kernel is None:
     kernel = _mmd.gaussian_kernel(_mmd.median_bandwidth(x_p, x_q))
   log_mmd_k, _ = _log_mmd_parts(kernel, x_p, x_q)
-
-  input_bound, log_m_phi = _support_constants(params, x_p, x_q, tau, dtype, input_bound,
-                                              feature_bound)
-  value_norm = jnp.linalg.norm(params.w_v, 2)
-
+  log_lhs = core.log_lhs
   log_identity = log_c_eta + log_mmd_v
-  log_bound = log_c_eta + jnp.log(value_norm) + log_mmd_x
-  log_literal = (log_eta_ + jnp.log(value_norm) + jnp.log(input_bound) + log_m_phi + log_mmd_k)
+  log_bound = log_c_eta + jnp.log(core.value_norm) + core.log_mmd_x
+  log_literal = (core.log_eta + jnp.log(core.value_norm) + jnp.log(core.input_bound)
+                 + core.log_feature_bound + log_mmd_k)
   log_term_scale = 2.0 * log_c_eta + log_abs_v
   # |lhs^2 - rhs^2| / term_scale, formed in log space (no overflow at large scores).
   safe_scale = jnp.where(jnp.isfinite(log_term_scale), log_term_scale, 0.0)
@@ -497,10 +521,10 @@ def distillation_bias(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=No
       lhs=jnp.exp(log_lhs), identity_rhs=jnp.exp(log_identity), bound_rhs=jnp.exp(log_bound),
       literal_rhs=jnp.exp(log_literal), log_lhs=log_lhs, log_identity_rhs=log_identity,
       log_bound_rhs=log_bound, log_literal_rhs=log_literal, identity_residual=residual,
-      log_term_scale=log_term_scale, mmd_v=jnp.exp(log_mmd_v), mmd_x=jnp.exp(log_mmd_x),
-      mmd_k=jnp.exp(log_mmd_k), value_norm=value_norm, input_bound=input_bound,
-      log_feature_bound=log_m_phi,
-      convention_factor=jnp.asarray(convention_factor(convention), dtype))
+      log_term_scale=log_term_scale, mmd_v=jnp.exp(log_mmd_v), mmd_x=jnp.exp(core.log_mmd_x),
+      mmd_k=jnp.exp(log_mmd_k), value_norm=core.value_norm, input_bound=core.input_bound,
+      log_feature_bound=core.log_feature_bound,
+      convention_factor=jnp.asarray(core.c, x_p.dtype))
   return _checks.poison_if_nonfinite(out, *params, x_p, x_q, positive=(tau,))
 
 
@@ -518,20 +542,10 @@ READINGS = {
 }
 """Reading name -> the field of :class:`LiteralReadings` holding its log right side.
 
-Claim ids: ``thm4.1-literal-gaussian`` (``gaussian``, and ``gaussian-grid``
-for the worst bandwidth of the grid), ``thm4.1-literal-softmax``,
-``thm4.1-literal-normalised``, ``thm4.1-literal-tv``.
+The one map of the readings: each claim of the literal Theorem 4.1 names its
+reading (``icl_kd.claims.Claim.reading``); ``gaussian-grid`` is the worst
+bandwidth of the grid, reported by the Gaussian reading's claim.
 """
-
-
-CLAIM_READINGS = {
-    "thm4.1-literal-gaussian": "gaussian",
-    "thm4.1-literal-softmax": "softmax",
-    "thm4.1-literal-normalised": "normalised",
-    "thm4.1-literal-tv": "tv",
-}
-"""Claim id -> reading name (a key of :data:`READINGS`); the Gaussian claim also reports
-``gaussian-grid``."""
 
 
 class LiteralReadings(NamedTuple):
@@ -652,10 +666,13 @@ def literal_readings(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=Non
     trace time and non-finite data or non-positive tau/bandwidths give NaN.
     Conjectures ``thm4.1-literal-*`` in proofs_check.
   """
-  log_eta_, _ = _log_eta_and_shift(params, eta, log_eta, convention)
-  c = convention_factor(convention)
-  params, x_p, x_q, dtype = _sample_pair(params, x_p, x_q)
-  tau = _checks.scalar_param("tau", tau, dtype)
+  core = _pair_core(params, x_p, x_q, eta, log_eta, tau, convention, input_bound,
+                    feature_bound)
+  return _readings_of(core, bandwidths)
+
+
+def _readings_of(core: _PairCore, bandwidths) -> LiteralReadings:
+  params, x_p, x_q, tau, dtype = core.params, core.x_p, core.x_q, core.tau, core.x_p.dtype
   if bandwidths is None:
     bandwidths = jnp.asarray(DEFAULT_BANDWIDTHS, dtype)
   else:
@@ -667,11 +684,9 @@ def literal_readings(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=Non
       if not (np.all(np.isfinite(b)) and np.all(b > 0)):
         raise ValueError(f"bandwidths must be finite and > 0, got {b}")
 
-  gap = distilled_weight_gap(params, x_p, x_q, log_eta=log_eta_, tau=tau, convention=convention)
-  log_lhs = gap.log_hs_norm()
-  m_x, log_m_phi = _support_constants(params, x_p, x_q, tau, dtype, input_bound, feature_bound)
-  value_norm = jnp.linalg.norm(params.w_v, 2)
-  log_constant = log_eta_ + jnp.log(value_norm) + jnp.log(m_x) + log_m_phi
+  log_lhs = core.log_lhs
+  m_x, log_m_phi, value_norm = core.input_bound, core.log_feature_bound, core.value_norm
+  log_constant = core.log_eta + jnp.log(value_norm) + jnp.log(m_x) + log_m_phi
 
   h = _mmd.median_bandwidth(x_p, x_q)
   h_ok = h > 0
@@ -682,8 +697,7 @@ def literal_readings(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=Non
   keys_p = jnp.dot(x_p, params.w_k.T, precision=HIGHEST)                   # (n, d_k)
   keys_q = jnp.dot(x_q, params.w_k.T, precision=HIGHEST)                   # (m, d_k)
   log_mmd_soft, _ = _log_mmd_parts(_mmd.ExpKernel(tau), keys_p, keys_q)
-  log_mmd_x, _ = _log_mmd_parts(_mmd.distillation_kernel(params, tau=tau, use_values=False),
-                                x_p, x_q)
+  log_mmd_x = core.log_mmd_x
   tv = total_variation(x_p, x_q)
 
   grid = log_constant + log_mmd_grid
@@ -693,12 +707,12 @@ def literal_readings(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=Non
       log_rhs_gaussian_worst=jnp.min(grid),
       log_rhs_softmax=log_constant + log_mmd_soft,
       # eta M_V M_x M_phi * MMD_kx / (M_x M_phi), with M_x M_phi cancelled (no 0/0 at M_x = 0)
-      log_rhs_normalised=log_eta_ + jnp.log(value_norm) + log_mmd_x,
+      log_rhs_normalised=core.log_eta + jnp.log(value_norm) + log_mmd_x,
       log_rhs_tv=log_constant + jnp.log(tv),
       bandwidth=h, bandwidths=bandwidths, log_mmd_gaussian=log_mmd_g,
       log_mmd_gaussian_grid=log_mmd_grid, log_mmd_softmax=log_mmd_soft, log_mmd_x=log_mmd_x,
       tv=tv, value_norm=value_norm, input_bound=m_x, log_feature_bound=log_m_phi,
-      convention_factor=jnp.asarray(c, dtype))
+      convention_factor=jnp.asarray(core.c, dtype))
   return _checks.poison_if_nonfinite(out, *params, x_p, x_q, bandwidths,
                                      positive=(tau, jnp.min(bandwidths)))
 
@@ -768,25 +782,24 @@ def prediction_gap(params: AttentionParams, x_p, x_q, query, *, eta=None, log_et
   Returns:
     PredictionGap. Checkers ``thm4.2-prediction``, ``thm4.2-mmd``, ``thm4.2-literal``.
   """
-  log_eta_, _ = _log_eta_and_shift(params, eta, log_eta, convention)
-  params, x_p, x_q, dtype = _sample_pair(params, x_p, x_q)
+  core = _pair_core(params, x_p, x_q, eta, log_eta, tau, convention, None, feature_bound)
+  return _prediction_of(core, query)
+
+
+def _prediction_of(core: _PairCore, query) -> PredictionGap:
+  params, x_p, x_q, tau = core.params, core.x_p, core.x_q, core.tau
   query = _checks.as_float_array("query", query, ndim=1)
   if query.shape != (params.d,):
     raise ValueError(f"query must have shape ({params.d},) (d,), got {query.shape}")
   _checks.check_same_dtype(params=params.w_q, query=query)
   _check_finite(query=query, **{"params.w_q": params.w_q})
-  tau = _checks.scalar_param("tau", tau, dtype)
-  c = convention_factor(convention)
-  gap = distilled_weight_gap(params, x_p, x_q, log_eta=log_eta_, tau=tau, convention=convention)
+  gap = core.gap
   z = jnp.dot(params.w_q, query, precision=HIGHEST)                         # (d_k,)
   log_lhs = _log_apply_norm(gap, z)
-  log_hs = gap.log_hs_norm()
+  log_hs = core.log_lhs
   log_phi = jnp.sum(z * z) / (2.0 * tau)
-  _, log_m_phi = _support_constants(params, x_p, x_q, tau, dtype, None, feature_bound)
-  log_mmd_x, _ = _log_mmd_parts(_mmd.distillation_kernel(params, tau=tau, use_values=False),
-                                x_p, x_q)
-  value_norm = jnp.linalg.norm(params.w_v, 2)
-  log_chain = log_eta_ + math.log(c) + jnp.log(value_norm) + log_mmd_x    # thm4.1-bound's rhs
+  log_m_phi, value_norm = core.log_feature_bound, core.value_norm
+  log_chain = core.log_eta + math.log(core.c) + jnp.log(value_norm) + core.log_mmd_x  # thm4.1-bound
   log_rhs = log_hs + log_phi
   log_mmd_rhs = log_chain + log_phi
   log_literal_rhs = log_chain + log_m_phi
@@ -794,10 +807,109 @@ def prediction_gap(params: AttentionParams, x_p, x_q, query, *, eta=None, log_et
                       log_rhs=log_rhs, weight_gap_norm=jnp.exp(log_hs),
                       log_feature_norm=log_phi, mmd_rhs=jnp.exp(log_mmd_rhs),
                       literal_rhs=jnp.exp(log_literal_rhs), log_mmd_rhs=log_mmd_rhs,
-                      log_literal_rhs=log_literal_rhs, mmd_x=jnp.exp(log_mmd_x),
+                      log_literal_rhs=log_literal_rhs, mmd_x=jnp.exp(core.log_mmd_x),
                       value_norm=value_norm,
-                      log_feature_bound=log_m_phi, convention_factor=jnp.asarray(c, dtype))
+                      log_feature_bound=log_m_phi, convention_factor=jnp.asarray(core.c, x_p.dtype))
   return _checks.poison_if_nonfinite(out, *params, x_p, x_q, query, positive=(tau,))
+
+
+class PairSides(NamedTuple):
+  """Every side of C5 and of C6's prediction statements for one pair of samples and a query.
+
+  Attributes:
+    bias: :func:`distillation_bias` (C5: identity, bound, literal form with the Gaussian k).
+    readings: :func:`literal_readings` (C5: the literal form under every kernel reading).
+    prediction: :func:`prediction_gap` (C6 at the query).
+  """
+  bias: DistillationBias
+  readings: LiteralReadings
+  prediction: PredictionGap
+
+
+def pair_sides(params: AttentionParams, x_p, x_q, query, *, eta=None, log_eta=None, tau=1.0,
+               convention: str = "eq12", bandwidths=None, input_bound=None,
+               feature_bound=None) -> PairSides:
+  """:func:`distillation_bias`, :func:`literal_readings` and :func:`prediction_gap` at once.
+
+  The work they share (dW_PQ and its norm, MMD_kx, ||W^V||_op, the support
+  constants M_x, M_phi) is done once; each part equals its own function's result
+  on the same arguments. ``input_bound`` and ``feature_bound`` (default: sups over
+  the pooled samples) enter every part that uses them. This is what the C5/C6
+  claims evaluate per instance.
+  """
+  core = _pair_core(params, x_p, x_q, eta, log_eta, tau, convention, input_bound,
+                    feature_bound)
+  return PairSides(_bias_of(core, None), _readings_of(core, bandwidths),
+                   _prediction_of(core, query))
+
+
+def _spd_solve(m: jax.Array, b: jax.Array) -> jax.Array:
+  """Solves m y = b for a symmetric positive definite (d, d) ``m`` by elimination without
+  pivoting, written in jnp (see :func:`_cholesky_pivots_positive` for why not LAPACK)."""
+  d = m.shape[0]
+  idx = jnp.arange(d)
+
+  def forward(k, carry):
+    m, b = carry
+    factor = jnp.where(idx > k, m[:, k] / m[k, k], 0.0)                      # (d,)
+    return m - jnp.outer(factor, m[k]), b - factor * b[k]
+
+  m, b = jax.lax.fori_loop(0, d, forward, (m, b))
+
+  def backward(i, y):
+    k = d - 1 - i
+    rest = jnp.sum(jnp.where(idx > k, m[k] * y, 0.0))
+    return y.at[k].set((b[k] - rest) / m[k, k])
+
+  return jax.lax.fori_loop(0, d, backward, jnp.zeros_like(b))
+
+
+def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: int = 100):
+  """sup over the ball |x - center| <= radius of |A x|^2, exactly (a trust-region maximum).
+
+  The maximum of a convex quadratic is on the sphere. With G = A^T A and the
+  step u = x - center, stationarity gives (lambda I - G) u = G center with
+  lambda >= ||A||_op^2; ||u(lambda)|| decreases in lambda, and lambda is found by
+  bisection on ||u|| = radius (``iterations`` halvings of the bracket
+  [s^2, s^2 (1 + |center| / radius)], s = ||A||_op). When ``center`` has no
+  component along A's top singular direction the root may sit at s^2 (the "hard
+  case"); the rest of the radius then goes along that direction, which adds
+  s^2 (radius^2 - |u|^2). The result is the sup the theory's constants take over
+  a ball-shaped support (e.g. M_phi = exp(sup |W^K x|^2 / (2 tau))).
+
+  Args:
+    a: (k, d) the linear map A.
+    center: (d,) the ball's center; radius: its radius >= 0.
+  Returns:
+    The scalar sup |A x|^2 (|A center|^2 when radius = 0).
+  """
+  a = jnp.asarray(a)
+  center = jnp.asarray(center, a.dtype)
+  radius = jnp.asarray(radius, a.dtype)
+  g = jnp.dot(a.T, a, precision=HIGHEST)                                    # (d, d)
+  gc = jnp.dot(g, center, precision=HIGHEST)                                # (d,)
+  s2 = jnp.linalg.norm(a, 2) ** 2
+  eye = jnp.eye(a.shape[1], dtype=a.dtype)
+  safe_r = jnp.where(radius > 0, radius, 1.0)
+  tiny = jnp.finfo(a.dtype).tiny
+
+  def step_of(lam):
+    return _spd_solve(lam * eye - g, gc)
+
+  def body(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    too_long = jnp.sum(step_of(mid) ** 2) > safe_r ** 2
+    return jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
+
+  lo0 = s2 * (1.0 + jnp.finfo(a.dtype).eps) + tiny
+  hi0 = s2 * (1.0 + jnp.linalg.norm(center) / safe_r) + 2.0 * lo0
+  _, hi = jax.lax.fori_loop(0, iterations, body, (lo0, hi0))
+  u = step_of(hi)                                                           # |u| <= radius
+  x = center + u
+  value = (jnp.sum(jnp.dot(a, x, precision=HIGHEST) ** 2)
+           + s2 * jnp.maximum(0.0, radius ** 2 - jnp.sum(u * u)))
+  return jnp.where(radius > 0, value, jnp.sum(jnp.dot(a, center, precision=HIGHEST) ** 2))
 
 
 def _check_risk_args(weights: DualWeights, params: AttentionParams, x_target):

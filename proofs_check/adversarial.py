@@ -1,9 +1,9 @@
 """Adversarial search: push lhs/rhs of a bound or conjecture up with optax.
 
 Starting from the worst random instances of the sweep, gradient ascent (Adam)
-on log(lhs) - log(rhs) over every array of the instance that the claim lets
-vary, projecting back inside the claim's assumptions after each step
-(``Claim.project``). The largest ratio seen is re-evaluated with the claim's
+on log(lhs) - log(rhs) over every floating-point array of the instance,
+projecting back inside the claim's assumptions after each step
+(``Claim.project``, which also puts back whatever the claim holds fixed). The largest ratio seen is re-evaluated with the claim's
 own evaluation and returned with its instance (``values``: the check's fields).
 A true bound must stay <= 1 (beyond rounding); for a conjecture such as
 ``thm4.1-literal`` whatever is found is the result.
@@ -16,10 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icl_kd.claims import Claim, check_values, log_ratio
-from proofs_check import verdicts
-
-FIXED = ("tau", "log_eta")  # hyperparameters of the claim, not searched over
+from icl_kd.claims import Claim, check_values, checks, log_ratio
 
 
 def _objective(claim: Claim, cfg):
@@ -34,8 +31,9 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
   cfg = claim.buckets[bucket]
   objective = _objective(claim, cfg)
   batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *starts)
-  free = {k: v for k, v in batch.items() if k not in FIXED}
-  fixed = {k: v for k, v in batch.items() if k in FIXED}
+  searched = {k for k, v in batch.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+  free = {k: v for k, v in batch.items() if k in searched}
+  fixed = {k: v for k, v in batch.items() if k not in searched}
   opt = optax.adam(learning_rate)
 
   def value(free_one, fixed_one):
@@ -52,7 +50,7 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
     updates, state = opt.update(jax.tree_util.tree_map(jnp.negative, grads), state, free)
     new = optax.apply_updates(free, updates)
     new = jax.vmap(lambda fr, fx: {k: v for k, v in claim.project({**fr, **fx}, cfg).items()
-                                   if k not in FIXED})(new, fixed)
+                                   if k in searched})(new, fixed)
     return new, state, vals
 
   state = opt.init(free)
@@ -83,4 +81,4 @@ def search(claim: Claim, starts: list[dict], bucket: int, *, steps: int,
 def _capped_exp(log_r) -> float:
   """exp(min(log ratio, LOG_CAP)), as the report's ratios (no float64 overflow); the uncapped
   logarithm is kept beside it (``max_log_ratio``)."""
-  return float(np.exp(min(float(log_r), verdicts.LOG_CAP)))
+  return checks.capped_exp(log_r)

@@ -1,12 +1,18 @@
-"""``proofs_check.check``: every claim of docs/THEORY.md checked at scale, from Python.
+"""``proofs_check.check``: claims checked at scale, from Python.
 
     import icl_kd.runtime, proofs_check
     icl_kd.runtime.configure(x64=True)            # float64 needs x64, set before any array
     report = proofs_check.check("C5", instances=20_000, seed=0)
     report.ok, report.claims["thm4.1-bound"].worst, report.to_json()
 
-The command line ``python -m proofs_check`` is a thin layer over :func:`check`
-and :func:`replay`.
+The runner is generic: for each group of claims it samples instances, evaluates
+them, reduces each chunk and decides, calling the check types' own rules
+(:mod:`icl_kd.claims.checks`) and the claims' own hooks (witnesses,
+``explain``, ``project``). It runs a researcher's claims
+(:func:`icl_kd.claims.define`) as it runs the paper's: pass them to
+:func:`check` (mixed with ids, globs and theory labels) or add them to the
+registry with ``registry=``. The command line ``python -m proofs_check`` is a
+thin layer over :func:`check` and :func:`replay`.
 """
 
 from __future__ import annotations
@@ -23,145 +29,302 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_kd import runtime
-from icl_kd.claims import (ALIASES, CLAIMS, CONVENTIONS, THEORY_NUMBERS, Claim, check_values,
-                           convention_factor, with_convention)
+from icl_kd.claims import (ALIASES, CLAIMS, CONVENTIONS, Claim, Outcome, Registry, check_values,
+                           checks, with_convention)
 from proofs_check import sweep, verdicts
-from proofs_check.report import WORST_LABELS, ClaimResult, Report, WorstInstance
+from proofs_check.report import ClaimResult, Report, WorstInstance
 
 DTYPES = ("float32", "float64")
 
 
-def select(spec: str | Sequence[str] = "*", registry: dict[str, Claim] | None = None) -> list[str]:
-  """Claim ids chosen by ids, globs (``thm4.1-*``) or theory numbers (``C5``), comma-separated."""
+class UsageError(ValueError):
+  """A bad argument of :func:`check` or :func:`replay`; ``argument`` names it."""
+
+  def __init__(self, argument: str, message: str):
+    super().__init__(f"{argument}: {message}")
+    self.argument = argument
+    self.message = message
+
+
+def claims_spec(spec: str) -> str:
+  """How a report records a ``--claims-from`` module: a file's absolute path, or the dotted name."""
+  return os.path.abspath(spec) if _is_path(spec) else spec
+
+
+def _is_path(spec: str) -> bool:
+  return spec.endswith(".py") or os.sep in spec or (os.altsep or os.sep) in spec
+
+
+def load_claims(spec: str) -> tuple[Claim, ...]:
+  """The ``CLAIMS`` tuple of a module: a dotted name (imported) or the path of a .py file.
+
+  Raises:
+    UsageError: the file or module is not found, or it defines no ``CLAIMS`` tuple of
+      :class:`icl_kd.claims.Claim` (errors raised by the module's own code propagate).
+  """
+  import importlib
+  import importlib.util
+  import sys
+  import zlib
+  if not isinstance(spec, str) or not spec:
+    raise UsageError("claims_from", f"expected a module name or a .py path, got {spec!r}")
+  if _is_path(spec):
+    path = os.path.abspath(spec)
+    if not os.path.isfile(path):
+      raise UsageError("claims_from", f"no such file {path!r}")
+    name = f"proofs_check_user_claims_{zlib.crc32(path.encode()):08x}"
+    module = sys.modules.get(name)
+    if module is None:
+      loader_spec = importlib.util.spec_from_file_location(name, path)
+      module = importlib.util.module_from_spec(loader_spec)
+      sys.modules[name] = module
+      try:
+        loader_spec.loader.exec_module(module)
+      except BaseException:
+        del sys.modules[name]
+        raise
+  else:
+    try:
+      module = importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+      raise UsageError("claims_from", f"cannot import {spec!r} ({e})") from None
+  claims = getattr(module, "CLAIMS", None)
+  if not isinstance(claims, (tuple, list)) or not claims:
+    raise UsageError("claims_from", f"{spec!r} defines no CLAIMS tuple (a tuple of claims made "
+                                    f"with icl_kd.claims.define), got {type(claims).__name__}")
+  for c in claims:
+    if not isinstance(c, Claim):
+      raise UsageError("claims_from", f"{spec!r}: CLAIMS must hold icl_kd.claims.Claim objects "
+                                      f"(made with icl_kd.claims.define), got "
+                                      f"{type(c).__name__}: {c!r}")
+  return tuple(claims)
+
+
+def _registry_of(claims, registry: Registry | None) -> Registry:
+  registry = CLAIMS if registry is None else registry
+  items = [claims] if isinstance(claims, (str, Claim)) else list(claims)
+  new = [c for c in items if isinstance(c, Claim) and registry.get(c.id) is not c]
+  try:
+    return registry.with_claims(new) if new else registry
+  except (TypeError, ValueError) as e:
+    raise UsageError("claims", str(e)) from None
+
+
+def select(spec: str | Claim | Sequence[str | Claim] = "*",
+           registry: dict[str, Claim] | None = None) -> list[str]:
+  """Claim ids chosen by ids, globs (``thm4.1-*``), theory labels (``C5``, ``user``) or Claim
+  objects (which must be in ``registry``; :func:`check` adds them), in registry order of each."""
   registry = CLAIMS if registry is None else registry
   ids = list(registry)
-  pats = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+  theories = {c.theory.upper(): c.theory for c in registry.values()}
+  if isinstance(spec, (str, Claim)):
+    spec = spec.split(",") if isinstance(spec, str) else [spec]
   chosen: list[str] = []
-  for pat in pats:
-    if pat.upper() in THEORY_NUMBERS:
-      hits = [i for i in ids if registry[i].theory == pat.upper()]
-    elif pat in ALIASES:
-      hits = [ALIASES[pat]]
+  for item in spec:
+    if isinstance(item, Claim):
+      if registry.get(item.id) is not item:
+        raise UsageError("claims", f"claim {item.id!r} is not in the registry; pass it to "
+                                   f"proofs_check.check, which adds it")
+      hits = [item.id]
+    elif isinstance(item, str):
+      pat = item.strip()
+      if not pat:
+        continue
+      if pat.upper() in theories:
+        hits = [i for i in ids if registry[i].theory == theories[pat.upper()]]
+      elif pat in ALIASES:
+        hits = [ALIASES[pat]]
+      else:
+        hits = [i for i in ids if fnmatch.fnmatchcase(i, pat)]
+      if not hits:
+        raise UsageError("claims", f"no claim matches {pat!r}; known ids: {', '.join(ids)} "
+                                   f"(or a theory label: {', '.join(theories.values())})")
     else:
-      hits = [i for i in ids if fnmatch.fnmatchcase(i, pat)]
-    if not hits:
-      raise ValueError(f"--claims: no claim matches {pat!r}; known ids: {', '.join(ids)} "
-                       f"(or a theory number C1..C7)")
+      raise UsageError("claims", f"expected ids, globs, theory labels or Claim objects, got "
+                                 f"{type(item).__name__}: {item!r}")
     chosen += [h for h in hits if h not in chosen]
   if not chosen:
-    raise ValueError("--claims selects no claim")
+    raise UsageError("claims", "selects no claim")
   return chosen
 
 
 def _dtype(name: str):
   if name not in DTYPES:
-    raise ValueError(f"--dtype must be one of {DTYPES}, got {name!r}")
+    raise UsageError("dtype", f"must be one of {DTYPES}, got {name!r}")
   if name == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("--dtype float64 needs jax_enable_x64: call "
-                     "icl_kd.runtime.configure(x64=True) before any array exists")
+    raise UsageError("dtype", "float64 needs jax_enable_x64: call "
+                              "icl_kd.runtime.configure(x64=True) before any array exists")
   return jnp.float64 if name == "float64" else jnp.float32
 
 
-def worst_of(kind: str, values: dict) -> float:
+def _check_int(name: str, value, minimum: int, *, allow_none: bool = False) -> None:
+  if value is None and allow_none:
+    return
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    raise UsageError(name, f"must be an int >= {minimum}, got {value!r}")
+
+
+def worst_of(check_type, values: dict) -> float:
   """The row's worst quantity (see :mod:`proofs_check.report`) from a check's values."""
-  if kind == "identity":
-    return values["error"] / values["tolerance"] if values["tolerance"] > 0 else math.nan
-  if kind == "measurement":
-    return values["value"]
-  with np.errstate(all="ignore"):
-    return float(np.exp(np.minimum(np.float64(values["log_lhs"]) - values["log_rhs"],
-                                   verdicts.LOG_CAP)))
-
-
-def _evaluate(claim: Claim, inst: dict, bucket) -> dict:
-  return check_values(jax.jit(claim.evaluate, static_argnums=1)(inst, bucket))
+  return check_type.form.worst_of(values)
 
 
 def _check_manifest(checkpoint: str, manifest: dict, chosen: list[str]) -> None:
   path = os.path.join(checkpoint, "manifest.json")
   os.makedirs(checkpoint, exist_ok=True)
   if os.path.exists(path):
-    old = runtime.read_json(path, flag="--checkpoint")
+    old = runtime.read_json(path, flag="checkpoint")
     if any(old.get(k) != v for k, v in manifest.items() if k != "claims"):
-      raise ValueError(f"--checkpoint {checkpoint} holds a run with other arguments "
-                       f"({old}); use a fresh directory")
+      raise UsageError("checkpoint", f"{checkpoint} holds a run with other arguments "
+                                     f"({old}); use a fresh directory")
     manifest["claims"] = sorted(set(old.get("claims", [])) | set(chosen))
   runtime.write_json(path, dict(manifest, claims=manifest.get("claims", chosen)),
-                     flag="--checkpoint")
+                     flag="checkpoint")
 
 
-def _result(claim: Claim, st: verdicts.Stats, seed: int, dtype, seconds: float) -> ClaimResult:
-  v = verdicts.decide(claim.kind, st, delta=claim.delta)
-  worst_inst = None
-  if st.worst_index:
-    b, idx = st.worst_index
-    inst = sweep.instance_of(claim, seed, b, idx, dtype)
-    worst_inst = WorstInstance(b, idx, list(claim.buckets[b]),
-                               _evaluate(claim, inst, claim.buckets[b]),
-                               {k: np.asarray(a) for k, a in inst.items()})
-  if claim.kind == "identity" or claim.kind == "measurement":
-    worst = st.worst if st.worst_index else math.nan
-  else:
-    worst = math.exp(min(st.worst, verdicts.LOG_CAP)) if st.worst_index else math.nan
-  return ClaimResult(
-      id=claim.id, theory=claim.theory, kind=claim.kind, statement=claim.statement,
-      verdict=v.verdict, passed=v.passed, instances=st.count, violations=st.violations,
-      out_of_range=st.out_of_range, worst=worst, worst_label=WORST_LABELS[claim.kind],
-      worst_error=st.worst_error if claim.kind == "identity" else math.nan,
-      min_slack=st.min_slack if claim.kind not in ("identity", "measurement") else math.nan,
-      seconds=seconds, worst_instance=worst_inst, detail=v.detail, group=claim.group_id,
-      tests=tuple(claim.tests), figure=claim.figure)
+def _host(tree):
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _evaluated(group: list[Claim], dtype, stats: dict, seed: int) -> tuple[dict, dict]:
+  """Every fixed instance the report needs, evaluated with one compiled program per bucket.
+
+  Returns ({claim id: (instance, check) of its worst instance}, {claim id: [checks of its
+  witnesses]}).
+  """
+  head = group[0]
+  wanted: dict[int, list] = {}           # bucket -> [(kind, claim id, payload, instance)]
+  for c in group:
+    st = stats[c.id]
+    if st.worst_index:
+      b, idx = st.worst_index
+      wanted.setdefault(b, []).append(("worst", c.id, None, None))
+    for j, w in enumerate(c.witnesses):
+      wanted.setdefault(w.bucket, []).append(("witness", c.id, j, w.instance(dtype)))
+  worst, witnessed = {}, {c.id: [None] * len(c.witnesses) for c in group}
+  for b, items in sorted(wanted.items()):
+    insts = []
+    for kind, cid, _, inst in items:
+      if kind == "worst":
+        _, idx = stats[cid].worst_index
+        inst = sweep.instance_of(head, seed, b, idx, dtype)
+      insts.append(inst)
+    out = sweep.evaluate_instances(group, b, dtype, insts)
+    for (kind, cid, j, _), inst, checks_ in zip(items, insts, out):
+      if kind == "worst":
+        worst[cid] = (_host(inst), _host(checks_[cid]))
+      else:
+        witnessed[cid][j] = _host(checks_[cid])
+  return worst, witnessed
 
 
 def _adversarial(claim: Claim, st: verdicts.Stats, seed: int, dtype, steps: int) -> dict | None:
-  """The adversarial search from the sweep's worst instances, bucket by bucket."""
+  """The adversarial search from the sweep's worst instances, over every bucket they are in.
+
+  ``starts`` counts them all and ``initial_max_ratio`` is their largest ratio, so the line a
+  report prints agrees with its table; the best instance comes with its bucket.
+  """
   from proofs_check import adversarial
-  best = None
   by_bucket: dict[int, list] = {}
   for _, b, idx in st.top:
     by_bucket.setdefault(int(b), []).append(int(idx))
+  results = []
   for b, idxs in sorted(by_bucket.items()):
     starts = [sweep.instance_of(claim, seed, b, i, dtype) for i in idxs]
-    res = adversarial.search(claim, starts, b, steps=steps)
-    if best is None or res["max_ratio"] > best["max_ratio"]:
-      best = res
-  return best
+    results.append(adversarial.search(claim, starts, b, steps=steps))
+  if not results:
+    return None
+  best = max(results, key=lambda r: r["max_log_ratio"])
+  initial = [r["initial_max_ratio"] for r in results if r["initial_max_ratio"] is not None]
+  return dict(best, starts=sum(r["starts"] for r in results),
+              initial_max_ratio=max(initial) if initial else None,
+              buckets=sorted(by_bucket))
 
 
-def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, seed: int = 0,
-          dtype: str = "float64", chunk: int | None = None, checkpoint: str | None = None,
-          adversarial: int = 0, progress: bool = False, convention: str = "eq12") -> Report:
+def _result(claim: Claim, st: verdicts.Stats, *, seed: int, dtype, dtype_name: str,
+            convention: str, worst, witness_checks, adversarial: dict | None) -> ClaimResult:
+  ctype = claim.check_type
+  form = ctype.form
+  buckets = claim.buckets
+  witnesses = tuple(
+      checks.witness_result(w, float(checks.log_ratio(c)), w.closed_form(buckets[w.bucket]),
+                            dtype)
+      for w, c in zip(claim.witnesses, witness_checks))
+  adv_log = None if adversarial is None else float(adversarial["max_log_ratio"])
+  v = verdicts.decide(ctype, st, delta=claim.delta, witnesses=witnesses,
+                      adversarial_log_ratio=adv_log, dtype_name=dtype_name)
+  worst_inst, worst_check = None, None
+  if worst is not None:
+    inst, worst_check = worst
+    b, idx = st.worst_index
+    worst_inst = WorstInstance(b, idx, list(buckets[b]), check_values(worst_check), inst)
+  out_type = claim.output
+  events_type = type(out_type.events)
+  extras_type = type(out_type.extras)
+  events = (events_type(**{k: st.extra_events.get(k, 0) for k in events_type._fields})
+            if hasattr(events_type, "_fields") else ())
+  medians = {k: float(np.median([x for x in st.extra_samples.get(k, []) if math.isfinite(x)]))
+             if any(math.isfinite(x) for x in st.extra_samples.get(k, [])) else math.nan
+             for k in getattr(extras_type, "_fields", ())}
+  extras = extras_type(**medians) if hasattr(extras_type, "_fields") else ()
+  explanation = None
+  if claim.explain is not None:
+    explanation = claim.explain(Outcome(st, convention, worst_check, adv_log, witnesses))
+  return ClaimResult(
+      id=claim.id, theory=claim.theory, kind=ctype.kind, statement=claim.statement,
+      verdict=v.verdict, passed=v.passed, instances=st.count, violations=st.violations,
+      out_of_range=st.out_of_range, worst=form.worst_number(st), worst_label=form.worst_label,
+      worst_error=st.worst_error, min_slack=st.min_slack if form.has_slack else math.nan,
+      seconds=0.0, worst_instance=worst_inst, detail=v.detail, adversarial=adversarial,
+      group=claim.group_id, tests=tuple(claim.tests), figure=claim.figure, role=ctype.role.name,
+      form=form.name, vacuous=st.vacuous, events=events, extras=extras, witnesses=witnesses,
+      explanation=explanation)
+
+
+def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int | None = None,
+          seed: int = 0, dtype: str = "float64", chunk: int | None = None,
+          checkpoint: str | None = None, adversarial: int = 0, progress: bool = False,
+          convention: str = "eq12", registry: Registry | None = None) -> Report:
   """Checks the chosen claims on many random instances; returns a typed :class:`Report`.
 
   Args:
-    claims: ids, globs or theory numbers, comma-separated or a list (default all).
-    instances: instances per claim (default each claim's own; >= 1e5 except C4's
-      probabilistic checks).
-    seed: the same seed gives the same report numbers (any device count, chunking
-      or resumption).
+    claims: ids, globs, theory labels (``C5``; ``user`` for claims made with
+      :func:`icl_kd.claims.define`) or Claim objects, comma-separated or a list
+      (default all of the registry). A Claim object not in the registry is added
+      for this run.
+    instances: instances per claim (default each claim's own; >= 1e5 for the
+      paper's claims except C4's probabilistic checks).
+    seed: an int; the same seed gives the same report numbers (any device count,
+      chunking or resumption).
     dtype: "float64" (needs x64, see :func:`icl_kd.runtime.configure`) or "float32".
     chunk: instances per compiled batch (default each claim's own).
     checkpoint: a directory: completed chunks are saved there, and a rerun with
       the same arguments loads them (``Report.chunks_loaded``).
-    adversarial: projected gradient-ascent steps on lhs/rhs for every bound and
-      conjecture that admits it (0: none).
+    adversarial: projected gradient-ascent steps on lhs/rhs for every claim of a
+      ratio form that gives a projection (0: none).
     progress: a progress bar on stderr.
     convention: "eq12" (c = 2, the paper's Eq. 12; default) or "half" (c = 1) for
       the C5/C6 claims (docs/THEORY.md, C5).
+    registry: the claims ids and globs select from (default :data:`icl_kd.claims.CLAIMS`;
+      ``CLAIMS.with_claims(mine)`` adds yours).
   Returns:
-    A :class:`proofs_check.report.Report`; ``report.ok`` is False when a
-    non-conjecture claim fails.
+    A :class:`proofs_check.report.Report`; ``report.ok`` is False when a row whose
+    role fails the run fails.
+  Raises:
+    UsageError (a ValueError): a bad argument, named; TypeError/ValueError naming the
+      claim when a claim's evaluation does not return a check type.
   """
-  if instances is not None and (not isinstance(instances, int) or instances < 1):
-    raise ValueError(f"--instances must be an int >= 1, got {instances!r}")
-  if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
-    raise ValueError(f"--chunk must be an int >= 1, got {chunk!r}")
-  if not isinstance(adversarial, int) or adversarial < 0:
-    raise ValueError(f"--adversarial must be an int >= 0, got {adversarial!r}")
+  _check_int("seed", seed, 0)
+  _check_int("instances", instances, 1, allow_none=True)
+  _check_int("chunk", chunk, 1, allow_none=True)
+  _check_int("adversarial", adversarial, 0)
   jdtype = _dtype(dtype)
   if convention not in CONVENTIONS:
-    raise ValueError(f"--convention must be one of {CONVENTIONS}, got {convention!r}")
-  chosen = select(claims)
+    raise UsageError("convention", f"must be one of {CONVENTIONS}, got {convention!r}")
+  registry = _registry_of(claims, registry)
+  chosen = select(claims, registry)
+  for cid in chosen:                      # a malformed claim fails here, before any work
+    registry[cid].check_type
   if checkpoint:
     _check_manifest(checkpoint, dict(seed=seed, dtype=dtype, instances=instances, chunk=chunk,
                                      convention=convention, format=sweep.CHECKPOINT_FORMAT),
@@ -169,7 +332,8 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
   mesh = sweep.make_mesh()
   groups: dict[str, list[Claim]] = {}
   for cid in chosen:
-    groups.setdefault(CLAIMS[cid].group_id, []).append(with_convention(CLAIMS[cid], convention))
+    groups.setdefault(registry[cid].group_id, []).append(with_convention(registry[cid],
+                                                                         convention))
   results: dict[str, ClaimResult] = {}
   loaded = computed = 0
   for group in groups.values():
@@ -179,20 +343,16 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
                         checkpoint=checkpoint, progress=progress, mesh=mesh, chunk=chunk)
     loaded += stats.loaded_chunks
     computed += stats.computed_chunks
+    worst, witnessed = _evaluated(group, jdtype, stats, seed)
     shared = (time.perf_counter() - t0) / len(group)
     for claim in group:
       t1 = time.perf_counter()
-      res = _result(claim, stats[claim.id], seed, jdtype, 0.0)
-      if adversarial and claim.project is not None and claim.kind in ("bound", "conjecture",
-                                                                       "consistency"):
+      adv = None
+      if adversarial and claim.project is not None and claim.check_type.form.searchable:
         adv = _adversarial(claim, stats[claim.id], seed, jdtype, adversarial)
-        verdict, passed = res.verdict, res.passed
-        if adv is not None and claim.kind in ("bound", "consistency") and \
-            adv["max_ratio"] > 1.0 + verdicts.float_slack(dtype):
-          verdict, passed = "FAILS (adversarial)", False
-        elif adv is not None and claim.kind == "conjecture" and adv["max_ratio"] > 1.0:
-          verdict = "violated (adversarial)"
-        res = _replace(res, adversarial=adv, verdict=verdict, passed=passed)
+      res = _result(claim, stats[claim.id], seed=seed, dtype=jdtype, dtype_name=dtype,
+                    convention=convention, worst=worst.get(claim.id),
+                    witness_checks=witnessed[claim.id], adversarial=adv)
       results[claim.id] = _replace(res, seconds=shared + time.perf_counter() - t1)
   results = {cid: results[cid] for cid in chosen}
   env = dict(version=_version(), jax_version=jax.__version__,
@@ -201,85 +361,25 @@ def check(claims: str | Sequence[str] = "*", *, instances: int | None = None, se
              checkpoint=checkpoint)
   return Report(results, seed=seed, dtype=dtype, convention=convention, instances=instances,
                 adversarial_steps=adversarial, chunks_loaded=loaded, chunks_computed=computed,
-                environment=env, attribution=attribution(results, convention))
-
-
-CLOSED_FORM_WORST = {
-    "thm4.1-literal-gaussian": "unbounded: 2c/sqrt(2 - 2k(a, -a)) >= c sqrt(2), grows with the "
-                               "bandwidth (d = 1 point masses)",
-    "thm4.1-literal-softmax": "unbounded: MMD = 0 with dW != 0 when W^K has a null space",
-    "thm4.1-literal-normalised": "c (2 under eq12, attained; holds under half)",
-    "thm4.1-literal-tv": "c (2 under eq12; holds under half)",
-}
-
-
-def attribution(results: dict, convention: str) -> dict:
-  """Per literal reading: violation rate and largest ratio under both conventions.
-
-  The literal right sides carry no c while the left side does, so a ratio under
-  c' is the ratio under c times c'/c; violations under each convention are
-  counted per instance (the checks' ``events``). ``share_vanishing_under_half``
-  is the share of the eq12 violations that are not violations under half: the
-  part of the failures due to the factor c; the rest is due to the kernel.
-  Rates depend on the sampler (docs/THEORY.md, C5).
-  """
-  c = convention_factor(convention)
-  out = {}
-  for cid, r in results.items():
-    ev = r.detail
-    if r.kind == "conjecture" and "events_query_beyond_m_phi" in ev:
-      out[cid] = _query_feature_attribution(r)
-      continue
-    if r.kind != "conjecture" or "events_violated_eq12" not in ev:
-      continue
-    n = max(r.instances - r.out_of_range, 1)
-    v12, vh = ev["events_violated_eq12"], ev["events_violated_half"]
-    entry = dict(instances=r.instances, violations_eq12=v12, violations_half=vh,
-                 rate_eq12=v12 / n, rate_half=vh / n,
-                 max_ratio_eq12=r.worst * 2.0 / c, max_ratio_half=r.worst / c,
-                 share_vanishing_under_half=(v12 - vh) / v12 if v12 else math.nan,
-                 closed_form_worst=CLOSED_FORM_WORST.get(cid, ""),
-                 note="rates depend on the sampler (P: unit ball; Q: shifted, scaled ball)")
-    if r.adversarial:
-      m = float(r.adversarial["max_ratio"])
-      entry.update(adversarial_max_ratio_eq12=m * 2.0 / c, adversarial_max_ratio_half=m / c)
-    out[cid] = entry
-  return out
-
-
-def _query_feature_attribution(r) -> dict:
-  """``thm4.2-literal``: its ratio is ``thm4.2-mmd``'s times ||phi(z)|| / M_phi (docs/THEORY.md C6).
-
-  Counts the instances whose query feature exceeds M_phi (the only way the
-  literal form can fail while the proved bound holds) and splits the worst
-  instance's log ratio into its two parts.
-  """
-  n = max(r.instances - r.out_of_range, 1)
-  beyond = r.detail["events_query_beyond_m_phi"]
-  extras = (r.worst_instance.values.get("extras", {}) if r.worst_instance else {})
-  return dict(instances=r.instances, violations=r.violations, rate=r.violations / n,
-              query_beyond_m_phi=beyond, rate_query_beyond_m_phi=beyond / n,
-              max_ratio=r.worst,
-              worst_log_mmd_ratio=extras.get("log_mmd_ratio", math.nan),
-              worst_log_query_over_m_phi=extras.get("log_query_over_m_phi", math.nan),
-              note="ratio = thm4.2-mmd's ratio x ||phi(W^Q x')|| / M_phi; M_phi bounds the key "
-                   "features only, so a query feature beyond it is what a violation needs")
+                environment=env)
 
 
 class CounterexampleRow(NamedTuple):
+  """One analytic counterexample: computed ratio, closed form, and whether it refutes."""
   name: str
   reading: str
   convention: str
   computed_ratio: float
   closed_form_ratio: float
   agrees: bool
+  status: str           # "refutes" | "tight" | "holds"
 
 
 def counterexamples() -> list[CounterexampleRow]:
   """Every analytic counterexample of :mod:`icl_kd.counterexamples`: computed vs closed form."""
   from icl_kd import counterexamples as ce
   return [CounterexampleRow(c.name, c.reading, c.convention, c.computed_ratio,
-                            c.closed_form_ratio, c.agrees) for c in ce.evaluate_all()]
+                            c.closed_form_ratio, c.agrees, c.status) for c in ce.evaluate_all()]
 
 
 def _replace(r: ClaimResult, **kw) -> ClaimResult:
@@ -298,72 +398,94 @@ class ReplayLine(NamedTuple):
   """One replayed number: saved against replayed, and whether they agree (in their units)."""
   claim: str
   label: str          # "worst" | "adversarial"
-  quantity: str       # e.g. "error/tolerance", "lhs/rhs", "log_lhs"
+  quantity: str       # e.g. "error/tolerance", "lhs/rhs", "error"
   saved: float
   replayed: float
   agrees: bool
 
 
-def _instance_arrays(claim: Claim, saved: dict, bucket, dtype) -> dict:
-  """The saved arrays with the sampler's shapes and dtypes (empty arrays included)."""
+def _instance_arrays(claim: Claim, saved: dict, bucket_index: int, dtype, seed: int,
+                     index: int | None) -> dict:
+  """The saved arrays with the sampler's shapes and dtypes (empty arrays included).
+
+  An array the sampler draws but the report lacks (a report written before the
+  sampler gained it) is regenerated from the instance's (seed, bucket, index) when
+  the report gives them, after checking that every saved array equals the
+  regenerated one; otherwise it is an error naming the array.
+  """
+  bucket = claim.buckets[bucket_index]
   like = jax.eval_shape(lambda k: claim.sample(k, bucket, dtype), jax.random.key(0))
+  missing = [name for name in like if name not in saved]
+  fresh = None
+  if missing:
+    if index is None:
+      raise UsageError("report", f"the saved instance of {claim.id} lacks arrays {missing}")
+    fresh = sweep.instance_of(claim, seed, bucket_index, index, dtype)
   out = {}
   for name, spec in like.items():
-    if name not in saved:
-      raise ValueError(f"--replay: the saved instance of {claim.id} lacks array {name!r}")
-    out[name] = jnp.asarray(np.asarray(saved[name], dtype=spec.dtype).reshape(spec.shape))
+    if name in saved:
+      out[name] = jnp.asarray(np.asarray(saved[name], dtype=spec.dtype).reshape(spec.shape))
+      if fresh is not None and not np.array_equal(np.asarray(out[name]), np.asarray(fresh[name])):
+        raise UsageError("report", f"the saved instance of {claim.id} lacks arrays {missing}, "
+                                   f"and its array {name!r} differs from instance {index} of "
+                                   f"bucket {bucket_index} regenerated with seed {seed}")
+    else:
+      out[name] = fresh[name]
   return out
 
 
-def _agree(kind: str, saved: float, got: float, dtype_name: str) -> bool:
-  """Identities: same verdict and within 0.1 tolerance; ratios: log within float slack."""
-  if math.isnan(saved) or math.isnan(got):
-    return math.isnan(saved) and math.isnan(got)
-  if saved == got:
-    return True
-  if kind == "identity":                       # numbers in units of the tolerance
-    return (saved <= 1.0) == (got <= 1.0) and abs(saved - got) <= 0.1
-  if kind == "measurement":
-    return abs(saved - got) <= 1e3 * verdicts.float_slack(dtype_name) * abs(saved)
-  if saved <= 0 or got <= 0 or math.isinf(saved) or math.isinf(got):
-    return False
-  return abs(math.log(got) - math.log(saved)) <= verdicts.float_slack(dtype_name)
-
-
-def replay(report: Report, claims: str | Sequence[str] = "*") -> list[ReplayLine]:
+def replay(report: Report | dict | str, claims: str | Sequence[str | Claim] = "*", *,
+           registry: Registry | None = None) -> list[ReplayLine]:
   """Re-evaluates the worst (and adversarial) instances saved in ``report``.
 
-  The worst instance is regenerated from its saved arrays (shapes from the
-  claim's sampler) and evaluated again; its worst quantity (error/tolerance for
-  identities, lhs/rhs for ratios, the value for measurements) is compared with
-  the report's ``worst``: identities by verdict and within 0.1 of their tolerance
-  (not by a relative error on a rounding-level number), ratios in log space within
-  the dtype's rounding allowance.
+  The worst instance is rebuilt from its saved arrays (shapes from the claim's
+  sampler) and evaluated again; its worst quantity is compared with the
+  report's ``worst`` by the claim's check type (identities by verdict and within
+  0.1 of their tolerance, ratios in log space within the rounding allowance).
+
+  Args:
+    report: a :class:`Report`, or what :meth:`Report.from_json` takes (a dict, JSON text,
+      a path).
+    claims: which rows (ids, globs, theory labels or Claim objects).
+    registry: the claims the report's ids refer to (add a researcher's claims with
+      ``CLAIMS.with_claims(...)``, or pass the Claim objects in ``claims``).
   """
+  if not isinstance(report, Report):
+    report = Report.from_json(report)
   dtype = _dtype(report.dtype)
-  chosen = set(select(claims)) if claims != "*" else set(CLAIMS)
+  registry = _registry_of(claims, registry)
+  chosen = set(select(claims, registry)) if claims != "*" else set(registry)
   chosen |= {a for a, target in ALIASES.items() if target in chosen}
   lines: list[ReplayLine] = []
   for cid, r in report.claims.items():
-    if cid not in chosen or cid not in CLAIMS:
+    if cid not in chosen:
       continue
-    claim = with_convention(CLAIMS[cid], report.convention)
+    if cid not in registry:
+      raise UsageError("claims", f"the report's claim {cid!r} is not in the registry: pass its "
+                                 f"module (--claims-from) or its Claim object")
+    claim = with_convention(registry[cid], report.convention)
+    ctype = claim.check_type
+    form = ctype.form
+
+    def evaluate(inst, b, claim=claim):
+      return sweep.evaluate_instances([claim], b, dtype, [inst])[0][claim.id]
     if r.worst_instance is not None:
       w = r.worst_instance
-      bucket = claim.buckets[w.bucket]
-      values = _evaluate(claim, _instance_arrays(claim, w.arrays, bucket, dtype), bucket)
-      got = worst_of(claim.kind, values)
-      lines.append(ReplayLine(cid, "worst", r.worst_label, r.worst, got,
-                              _agree(claim.kind, r.worst, got, report.dtype)))
-      if claim.kind == "identity":
+      inst = _instance_arrays(claim, w.arrays, w.bucket, dtype, report.seed, w.index)
+      values = check_values(evaluate(inst, w.bucket))
+      got = form.worst_of(values)
+      lines.append(ReplayLine(cid, "worst", form.worst_label, r.worst, got,
+                              form.agree(r.worst, got, report.dtype)))
+      if "error" in values and "tolerance" in values:
         lines.append(ReplayLine(cid, "worst", "error", r.worst_error, values["error"],
-                                _agree("identity", r.worst_error / values["tolerance"],
-                                       values["error"] / values["tolerance"], report.dtype)))
+                                form.agree(r.worst_error / values["tolerance"],
+                                           values["error"] / values["tolerance"], report.dtype)))
     if r.adversarial:
       a = r.adversarial
-      bucket = claim.buckets[int(a["bucket"])]
-      values = _evaluate(claim, _instance_arrays(claim, a["instance"], bucket, dtype), bucket)
-      got = worst_of(claim.kind, values)
-      lines.append(ReplayLine(cid, "adversarial", "lhs/rhs", float(a["max_ratio"]), got,
-                              _agree(claim.kind, float(a["max_ratio"]), got, report.dtype)))
+      b = int(a["bucket"])
+      inst = _instance_arrays(claim, a["instance"], b, dtype, report.seed, None)
+      values = check_values(evaluate(inst, b))
+      got = form.worst_of(values)
+      lines.append(ReplayLine(cid, "adversarial", form.worst_label, float(a["max_ratio"]), got,
+                              form.agree(float(a["max_ratio"]), got, report.dtype)))
   return lines

@@ -1,21 +1,26 @@
 """``python -m proofs_check``: check every claim of docs/THEORY.md at scale.
 
 A thin layer over :func:`proofs_check.check` and :func:`proofs_check.replay`.
-Exit codes: 0 when every non-conjecture claim holds (or a replay reproduces
-its report), 1 when any fails, 2 on bad usage.
+``--claims-from MODULE`` adds a module's ``CLAIMS`` (made with
+:func:`icl_kd.claims.define`) to the registry for the run. Exit codes: 0 when
+every row whose role fails the run holds (or a replay reproduces its report),
+1 when any fails, 2 on bad usage (one line on stderr, before any work).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
+import tempfile
 import textwrap
 
 from icl_kd import runtime
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+FLAGS = {"report": "--replay"}   # API argument -> the CLI flag that sets it, where they differ
 FAST_COMPILE_MAX_INSTANCES = runtime.FAST_COMPILE_MAX_INSTANCES
 DEFAULT_RUN = 10 ** 6   # the size --fast-compile auto and the device count assume for the default run
 set_cpu_compile_flags = runtime.set_cpu_compile_flags   # kept for existing callers
@@ -29,18 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--claims", default="*",
                  help="comma-separated claim ids, globs (thm4.1-*) or theory numbers (C5) "
                       "(default: all; see --list)")
-  p.add_argument("--instances", type=int, default=None,
+  p.add_argument("--instances", type=_count, default=None,
                  help="instances per claim (default: each claim's own; >= 1e5 except the "
                       "probabilistic C4 checks, which use enough repetitions for their test)")
   p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                  help="floating type of every instance (default float64)")
   p.add_argument("--json", metavar="PATH",
-                 help="write the full report as JSON (the folder must exist)")
+                 help="write the full report as JSON (the folder must exist and be writable; "
+                      "checked before any work)")
+  p.add_argument("--claims-from", metavar="MODULE", action="append", default=[],
+                 help="a module (dotted name, or a path to a .py file) whose CLAIMS tuple "
+                      "(made with icl_kd.claims.define) joins the registry for this run; "
+                      "--claims then selects among all (repeatable)")
   p.add_argument("--adversarial", metavar="STEPS", type=int, default=0,
                  help="projected gradient-ascent steps on lhs/rhs for each bound/conjecture")
   p.add_argument("--checkpoint", metavar="DIR",
                  help="save completed chunks here; a rerun with the same arguments resumes")
-  p.add_argument("--chunk", type=int, default=None, help="instances per compiled batch")
+  p.add_argument("--chunk", type=_count, default=None, help="instances per compiled batch")
   p.add_argument("--replay", metavar="FILE",
                  help="re-evaluate the worst (and adversarial) instances saved in a JSON report")
   p.add_argument("--convention", choices=("eq12", "half"), default="eq12",
@@ -69,17 +79,72 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _list() -> str:
-  from icl_kd.claims import CLAIMS
-  rows = [[c.id, c.theory, c.kind, c.default_instances, c.figure,
+def _count(text: str) -> int:
+  """An instance count: an int, or an integral float such as 1e5."""
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer (e.g. 100000 or 1e5), got {text!r}") \
+        from None
+  if not math.isfinite(value) or value != int(value):
+    raise argparse.ArgumentTypeError(f"expected an integral number, got {text!r}")
+  return int(value)
+
+
+def check_writable(path: str, flag: str) -> str:
+  """Raises ValueError (starting with ``flag``) unless a file can be written at ``path``.
+
+  The folder must exist, be a folder, and accept a new file (tried with a
+  temporary file, removed at once): a run never fails at its end for its output.
+  """
+  folder = os.path.dirname(os.path.abspath(path)) or "."
+  if os.path.isdir(path):
+    raise ValueError(f"{flag}: expected a file path, got the folder {path!r}")
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise ValueError(f"{flag}: {folder!r} is a file, not a folder, got {path!r}")
+  if not os.path.isdir(folder):
+    raise ValueError(f"{flag}: folder {folder!r} does not exist (create it first), got {path!r}")
+  try:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".proofs_check-write-test-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag}: cannot write in folder {folder!r} ({e.strerror or e}), "
+                     f"got {path!r}") from None
+  return path
+
+
+def check_writable_dir(path: str, flag: str) -> str:
+  """Raises ValueError (starting with ``flag``) unless ``path`` is, or can be made, a writable
+  folder (created if missing)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{flag}: {path!r} is a file, expected a folder")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"{flag}: cannot create folder {path!r} ({e.strerror or e})") from None
+  check_writable(os.path.join(path, "probe"), flag)
+  return path
+
+
+def _list(registry) -> str:
+  rows = [[c.id, c.theory, c.kind, c.role.name, c.default_instances, c.figure,
            ", ".join(t.replace("tests/", "") for t in c.tests), c.statement]
-          for c in CLAIMS.values()]
-  return runtime.format_table(("claim", "C", "kind", "default n", "figure", "tests", "statement"),
-                              rows, align="lllrlll", max_width=160)
+          for c in registry.values()]
+  return runtime.format_table(("claim", "C", "kind", "role", "default n", "figure", "tests",
+                               "statement"), rows, align="llllrlll", max_width=180)
+
+
+def _fill(text: str, indent: str = "  ") -> str:
+  return textwrap.fill(text, width=120, initial_indent=indent, subsequent_indent=indent + "  ",
+                       break_long_words=False, break_on_hyphens=False)
 
 
 def _print_report(report) -> None:
-  from proofs_check.report import LEGEND, format_table
+  from proofs_check.report import format_table, legend
   rows = list(report.claims.values())
   print(format_table(rows))
   for r in rows:
@@ -89,21 +154,14 @@ def _print_report(report) -> None:
       log_r = a.get("max_log_ratio")           # absent from reports written before it existed
       best = f"{a['max_ratio']:.4g}" if log_r is None else _exp_text(log_r, ".4g")
       print(f"adversarial {r.id}: max lhs/rhs {best} after {a['steps']} steps "
-            f"from {a['starts']} starts (random max {init:.4g})" if init is not None else
+            f"from the {a['starts']} worst random instances (their max {init:.4g})"
+            if init is not None else
             f"adversarial {r.id}: max lhs/rhs {best} after {a['steps']} steps")
-  print(LEGEND)
+  print(legend())
   print(f"convention: {report.convention} (c = {2 if report.convention == 'eq12' else 1})")
-  for cid, a in report.attribution.items():
-    if "query_beyond_m_phi" in a:
-      print(textwrap.fill(
-          f"  {cid}: violated {a['rate']:.2%}; ||phi(z)|| > M_phi in "
-          f"{a['rate_query_beyond_m_phi']:.2%}; worst ratio {a['max_ratio']:.3g} = "
-          f"{_exp_text(a['worst_log_mmd_ratio'])} (thm4.2-mmd's) x "
-          f"{_exp_text(a['worst_log_query_over_m_phi'])} (||phi(z)||/M_phi)",
-          width=120, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False))
-      continue
-    print(f"  {cid}: violated {a['rate_eq12']:.2%} under eq12, {a['rate_half']:.2%} under half; "
-          f"max ratio {a['max_ratio_eq12']:.3g} / {a['max_ratio_half']:.3g}")
+  for r in rows:
+    if r.explanation is not None and hasattr(r.explanation, "text"):
+      print(_fill(f"{r.id}: {r.explanation.text()}"))
   print(wrapped_summary(report.summary()))
 
 
@@ -123,17 +181,23 @@ def wrapped_summary(line: str, width: int = 120) -> str:
 def _counterexamples() -> int:
   from proofs_check import api
   rows = api.counterexamples()
+  shown = {"refutes": "refutes", "tight": "tight (attained)", "holds": "holds"}
   print(runtime.format_table(
-      ("counterexample", "reading", "convention", "computed lhs/rhs", "closed form", "agrees"),
+      ("counterexample", "reading", "convention", "computed lhs/rhs", "closed form", "agrees",
+       "status"),
       [[r.name, r.reading, r.convention, f"{r.computed_ratio:.10g}", f"{r.closed_form_ratio:.10g}",
-        "yes" if r.agrees else "NO"] for r in rows], align="lllrrl"))
+        "yes" if r.agrees else "NO", shown[r.status]] for r in rows], align="lllrrll"))
   ok = all(r.agrees for r in rows)
-  print(f"{len(rows)} counterexamples: " + ("every computed ratio equals its closed form" if ok
-                                            else "SOME DISAGREE with their closed form"))
+  refute = [r for r in rows if r.status == "refutes"]
+  tight = [r for r in rows if r.status == "tight"]
+  print(f"{len(rows)} instances: {len(refute)} refutations (lhs/rhs > 1), {len(tight)} "
+        f"tightness witnesses (lhs/rhs = 1: the bound is attained, not refuted); "
+        + ("every computed ratio equals its closed form" if ok
+           else "SOME DISAGREE with their closed form"))
   return EXIT_OK if ok else EXIT_FAIL
 
 
-def _replay(path: str, claims: str) -> int:
+def _replay(path: str, claims: str, registry) -> int:
   from proofs_check import api
   from proofs_check.report import Report
   try:
@@ -143,7 +207,10 @@ def _replay(path: str, claims: str) -> int:
   except ValueError as e:
     raise ValueError(f"--replay: {path!r}: {e}" if not str(e).startswith("--") else str(e)) \
         from None
-  lines = api.replay(report, claims)
+  for spec in report.environment.get("claims_from", []):   # the report's own claim modules
+    registry = registry.with_claims([c for c in api.load_claims(spec)
+                                     if registry.get(c.id) is None])
+  lines = api.replay(report, claims, registry=registry)
   for ln in lines:
     print(f"{ln.claim:<26} {ln.label:<12} {ln.quantity:<16} saved {ln.saved: .6e}  "
           f"replayed {ln.replayed: .6e}  {'ok' if ln.agrees else 'DIFFERS'}")
@@ -152,25 +219,45 @@ def _replay(path: str, claims: str) -> int:
   return EXIT_OK if ok else EXIT_FAIL
 
 
+def _registry(args):
+  from icl_kd.claims import CLAIMS
+  from proofs_check import api
+  registry = CLAIMS
+  for spec in args.claims_from:
+    claims = api.load_claims(spec)
+    try:
+      registry = registry.with_claims(claims)
+    except (TypeError, ValueError) as e:
+      raise api.UsageError("claims_from", f"{spec!r}: {e}") from None
+  return registry
+
+
 def _run(args) -> int:
   import jax
   from proofs_check import api
+  registry = _registry(args)
   if args.list:
-    print(_list())
+    print(_list(registry))
     return EXIT_OK
   if args.replay:
-    return _replay(args.replay, args.claims)
+    return _replay(args.replay, args.claims, registry)
   if args.counterexamples:
     return _counterexamples()
-  api.select(args.claims)                                   # usage errors before any work
+  api.select(args.claims, registry)                         # usage errors before any work
   if args.json:
-    runtime.check_output_path(args.json, flag="--json")
+    check_writable(args.json, "--json")
+  if args.checkpoint:
+    check_writable_dir(args.checkpoint, "--checkpoint")
   first = jax.process_index() == 0
   runtime.log(f"proofs_check: seed {args.seed}, {args.dtype}, "
               f"{jax.device_count()} {jax.devices()[0].platform} device(s)") if first else None
   report = api.check(args.claims, instances=args.instances, seed=args.seed, dtype=args.dtype,
                      chunk=args.chunk, checkpoint=args.checkpoint, adversarial=args.adversarial,
-                     progress=not args.no_progress and first, convention=args.convention)
+                     progress=not args.no_progress and first, convention=args.convention,
+                     registry=registry)
+  if args.claims_from:
+    report = dataclasses.replace(report, environment=dict(
+        report.environment, claims_from=[api.claims_spec(s) for s in args.claims_from]))
   if first:
     if args.checkpoint:
       print(f"checkpoint {args.checkpoint}: loaded {report.chunks_loaded} chunk(s), computed "
@@ -212,8 +299,13 @@ def main(argv=None) -> int:
       sweep.initialize_distributed(*multi)
     except ValueError as e:
       parser.error(str(e))
+  from proofs_check.api import UsageError
   try:
     return _run(args)
+  except UsageError as e:
+    flag = FLAGS.get(e.argument, "--" + e.argument.replace("_", "-"))
+    print(f"python -m proofs_check: error: {flag}: {e.message}", file=sys.stderr)
+    return EXIT_USAGE
   except ValueError as e:
     if str(e).startswith("--"):
       print(f"python -m proofs_check: error: {e}", file=sys.stderr)

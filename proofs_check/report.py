@@ -2,32 +2,33 @@
 
 ``Report.to_json()`` / ``Report.from_json()`` round-trip the JSON file the CLI
 writes (``--json``), under the project's JSON policy (:mod:`icl_kd.runtime`:
-non-finite floats as the strings "nan", "inf", "-inf").
+non-finite floats as the strings "nan", "inf", "-inf"); ``Report.from_json``
+takes a dict, the JSON text, or a path.
 
 The "worst" number of a row, in the table, the JSON and a replay, is one
-quantity, named by ``worst_label``:
-
-  identity                     largest error / tolerance ("error/tolerance"; <= 1 holds),
-                               with the relative error at that instance (``worst_error``)
-  bound, consistency, conjecture, probabilistic bound
-                               largest lhs / rhs ("lhs/rhs"; <= 1 holds)
-  measurement                  largest value ("value")
+quantity, named by ``worst_label`` and owned by the claim's check type
+(:mod:`icl_kd.claims.checks`): the largest error/tolerance of an identity form,
+the largest lhs/rhs of a ratio or event form, the largest value of a
+measurement. A row's ``role`` says what its verdict is evidence of, and the
+summary counts rows by role: the paper's statements apart from the toolkit's
+corrected ones, its consistency checks (true by construction: never evidence
+about the paper), conjectures and measurements.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import math
-
+import os
+import textwrap
+from typing import Any
 
 import numpy as np
 
 from icl_kd import runtime
-
-THEOREM_KINDS = ("identity", "bound", "probabilistic bound")
-WORST_LABELS = {"identity": "error/tolerance", "bound": "lhs/rhs", "consistency": "lhs/rhs",
-                "conjecture": "lhs/rhs", "probabilistic bound": "lhs/rhs",
-                "measurement": "value"}
+from icl_kd.claims import ROLES, WitnessResult, checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +61,22 @@ class WorstInstance:
 def _floats(x):
   if isinstance(x, dict):
     return {k: _floats(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_floats(v) for v in x]
   if isinstance(x, str) and x in ("nan", "inf", "-inf"):
     return runtime.from_jsonable_float(x)
   return x
+
+
+def _record(name: str, values: dict):
+  """A NamedTuple of ``values`` (a JSON object read back: the field names are the keys)."""
+  if not values:
+    return ()
+  return collections.namedtuple(name, list(values))(**values)
+
+
+def _asdict(nt) -> dict:
+  return nt._asdict() if hasattr(nt, "_asdict") else (dict(nt) if isinstance(nt, dict) else {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,17 +84,27 @@ class ClaimResult:
   """One row of the report.
 
   Attributes:
-    id, theory, kind, statement: the claim (docs/THEORY.md).
-    verdict: holds | FAILS | undecided | violated | not violated | measured (plus
-      "(adversarial)" when the adversarial search decided it).
-    passed: False when a non-conjecture claim fails (the run exits 1).
+    id, theory, kind, statement: the claim.
+    role: what its verdict is evidence of ("paper", "corrected", "consistency",
+      "conjecture", "measurement"; :data:`icl_kd.claims.ROLES`).
+    form: how its checks are reduced ("identity", "ratio", "event", "value").
+    verdict: holds | FAILS | undecided | violated | not violated | measured, plus
+      "(analytic)" when a witness decided it, "(adversarial)" when the search did.
+    passed: False when a row whose role fails the run fails (the run exits 1).
     instances, violations, out_of_range: counts (out of range: not finite in the dtype).
+    vacuous: identity instances whose tolerance reaches the largest error the check can
+      produce (counted apart, never as holding).
     worst: the row's worst number (see ``worst_label``); worst_error: the identity's
       relative error at its worst instance.
-    min_slack: min (rhs - lhs) / rhs over instances (ratio kinds).
+    min_slack: min (rhs - lhs) / rhs over instances (ratio and event forms).
     seconds: wall seconds (the group's shared sweep split evenly).
     worst_instance: the replayable worst instance.
-    detail: means, quantiles, events and medians of the extras.
+    detail: means, quantiles and the form's own numbers.
+    events: the check's events, counted (a NamedTuple of ints, the check's own field names).
+    extras: the check's extras, their medians (a NamedTuple of floats).
+    witnesses: the claim's witnesses (fixed instances with a closed form), evaluated.
+    explanation: the claim's own reading of the run (a NamedTuple with ``text()``; a
+      dict when read back from JSON), or None.
     adversarial: the adversarial search's result, if run.
   """
   id: str
@@ -103,11 +127,22 @@ class ClaimResult:
   group: str = ""
   tests: tuple = ()
   figure: str = ""
+  role: str = ""
+  form: str = ""
+  vacuous: int = 0
+  events: Any = ()
+  extras: Any = ()
+  witnesses: tuple = ()
+  explanation: Any = None
 
   def to_json(self) -> dict:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     d["worst_instance"] = self.worst_instance.to_json() if self.worst_instance else None
     d["tests"] = list(self.tests)
+    d["events"] = _asdict(self.events)
+    d["extras"] = _asdict(self.extras)
+    d["witnesses"] = [w._asdict() for w in self.witnesses]
+    d["explanation"] = None if self.explanation is None else _asdict(self.explanation)
     if self.adversarial is None:
       del d["adversarial"]
     return d
@@ -122,11 +157,35 @@ class ClaimResult:
                             if d.get("worst_instance") else None)
     kw["adversarial"] = _floats(d["adversarial"]) if d.get("adversarial") else None
     kw["tests"] = tuple(d.get("tests", ()))
+    kw["events"] = _record("Events", d.get("events") or {})
+    kw["extras"] = _record("Extras", _floats(d.get("extras") or {}))
+    kw["witnesses"] = tuple(WitnessResult(**_floats(w)) for w in d.get("witnesses", ()))
+    kw["explanation"] = _floats(d["explanation"]) if d.get("explanation") else None
     kw.setdefault("out_of_range", 0)
     kw.setdefault("theory", "")
-    kw.setdefault("worst_label", WORST_LABELS.get(d["kind"], ""))
     kw.setdefault("statement", "")
+    kw.setdefault("worst_label", "")
     return cls(**kw)
+
+  @property
+  def check_form(self):
+    """The form (:mod:`icl_kd.claims.checks`) that reduced, shows and replays this row."""
+    return checks.form_named(self.form)
+
+
+def _load(d) -> dict:
+  """A report's dict from a dict, JSON text, or the path of a JSON file."""
+  if isinstance(d, dict):
+    return d
+  if isinstance(d, (str, os.PathLike)):
+    text = str(d)
+    if text.lstrip().startswith("{"):
+      try:
+        return json.loads(text)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"report: the text is not valid JSON ({e})") from None
+    return runtime.read_json(os.fspath(d), flag="report")
+  raise TypeError(f"report must be a dict, JSON text or a path, got {type(d).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,15 +200,24 @@ class Report:
   chunks_loaded: int = 0
   chunks_computed: int = 0
   environment: dict = dataclasses.field(default_factory=dict)
-  attribution: dict = dataclasses.field(default_factory=dict)
 
   @property
   def ok(self) -> bool:
-    """True when every non-conjecture claim holds (the CLI's exit 0)."""
+    """True when every row whose role fails the run holds (the CLI's exit 0)."""
     return all(r.passed for r in self.claims.values())
 
+  @property
+  def attribution(self) -> dict:
+    """Claim id -> the claim's explanation of its run (claims that give one)."""
+    return {cid: r.explanation for cid, r in self.claims.items() if r.explanation is not None}
+
+  def counts(self) -> dict:
+    """Per role: its title and the ids under each verdict (the summary's numbers)."""
+    return role_counts(list(self.claims.values()))
+
   def summary(self) -> str:
-    """One line that separates theorems from conjectures and measurements."""
+    """One line that separates the paper's statements, corrected ones, consistency checks,
+    conjectures and measurements."""
     return summary_line(list(self.claims.values()))
 
   def to_json(self) -> dict:
@@ -158,53 +226,69 @@ class Report:
         instances=self.instances,
         adversarial_steps=self.adversarial_steps, chunks_loaded=self.chunks_loaded,
         chunks_computed=self.chunks_computed, passed=self.ok, summary=self.summary(),
-        attribution=self.attribution,
+        counts=self.counts(),
+        attribution={cid: _asdict(e) for cid, e in self.attribution.items()},
         claims={cid: r.to_json() for cid, r in self.claims.items()}))
 
   @classmethod
-  def from_json(cls, d: dict) -> "Report":
-    if not isinstance(d, dict) or "claims" not in d:
-      raise ValueError("not a proofs_check JSON report (no 'claims')")
+  def from_json(cls, d) -> "Report":
+    """The report of a dict, JSON text or a JSON file's path (what ``to_json`` wrote)."""
+    d = _load(d)
+    if "claims" not in d or not isinstance(d["claims"], dict):
+      raise ValueError("not a proofs_check JSON report: it has no 'claims' object (write one "
+                       "with python -m proofs_check --json PATH or Report.to_json())")
     own = {"seed", "dtype", "convention", "instances", "adversarial_steps", "chunks_loaded",
-           "chunks_computed", "passed", "summary", "claims", "attribution"}
+           "chunks_computed", "passed", "summary", "claims", "attribution", "counts"}
     return cls(claims={cid: ClaimResult.from_json(dict(e, id=cid)) for cid, e in d["claims"].items()},
                seed=int(d.get("seed", 0)), dtype=d.get("dtype", "float64"),
-               convention=d.get("convention", "eq12"), attribution=_floats(d.get("attribution", {})),
+               convention=d.get("convention", "eq12"),
                instances=d.get("instances"), adversarial_steps=int(d.get("adversarial_steps", 0)),
                chunks_loaded=int(d.get("chunks_loaded", 0)),
                chunks_computed=int(d.get("chunks_computed", 0)),
                environment={k: v for k, v in d.items() if k not in own})
 
 
+def _verdict_word(verdict: str) -> str:
+  return verdict.split(" (")[0]
+
+
+def role_counts(rows: list[ClaimResult]) -> dict:
+  """{role name: {"title": ..., "ids": {verdict: [claim ids]}}} in :data:`ROLES` order."""
+  out = {}
+  for role in ROLES:
+    mine = [r for r in rows if r.role == role.name]
+    if not mine:
+      continue
+    by_verdict: dict[str, list[str]] = {}
+    for r in mine:
+      by_verdict.setdefault(_verdict_word(r.verdict), []).append(r.id)
+    out[role.name] = dict(title=role.title, fails_run=role.fails_run, ids=by_verdict)
+  return out
+
+
 def summary_line(rows: list[ClaimResult]) -> str:
-  """E.g. "10 checks hold; 1 conjecture violated: thm4.1-literal; 1 measurement: dw-step-squared"."""
-  theorems = [r for r in rows if r.kind in THEOREM_KINDS]
-  consistency = [r for r in rows if r.kind == "consistency"]
-  conj = [r for r in rows if r.kind == "conjecture"]
-  meas = [r for r in rows if r.kind == "measurement"]
-  hold = [r for r in theorems if r.passed]
-  fail = [r for r in theorems if not r.passed]
-  parts = [f"{len(hold)} check{'s' if len(hold) != 1 else ''} hold"
-           if len(hold) != 1 else "1 check holds"]
-  if fail:
-    parts.append(f"{len(fail)} FAIL: {', '.join(r.id for r in fail)}")
-  if consistency:
-    bad = [r for r in consistency if not r.passed]
-    parts.append(f"{len(consistency) - len(bad)} consistency check"
-                 f"{'s' if len(consistency) - len(bad) != 1 else ''} pass (not evidence)" +
-                 (f", {len(bad)} FAIL (a toolkit bug): {', '.join(r.id for r in bad)}" if bad else ""))
-  violated = [r for r in conj if r.verdict.startswith("violated")]
-  if conj:
-    parts.append(f"{len(violated)} conjecture{'s' if len(violated) != 1 else ''} violated" +
-                 (f": {', '.join(r.id for r in violated)}" if violated else "") +
-                 (f", {len(conj) - len(violated)} not violated" if len(conj) > len(violated) else ""))
-  if meas:
-    parts.append(f"{len(meas)} measurement{'s' if len(meas) != 1 else ''}: "
-                 f"{', '.join(r.id for r in meas)}")
+  """E.g. "statements of the paper: 6 hold; corrected statements (...): 1 holds; ..."."""
+  parts = []
+  for name, c in role_counts(rows).items():
+    bits = []
+    for verdict, ids in c["ids"].items():
+      n = len(ids)
+      if verdict == "holds":
+        bits.append(f"{n} hold{'s' if n == 1 else ''}")
+      elif verdict == "FAILS":
+        bits.append(f"{n} FAIL{'S' if n == 1 else ''}: {', '.join(ids)}")
+      else:
+        bits.append(f"{n} {verdict}" + (f": {', '.join(ids)}" if verdict != "not violated"
+                                        else ""))
+    parts.append(f"{c['title']}: {', '.join(bits)}")
   oor = [r for r in rows if r.out_of_range]
   if oor:
     parts.append(f"{sum(r.out_of_range for r in oor):,} instances out of range in "
                  f"{', '.join(r.id for r in oor)}")
+  vac = [r for r in rows if r.vacuous]
+  if vac:
+    parts.append(f"{sum(r.vacuous for r in vac):,} vacuous identity instances in "
+                 f"{', '.join(r.id for r in vac)}")
   return "; ".join(parts)
 
 
@@ -215,33 +299,40 @@ def _fmt(x, spec=".2e") -> str:
 
 
 def worst_cell(r: ClaimResult) -> str:
-  d = r.detail
-  if r.kind == "identity":
-    return f"{_fmt(r.worst, '.2g')} ({_fmt(r.worst_error, '.1e')})"
-  if r.kind == "probabilistic bound":
-    return f"{d.get('event_rate', math.nan):.4f}/{d.get('delta')}; {_fmt(r.worst, '.2g')}"
-  if r.kind == "measurement":
-    return f"{_fmt(r.worst, '.2g')} (med {_fmt(d.get('median'), '.2g')})"
-  return _fmt(r.worst, ".6g")
+  """The "worst" cell of a row, as its check's form writes it."""
+  return r.check_form.cell(r.worst, r.worst_error, r.detail)
 
 
 HEADERS = ("claim", "C", "kind", "n", "viol.", "o.o.r.", "worst", "min slack", "verdict", "s")
 
-LEGEND = """\
-n: instances. worst: identity = largest error/tolerance (<= 1 holds), with the relative error
-  there; bound, consistency, conjecture = largest lhs/rhs (<= 1 holds); probabilistic bound =
-  event rate/delta, then largest gap/bound; measurement = largest value (median).
-o.o.r.: instances whose numbers left the dtype's range (not finite): counted apart, never
-  as violations. measurement rows report a number the theory leaves open: dw-step-squared
-  is ||R||/||dW||, whose max is huge when dW is tiny (read the median). See docs/THEORY.md."""
+
+def _wrap(text: str, indent: str = "") -> str:
+  return textwrap.fill(text, width=120, initial_indent=indent, subsequent_indent=indent + "  ",
+                       break_long_words=False, break_on_hyphens=False)
+
+
+def legend() -> str:
+  """How to read the table: the columns, every form's "worst" number, the roles (<= 120 columns)."""
+  roles = "; ".join(f"{r.name} = {r.title}" for r in ROLES)
+  lines = [
+      "n: instances. viol.: instances with lhs > rhs (or error > tolerance). o.o.r.: instances "
+      "whose numbers left the dtype's range: counted apart, never as violations. s: seconds "
+      "(a group's shared sweep split evenly).",
+      "worst, by form of check:"]
+  out = [_wrap(line) for line in lines]
+  out += [_wrap(line.strip(), "  ") for line in checks.legend().splitlines()]
+  out += [_wrap(line) for line in [
+      "verdict: '(analytic)' = decided by a closed-form instance of the claim (a witness), "
+      "'(adversarial)' = by the adversarial search, whatever the random sweep found.",
+      "kinds: " + ", ".join(checks.KINDS) + "; what each is evidence of: docs/THEORY.md.",
+      "roles (the summary's groups): " + roles]]
+  return "\n".join(out)
 
 
 def format_table(rows: list[ClaimResult]) -> str:
   """The report table (at most 120 columns; every number in full is in the JSON)."""
-  kinds = {"probabilistic bound": "prob.bound", "consistency": "consist.",
-           "measurement": "measure"}
-  body = [[r.id, r.theory, kinds.get(r.kind, r.kind), r.instances, r.violations, r.out_of_range,
-           worst_cell(r), _fmt(r.min_slack, ".1e") if r.kind not in ("identity", "measurement")
-           else "-", r.verdict.replace("(adversarial)", "(adv.)"), f"{r.seconds:.1f}"]
+  body = [[r.id, r.theory, checks.short_kind(r.kind), r.instances, r.violations, r.out_of_range,
+           worst_cell(r), _fmt(r.min_slack, ".1e") if r.check_form.has_slack else "-",
+           r.verdict.replace("(adversarial)", "(adv.)"), f"{r.seconds:.1f}"]
           for r in rows]
   return runtime.format_table(HEADERS, body, align="lllrrrlllr", max_width=120)

@@ -25,6 +25,7 @@ process's devices and per-chunk results are gathered with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -32,6 +33,7 @@ import zlib
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -141,6 +143,43 @@ def batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
     return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
 
   return jax.jit(block)
+
+
+EVAL_BATCH = 8   # fixed instances (worst, witnesses, replays) are evaluated in batches of this
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluator(claims: tuple, bucket: int, dtype) -> Callable:
+  cfg = claims[0].buckets[bucket]
+  prepare = claims[0].prepare
+
+  def one(inst):
+    shared = prepare(inst, cfg)                    # the group's shared work, once per instance
+    return {c.id: c.compute(inst, cfg, shared) for c in claims}
+  return jax.jit(jax.vmap(one))
+
+
+def evaluate_instances(claims: list[Claim], bucket: int, dtype, instances: list[dict]) -> list:
+  """Evaluates given instances (worst ones, witnesses, replays) of one group's bucket.
+
+  Every claim of ``claims`` (one group) is evaluated on every instance by one
+  compiled, vmapped program per (group, bucket, dtype), in batches of
+  :data:`EVAL_BATCH` (padded with the first instance), so the report's fixed
+  instances cost one compile per group and bucket, not one per claim.
+  Returns one dict {claim id: check (host arrays)} per instance.
+  """
+  if not instances:
+    return []
+  fn = _evaluator(tuple(claims), bucket, dtype)
+  out = []
+  for start in range(0, len(instances), EVAL_BATCH):
+    block = list(instances[start:start + EVAL_BATCH])
+    real = len(block)
+    block += [block[0]] * (EVAL_BATCH - real)
+    batch = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *block)
+    res = jax.tree_util.tree_map(np.asarray, fn(batch))
+    out += [jax.tree_util.tree_map(lambda a, i=i: a[i], res) for i in range(real)]
+  return out
 
 
 def _run_sharded(fn: Callable, bkey, start: int, size: int, mesh: Mesh) -> dict:

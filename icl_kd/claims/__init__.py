@@ -5,6 +5,10 @@ evaluation returning a typed check (:mod:`icl_kd.claims.base`), its
 tolerance, and the test module and figure that show it. The registry
 :data:`CLAIMS` maps each claim id to its :class:`Claim`, in report order.
 
+A researcher's own claim is made with :func:`define` (a sampler, an
+evaluation returning one of the check types of :mod:`icl_kd.claims.checks`,
+shape buckets) and checked by the same runner (``proofs_check.check``).
+
 Public helpers, each defined once and used by the checker, the figures, the
 experiments, the benchmarks and the tests:
 
@@ -21,16 +25,21 @@ sweeps, reduces and reports these claims (``proofs_check.check``).
 from __future__ import annotations
 
 from icl_kd.claims import (c1_decomposition, c2_kd_step, c3_dw_step, c4_rademacher, c5_mmd_bias,
-                           c6_downstream, c7_lr_proxy)
-from icl_kd.claims.base import (CHECK_TYPES, CONVENTIONS, KINDS, RATIO_KINDS, THEORY_NUMBERS,
-                                BoundCheck, Claim, ConjectureCheck, ConsistencyCheck, EventCheck,
-                                IdentityCheck, Instance, Measurement, bound_slack, check_values,
-                                convention_factor, identity_tolerance, log_ratio)
+                           c6_downstream, c7_lr_proxy, checks)
+from icl_kd.claims.base import (CONVENTIONS, THEORY_NUMBERS, Claim, Instance, Outcome,
+                                convention_factor, define)
 from icl_kd.claims.c1_decomposition import (C1Error, Prompt, PromptBucket, c1_error,
                                             decompose_prompt, prompt_params, prompt_tail,
                                             sample_prompt, scaled_prompt)
 from icl_kd.claims.c4_rademacher import GeneralizationGap, SampleBucket, generalization_gap
 from icl_kd.claims.c5_mmd_bias import ALIASES, PairBucket, pair_distributions, sample_pair
+from icl_kd.claims.checks import (CHECK_TYPES, CONJECTURE, CONSISTENCY, CORRECTED, KINDS,
+                                  MEASUREMENT, PAPER, ROLES, BoundCheck, ConjectureCheck,
+                                  ConjectureEventCheck, ConsistencyCheck,
+                                  ConsistencyIdentityCheck, CorrectedCheck, EventCheck,
+                                  IdentityCheck, Measurement, Role, Stats, Witness,
+                                  WitnessResult, bound_slack, check_values, identity_tolerance,
+                                  log_ratio)
 
 _ORDER = ("thm3.1", "kd-step", "dw-step-linear", "dw-step-squared", "thm3.2",
           "thm3.2-paper-form", "rademacher-empirical", "thm4.1-identity", "thm4.1-bound",
@@ -50,6 +59,28 @@ class Registry(dict):
 
   def get(self, cid, default=None):
     return super().get(ALIASES.get(cid, cid), default)
+
+  def theories(self) -> tuple[str, ...]:
+    """The theory labels of its claims (C1 .. C7, and any a researcher's claims use), once each."""
+    return tuple(dict.fromkeys(c.theory for c in self.values()))
+
+  def with_claims(self, claims) -> "Registry":
+    """A new registry with ``claims`` (Claim objects) added after these.
+
+    Raises:
+      TypeError: an entry is not a Claim.
+      ValueError: an id (or alias) is already taken, naming both.
+    """
+    out = Registry(self)
+    for c in claims:
+      if not isinstance(c, Claim):
+        raise TypeError(f"claims must be icl_kd.claims.Claim objects (made with "
+                        f"icl_kd.claims.define), got {type(c).__name__}: {c!r}")
+      if c.id in out or c.id in ALIASES:
+        raise ValueError(f"claim id {c.id!r} is defined twice: by {c.statement!r} and by "
+                         f"{out[c.id].statement!r}; give the new claim another id")
+      out[c.id] = c
+    return out
 
 
 def _registry() -> Registry:
@@ -71,11 +102,14 @@ def with_convention(claim: Claim, convention: str) -> Claim:
                                                   for b in claim.buckets))
 
 __all__ = [
-    "ALIASES", "CONVENTIONS", "Registry", "bound_slack", "convention_factor", "with_convention",
-    "CHECK_TYPES", "CLAIMS", "KINDS", "RATIO_KINDS", "THEORY_NUMBERS", "BoundCheck", "C1Error",
-    "Claim", "ConjectureCheck", "ConsistencyCheck", "EventCheck", "GeneralizationGap",
-    "IdentityCheck", "Instance", "Measurement", "PairBucket", "Prompt", "PromptBucket",
-    "SampleBucket", "c1_error", "check_values", "decompose_prompt", "generalization_gap",
-    "identity_tolerance", "log_ratio", "pair_distributions", "prompt_params", "prompt_tail",
-    "sample_pair", "sample_prompt", "scaled_prompt",
+    "ALIASES", "CHECK_TYPES", "CLAIMS", "CONJECTURE", "CONSISTENCY", "CONVENTIONS", "CORRECTED",
+    "KINDS", "MEASUREMENT", "PAPER", "ROLES", "THEORY_NUMBERS", "BoundCheck", "C1Error", "Claim",
+    "ConjectureCheck", "ConjectureEventCheck", "ConsistencyCheck", "ConsistencyIdentityCheck",
+    "CorrectedCheck", "EventCheck", "GeneralizationGap", "IdentityCheck", "Instance",
+    "Measurement", "Outcome", "PairBucket", "Prompt", "PromptBucket", "Registry", "Role",
+    "SampleBucket", "Stats", "Witness", "WitnessResult", "bound_slack", "c1_error",
+    "check_values", "checks", "convention_factor", "decompose_prompt", "define",
+    "generalization_gap", "identity_tolerance", "log_ratio", "pair_distributions",
+    "prompt_params", "prompt_tail", "sample_pair", "sample_prompt", "scaled_prompt",
+    "with_convention",
 ]

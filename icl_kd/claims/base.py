@@ -1,164 +1,84 @@
-"""The claims layer's vocabulary: typed checks, registry entries, the identity tolerance.
+"""The claims layer's vocabulary: a :class:`Claim`, its registry entry, and :func:`define`.
 
-A claim of docs/THEORY.md is made checkable by a :class:`Claim`: a set of
-fixed shape buckets (NamedTuples), a sampler ``sample(key, bucket, dtype)``
-that draws ONE instance (a dict of arrays) from the distributions the theory
-names, and an evaluation that returns ONE typed check. The type of the check
-is the kind of the claim (docs/THEORY.md, "Kinds of check"):
+A claim of docs/THEORY.md, or a researcher's own, is made checkable by a
+:class:`Claim`: a set of fixed shape buckets (hashable NamedTuples), a sampler
+``sample(key, bucket, dtype)`` that draws ONE instance (a dict of arrays), and
+an evaluation that returns ONE typed check (:mod:`icl_kd.claims.checks`). The
+type of the check is the claim's kind: it is derived from what the evaluation
+returns, never declared twice.
 
-  =====================  =====================  ===================================
-  check type             kind                   verdict
-  =====================  =====================  ===================================
-  IdentityCheck          identity               error <= tolerance on every instance
-  BoundCheck             bound                  lhs <= rhs (1 + rounding) everywhere
-  EventCheck             probabilistic bound    event rate not above delta (binomial)
-  ConjectureCheck        conjecture             reported, never fails the run
-  ConsistencyCheck       consistency            as a bound; a failure is a toolkit bug
-  Measurement            measurement            reported, never fails the run
-  =====================  =====================  ===================================
+Numbers a report shows next to the verdict are named fields of the check's
+``extras`` (floats, medians reported) and ``events`` (booleans, counted):
+per-claim NamedTuples that reach the report as NamedTuples.
 
-Two sides of a bound are carried as logarithms so that nothing overflows.
-Numbers a report shows next to the verdict are named fields of ``extras``
-(floats, medians reported) and ``events`` (booleans, counted): per-claim
-NamedTuples, never key prefixes.
+A claim may also carry
+
+- ``witnesses``: fixed instances with a closed-form ratio
+  (:class:`icl_kd.claims.checks.Witness`), evaluated by the claim's own
+  evaluation in every run: a witness above 1 refutes the claim whatever the
+  random sweep finds, one at 1 shows the bound tight;
+- ``explain``: a hook ``explain(outcome) -> NamedTuple`` with a ``text()``
+  method, the claim's own reading of its run (e.g. which factor a literal
+  reading's violations are due to), reported beside the verdict;
+- ``project``: ``(instance, bucket) -> instance`` back inside the claim's
+  assumptions, for the adversarial search.
 
 Claims of one group share a sampler, buckets and instances, and the work
-they share (``prepare``) is computed once per instance.
+they share (``prepare``) is computed once per instance. A researcher's claim is
+made with :func:`define` and run by the same runner
+(``proofs_check.check([claim])``, ``python -m proofs_check --claims-from MODULE``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from icl_kd import bounds
+from icl_kd.claims.checks import (CHECK_TYPES, EventForm, Stats, Witness, WitnessResult,
+                                  check_type_of)
 
 Instance = dict  # name -> array: one instance of a claim
-
-
-class IdentityCheck(NamedTuple):
-  """Both sides equal up to ``tolerance``: relative ``error`` in the claim's stated unit."""
-  error: jax.Array
-  tolerance: jax.Array
-  extras: Any = ()
-  events: Any = ()
-  kind = "identity"
-
-
-class BoundCheck(NamedTuple):
-  """lhs <= rhs, as logarithms (log 0 = -inf is allowed)."""
-  log_lhs: jax.Array
-  log_rhs: jax.Array
-  extras: Any = ()
-  events: Any = ()
-  kind = "bound"
-
-
-class EventCheck(NamedTuple):
-  """A probabilistic bound: ``violated`` is the event whose probability is at most delta."""
-  log_lhs: jax.Array
-  log_rhs: jax.Array
-  violated: jax.Array
-  extras: Any = ()
-  events: Any = ()
-  kind = "probabilistic bound"
-
-
-class ConjectureCheck(NamedTuple):
-  """A reading of the paper that may be false: lhs <= rhs is reported, never enforced."""
-  log_lhs: jax.Array
-  log_rhs: jax.Array
-  extras: Any = ()
-  events: Any = ()
-  kind = "conjecture"
-
-
-class ConsistencyCheck(NamedTuple):
-  """lhs <= rhs by construction (Cauchy-Schwarz, softmax algebra): a failure is a bug."""
-  log_lhs: jax.Array
-  log_rhs: jax.Array
-  extras: Any = ()
-  events: Any = ()
-  kind = "consistency"
-
-
-class Measurement(NamedTuple):
-  """A number the theory leaves open."""
-  value: jax.Array
-  extras: Any = ()
-  events: Any = ()
-  kind = "measurement"
-
-
-CHECK_TYPES = (IdentityCheck, BoundCheck, EventCheck, ConjectureCheck, ConsistencyCheck,
-               Measurement)
-KINDS = tuple(t.kind for t in CHECK_TYPES)
-RATIO_KINDS = ("bound", "probabilistic bound", "conjecture", "consistency")
-THEORY_NUMBERS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
-
-
-def check_values(check) -> dict[str, Any]:
-  """A check as a nested dict of Python floats/bools (``extras`` and ``events`` as dicts)."""
-  out: dict[str, Any] = {}
-  for name, v in check._asdict().items():
-    if name in ("extras", "events"):
-      fields = v._asdict().items() if hasattr(v, "_asdict") else ()
-      out[name] = {k: (bool(x) if name == "events" else float(x)) for k, x in fields}
-    elif jnp.issubdtype(jnp.asarray(v).dtype, jnp.bool_):
-      out[name] = bool(v)
-    else:
-      out[name] = float(v)
-  return out
-
 
 # c = 2 (the paper's Eq. 12, default) or c = 1 (C5, C6): defined once, in icl_kd.bounds.
 CONVENTIONS = bounds.CONVENTIONS
 convention_factor = bounds.convention_factor
+THEORY_NUMBERS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
 
 
-def bound_slack(dtype) -> float:
-  """Relative rounding allowance of a bound: lhs <= rhs (1 + slack); 1e-9 float64, 1e-4 float32."""
-  return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+class Outcome(NamedTuple):
+  """What a claim's ``explain`` hook sees of one run of it.
 
-
-def identity_tolerance(dtype, max_abs_score) -> jax.Array:
-  """The identity tolerance of docs/THEORY.md (C1, used by every identity claim).
-
-      tol = base(dtype) * max(1, max|s| / 10),   base = 1e-12 (float64), 1e-5 (float32)
-
-  A score s is itself rounded to about eps |s|, so the allowance grows with the
-  largest |score| above 10.
-
-  Args:
-    dtype: float64 or float32 (the precision of the computation).
-    max_abs_score: the largest |score| of the instance (or another scale of the
-      cancelled terms, as the claim states); may be traced.
-  Returns:
-    The tolerance, a scalar array.
+  Attributes:
+    stats: the merged statistics of the sweep (counts of ``extras``/``events`` by field).
+    convention: the run's convention of C5/C6 ("eq12" or "half").
+    worst: the evaluated check at the worst instance (its type, host numbers), or None.
+    adversarial_log_ratio: the adversarial search's largest log(lhs/rhs), or None.
+    witnesses: the claim's witnesses, evaluated (:class:`WitnessResult`).
   """
-  dt = jnp.dtype(dtype)
-  if dt == jnp.float64:
-    base = 1e-12
-  elif dt == jnp.float32:
-    base = 1e-5
-  else:
-    raise ValueError(f"dtype must be float32 or float64, got {dt}")
-  return base * jnp.maximum(1.0, jnp.asarray(max_abs_score) / 10.0)
+  stats: Stats
+  convention: str
+  worst: Any
+  adversarial_log_ratio: float | None
+  witnesses: tuple[WitnessResult, ...]
+
+
+def _no_shared(inst, bucket):
+  del inst, bucket
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-  """A claim of docs/THEORY.md made checkable (one registry entry).
+  """A checkable claim (one registry entry).
 
   Attributes:
     id: the claim id (e.g. ``thm3.1``): a contract of reports and figures.
-    theory: its number in docs/THEORY.md, ``C1`` .. ``C7``.
-    check: the check type its evaluation returns; fixes the kind.
-    statement: one line: both sides and the relation, in the notation of docs/THEORY.md.
-    buckets: fixed shape configurations (NamedTuples); instances are split evenly.
+    theory: its number in docs/THEORY.md, ``C1`` .. ``C7`` (``user`` for a researcher's).
+    statement: one line: both sides and the relation.
+    buckets: fixed shape configurations (hashable NamedTuples); instances are split evenly.
     sample: ``(key, bucket, dtype) -> Instance``: one instance.
     compute: ``(instance, bucket, shared) -> check`` for one instance.
     prepare: ``(instance, bucket) -> shared``: the work every claim of the group
@@ -167,19 +87,22 @@ class Claim:
     figure: the figure id (``F1`` ..) that shows it.
     chunk: instances per compiled batch.
     default_instances: instances of the default run.
-    delta: the probability of a probabilistic bound.
+    delta: the probability of an event-form check.
     project: ``(instance, bucket) -> instance`` back inside the claim's
       assumptions (for the adversarial search); None where it does not apply.
     group: claims of one group share sampler, buckets, instances and ``prepare``.
+    reading: the reading of the paper's statement the claim checks (a key of
+      :data:`icl_kd.bounds.READINGS` for the literal Theorem 4.1), or "".
+    witnesses: fixed instances with closed-form ratios (evaluated in every run).
+    explain: ``(Outcome) -> NamedTuple`` with ``text()``, or None.
   """
   id: str
   theory: str
-  check: type
   statement: str
   buckets: tuple
   sample: Callable
   compute: Callable
-  prepare: Callable = lambda inst, bucket: None
+  prepare: Callable = _no_shared
   tests: tuple = ()
   figure: str = ""
   chunk: int = 8192
@@ -187,10 +110,9 @@ class Claim:
   delta: float | None = None
   project: Callable | None = None
   group: str = ""
-
-  @property
-  def kind(self) -> str:
-    return self.check.kind
+  reading: str = ""
+  witnesses: tuple = ()
+  explain: Callable | None = None
 
   @property
   def group_id(self) -> str:
@@ -200,7 +122,131 @@ class Claim:
     """The check of one instance (computing the group's shared work)."""
     return self.compute(inst, bucket, self.prepare(inst, bucket))
 
+  @property
+  def check_type(self) -> type:
+    """The check type its evaluation returns (traced once, with abstract arrays)."""
+    return _check_type(self.sample, self.compute, self.prepare, self.buckets[0], self.id,
+                       self.delta)
 
-def log_ratio(check) -> jax.Array:
-  """log(lhs / rhs) of a ratio check (the adversarial search's objective)."""
-  return check.log_lhs - check.log_rhs
+  @property
+  def kind(self) -> str:
+    """The kind label of its check type (``identity``, ``bound``, ..., ``measurement``)."""
+    return self.check_type.kind
+
+  @property
+  def role(self):
+    """What a verdict on it is evidence of (:data:`icl_kd.claims.checks.ROLES`)."""
+    return self.check_type.role
+
+  @property
+  def output(self) -> Any:
+    """The abstract check (shapes and dtypes) its evaluation returns for the first bucket."""
+    return _output(self.sample, self.compute, self.prepare, self.buckets[0], self.id)
+
+
+@functools.lru_cache(maxsize=None)
+def _output(sample, compute, prepare, bucket, cid: str):
+  key = jax.eval_shape(lambda: jax.random.key(0))
+
+  def one(k):
+    inst = sample(k, bucket, jax.numpy.float32)
+    return compute(inst, bucket, prepare(inst, bucket))
+  try:
+    return jax.eval_shape(one, key)
+  except (TypeError, ValueError) as e:  # a sampler or evaluation that fails to trace
+    raise type(e)(f"claim {cid!r}: evaluating one instance of bucket {bucket} failed: {e}") \
+        from e
+
+
+@functools.lru_cache(maxsize=None)
+def _check_type(sample, compute, prepare, bucket, cid: str, delta):
+  out = _output(sample, compute, prepare, bucket, cid)
+  try:
+    t = check_type_of(out)
+  except TypeError as e:
+    raise TypeError(f"claim {cid!r}: {e}") from None
+  if t.form is EventForm and delta is None:
+    raise ValueError(f"claim {cid!r} returns {t.__name__}, whose verdict tests an event rate "
+                     f"against delta: give the claim delta= (a probability in (0, 1)), got None")
+  return t
+
+
+def _check_bucket(cid: str, b) -> None:
+  if not (isinstance(b, tuple) and hasattr(b, "_fields")):
+    raise TypeError(f"claim {cid!r}: every bucket must be a NamedTuple (its fields are the "
+                    f"static shapes), got {type(b).__name__}: {b!r}")
+  try:
+    hash(b)
+  except TypeError:
+    raise TypeError(f"claim {cid!r}: every bucket must be hashable (it is a static argument "
+                    f"under jit), got {b!r}") from None
+
+
+def define(id: str, *, statement: str, sample: Callable, evaluate: Callable, buckets,
+           theory: str = "user", tests=(), figure: str | None = None,
+           instances: int = 100_000, chunk: int = 8192, delta: float | None = None,
+           project: Callable | None = None, witnesses=(), explain: Callable | None = None,
+           reading: str = "") -> Claim:
+  """A claim of your own, checked by the same runner as the paper's.
+
+  Args:
+    id: a unique claim id (no commas or spaces: ``--claims`` splits on commas).
+    statement: one line: both sides and the relation.
+    sample: ``sample(key, bucket, dtype) -> dict`` of arrays: one instance.
+    evaluate: ``evaluate(instance, bucket)`` returning one of the check types
+      (:data:`icl_kd.claims.CHECK_TYPES`); the kind follows from its type.
+    buckets: a non-empty tuple of hashable NamedTuples (the static shapes).
+    theory: a label ``--claims`` selects by (default "user").
+    tests: test modules that test it; figure: a figure id, if any.
+    instances: instances of a default run; chunk: instances per compiled batch.
+    delta: the probability of an event-form check (EventCheck, ConjectureEventCheck).
+    project: ``(instance, bucket) -> instance`` back inside the assumptions; with
+      it, ``--adversarial`` searches this claim too.
+    witnesses: fixed instances with closed forms (:class:`Witness`).
+    explain: ``(Outcome) -> NamedTuple`` with ``text()``: your reading of a run.
+    reading: the reading of a statement it checks, if any.
+  Returns:
+    A :class:`Claim`. Shapes and the check type are checked when the runner first
+    evaluates it (a clear error names the claim and what is wrong).
+  """
+  if not isinstance(id, str) or not id or any(ch in id for ch in ", \t\n"):
+    raise ValueError(f"id must be a non-empty str without commas or spaces, got {id!r}")
+  if not isinstance(statement, str):
+    raise TypeError(f"claim {id!r}: statement must be a str, got {type(statement).__name__}")
+  for name, f in (("sample", sample), ("evaluate", evaluate)):
+    if not callable(f):
+      raise TypeError(f"claim {id!r}: {name} must be callable, got {type(f).__name__}")
+  for name, f in (("project", project), ("explain", explain)):
+    if f is not None and not callable(f):
+      raise TypeError(f"claim {id!r}: {name} must be callable or None, got {type(f).__name__}")
+  if not isinstance(buckets, tuple) or not buckets:
+    raise TypeError(f"claim {id!r}: buckets must be a non-empty tuple of NamedTuples, got "
+                    f"{buckets!r}")
+  for b in buckets:
+    _check_bucket(id, b)
+  if not isinstance(theory, str) or not theory:
+    raise ValueError(f"claim {id!r}: theory must be a non-empty str, got {theory!r}")
+  for name, v in (("instances", instances), ("chunk", chunk)):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"claim {id!r}: {name} must be an int >= 1, got {v!r}")
+  if delta is not None and not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+    raise ValueError(f"claim {id!r}: delta must be a probability in (0, 1) or None, got "
+                     f"{delta!r}")
+  witnesses = tuple(witnesses)
+  for w in witnesses:
+    if not isinstance(w, Witness):
+      raise TypeError(f"claim {id!r}: witnesses must be icl_kd.claims.Witness, got "
+                      f"{type(w).__name__}")
+    if not 0 <= w.bucket < len(buckets):
+      raise ValueError(f"claim {id!r}: witness {w.name!r} names bucket {w.bucket}, but the "
+                       f"claim has {len(buckets)}")
+
+  def compute(inst, bucket, shared):
+    del shared
+    return evaluate(inst, bucket)
+  compute.__name__ = getattr(evaluate, "__name__", "evaluate")
+  compute.__doc__ = getattr(evaluate, "__doc__", None)
+  return Claim(id=id, theory=theory, statement=statement, buckets=buckets, sample=sample,
+               compute=compute, tests=tuple(tests), figure=figure or "", chunk=chunk,
+               default_instances=instances, delta=None if delta is None else float(delta),
+               project=project, witnesses=witnesses, explain=explain, reading=reading)

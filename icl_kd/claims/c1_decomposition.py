@@ -23,7 +23,14 @@ import jax.numpy as jnp
 
 from icl_kd import attention
 from icl_kd.attention import AttentionParams
-from icl_kd.claims.base import Claim, IdentityCheck, identity_tolerance
+from icl_kd.claims.base import Claim
+from icl_kd.claims.checks import IdentityCheck, identity_tolerance
+
+MAX_ERROR = 2.0
+"""The largest C1 error the check can produce: h(x') and (W_0 + dW) phi(W^Q x') are each a
+convex combination of the values W^V x_j, so each has norm at most the unit
+sum_j p_j ||W^V x_j|| and their difference at most twice it. A tolerance at or above it
+cannot be failed: such an instance is vacuous (float32 beyond max|s| = 2e6)."""
 
 
 class PromptBucket(NamedTuple):
@@ -120,11 +127,14 @@ class C1Error(NamedTuple):
     tolerance: :func:`identity_tolerance` at the prompt's largest |score|.
     unit: sum_j p_j ||W^V x_j|| over the context (p the attention weights).
     max_abs_score: max_j |s_j|.
+    vacuous: tolerance >= :data:`MAX_ERROR`: the check cannot fail on this prompt (e.g.
+      float32 with scores beyond 2e6), so ``error <= tolerance`` says nothing.
   """
   error: jax.Array
   tolerance: jax.Array
   unit: jax.Array
   max_abs_score: jax.Array
+  vacuous: jax.Array
 
 
 def c1_error(params: AttentionParams, demos, prefix, query, *, tau=1.0, include_query=True,
@@ -160,15 +170,15 @@ def c1_error(params: AttentionParams, demos, prefix, query, *, tau=1.0, include_
   p = jnp.exp(out.scores - out.log_partition)                               # (N + M [+1],)
   unit = jnp.sum(p * jnp.linalg.norm(jnp.dot(context, params.w_v.T), axis=-1))
   err = jnp.linalg.norm(out.attention - out.reference) / unit
-  return C1Error(err, identity_tolerance(out.attention.dtype, out.max_abs_score), unit,
-                 out.max_abs_score)
+  tol = identity_tolerance(out.attention.dtype, out.max_abs_score)
+  return C1Error(err, tol, unit, out.max_abs_score, tol >= MAX_ERROR)
 
 
 def compute(inst, bucket: PromptBucket, shared) -> IdentityCheck:
   """C1 on one prompt instance: ``error`` in units of sum_j p_j ||W^V x_j||."""
   e = c1_error(prompt_params(inst), inst["demos"], inst["prefix"], inst["query"],
                tau=inst["tau"], include_query=bucket.include_query, decomposition=shared)
-  return IdentityCheck(e.error, e.tolerance)
+  return IdentityCheck(e.error, e.tolerance, max_error=MAX_ERROR)
 
 
 PROMPTS = (PromptBucket(1, 0, 3, 2, 1, True), PromptBucket(32, 0, 8, 8, 8, True),
@@ -177,9 +187,9 @@ PREFIXED = (PromptBucket(16, 4, 6, 4, 3, True), PromptBucket(8, 1, 4, 4, 4, Fals
             PromptBucket(24, 8, 8, 4, 8, True))
 
 CLAIMS = (
-    Claim("thm3.1", "C1", IdentityCheck,
-          "h(x') == (W_0 + dW) phi(W^Q x') [rel. error <= 1e-12|1e-5 x max(1, max|s|/10)]",
-          PROMPTS, sample_prompt, compute, decompose_prompt,
+    Claim(id="thm3.1", theory="C1",
+          statement="h(x') == (W_0 + dW) phi(W^Q x') [rel. error <= 1e-12|1e-5 x max(1, max|s|/10)]",
+          buckets=PROMPTS, sample=sample_prompt, compute=compute, prepare=decompose_prompt,
           tests=("tests/test_attention.py", "tests/test_claims.py"), figure="F1",
           group="prompt"),
 )

@@ -14,7 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from icl_kd import dual, features, kd
-from icl_kd.claims.base import Claim, IdentityCheck, identity_tolerance
+from icl_kd.claims.base import Claim
+from icl_kd.claims.checks import IdentityCheck, identity_tolerance
+
+MAX_ERROR = 2.0
+"""The largest C2 error the check can produce: W_1 and W_0 (and their primal images) each
+have HS norm at most that of |W_0| (positive kernel, |W^V x| <= |W^V||x| coordinatewise)."""
 from icl_kd.claims.c1_decomposition import PROMPTS, decompose_prompt, prompt_params, sample_prompt
 
 
@@ -43,12 +48,13 @@ def compute(inst, bucket, shared) -> IdentityCheck:
   step = -jnp.exp(out.log_eta + out.log_partition) * grad
   primal_err = jnp.linalg.norm(step - closed) / jnp.linalg.norm(closed_unit)
   return IdentityCheck(jnp.maximum(dual_err, primal_err),
-                       identity_tolerance(inst["w_q"].dtype, out.max_abs_score))
+                       identity_tolerance(inst["w_q"].dtype, out.max_abs_score),
+                       max_error=MAX_ERROR)
 
 
 CLAIMS = (
-    Claim("kd-step", "C2", IdentityCheck,
-          "one KD step at eta* = N/(2D') == W_0 (dual), == -eta* grad L_D(0) (autodiff)",
-          PROMPTS, sample_prompt, compute, decompose_prompt,
+    Claim(id="kd-step", theory="C2",
+          statement="one KD step at eta* = N/(2D') == W_0 (dual), == -eta* grad L_D(0) (autodiff)",
+          buckets=PROMPTS, sample=sample_prompt, compute=compute, prepare=decompose_prompt,
           tests=("tests/test_kd.py", "tests/test_claims.py"), figure="F2", group="prompt"),
 )

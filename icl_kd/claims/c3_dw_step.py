@@ -23,7 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from icl_kd import dual, kd
-from icl_kd.claims.base import Claim, IdentityCheck, Measurement, identity_tolerance
+from icl_kd.claims.base import Claim
+from icl_kd.claims.checks import IdentityCheck, Measurement, identity_tolerance
+
+MAX_ERROR = 2.0
+"""The largest dw-step-linear error the check can produce: the step and dW have the same
+HS norm, so ||step - dW|| / ||dW|| <= 2."""
 from icl_kd.claims.c1_decomposition import (PREFIXED, decompose_prompt, prompt_params,
                                             prompt_tail, sample_prompt)
 
@@ -41,7 +46,8 @@ def compute_linear(inst, bucket, shared) -> IdentityCheck:
   """C3 (linear loss): relative HS error of the step against dW."""
   inc = dw_step_increment(inst, bucket, shared, "linear")
   return IdentityCheck(dual.relative_hs_error(inc, shared.dw, aligned=True),
-                       identity_tolerance(inst["w_q"].dtype, shared.max_abs_score))
+                       identity_tolerance(inst["w_q"].dtype, shared.max_abs_score),
+                       max_error=MAX_ERROR)
 
 
 class SquaredExtras(NamedTuple):
@@ -68,12 +74,14 @@ def compute_squared(inst, bucket, shared) -> Measurement:
 
 
 CLAIMS = (
-    Claim("dw-step-linear", "C3", IdentityCheck,
-          "one step of the linear KD loss, size M/D', adds dW exactly",
-          PREFIXED, sample_prompt, compute_linear, decompose_prompt,
+    Claim(id="dw-step-linear", theory="C3",
+          statement="one step of the linear KD loss, size M/D', adds dW exactly",
+          buckets=PREFIXED, sample=sample_prompt, compute=compute_linear,
+          prepare=decompose_prompt,
           tests=("tests/test_kd.py", "tests/test_claims.py"), figure="F2", group="prefixed"),
-    Claim("dw-step-squared", "C3", Measurement,
-          "squared KD loss from W_0, eta = M/(2D'): adds dW - R; value = ||R||/||dW||",
-          PREFIXED, sample_prompt, compute_squared, decompose_prompt,
+    Claim(id="dw-step-squared", theory="C3",
+          statement="squared KD loss from W_0, eta = M/(2D'): adds dW - R; value = ||R||/||dW||",
+          buckets=PREFIXED, sample=sample_prompt, compute=compute_squared,
+          prepare=decompose_prompt,
           tests=("tests/test_kd.py", "tests/test_claims.py"), figure="F2", group="prefixed"),
 )

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd.claims.base import Claim, ConsistencyCheck
+from icl_kd.claims.base import Claim
+from icl_kd.claims.checks import ConsistencyCheck, bound_slack
 from icl_kd.claims.c1_decomposition import PROMPTS, decompose_prompt, sample_prompt
 
 
@@ -45,13 +46,14 @@ def compute(inst, bucket, shared) -> ConsistencyCheck:
   return ConsistencyCheck(jnp.log(jnp.maximum(gap, 0.0)), jnp.log(jnp.maximum(out.entropy, 0.0)),
                     LrProxyExtras(out.log_partition, out.log_eta, out.entropy,
                                   jnp.log10(out.max_abs_score)),
-                    LrProxyEvents(out.entropy > math.log(n_ctx) * (1 + 1e-9)))
+                    LrProxyEvents(out.entropy > math.log(n_ctx)
+                                  * (1 + bound_slack(out.entropy.dtype))))
 
 
 CLAIMS = (
-    Claim("lr-proxy", "C7", ConsistencyCheck,
-          "log D' - max_j s_j <= H(attention) <= log n; D', eta*, H reported together",
-          PROMPTS, sample_prompt, compute, decompose_prompt,
+    Claim(id="lr-proxy", theory="C7",
+          statement="log D' - max_j s_j <= H(attention) <= log n; D', eta*, H reported together",
+          buckets=PROMPTS, sample=sample_prompt, compute=compute, prepare=decompose_prompt,
           tests=("tests/test_attention.py", "tests/test_claims.py"), figure="F2",
           group="prompt"),
 )
