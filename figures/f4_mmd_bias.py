@@ -1,8 +1,13 @@
 """F4 (C5, ``thm4.1``): the bias of the distilled weights is linear in MMD.
 
-Pairs (P, Q): P uniform on the unit ball of R^3, Q the same ball shifted by
-s in [0, 2] along a random direction (the shift knob), n = m = 64 samples each,
-eta = 1/2, tau = 1, over several random layers. For every pair:
+Pairs (P, Q): the checker's own instances (``proofs_check.sweep.instances``:
+the first instances of the pair claims' first bucket, drawn by their sampler
+:func:`icl_kd.claims.sample_pair` for the seed): P uniform on the unit ball of
+R^3, Q a ball shifted by |s| ~ U(0, 2) (the x axis: the shift |mu_Q - mu_P|) and
+scaled by U(0.5, 1.5), n = m = 16 samples each, eta = 1/2, tau = 1, a random
+layer per pair. Every side comes from the claims' own shared work
+(:func:`icl_kd.claims.c5_mmd_bias.prepare_pair`) under each convention. For
+every pair:
 
 (a) ||W_0(P) - W_0(Q)||_HS against 2 eta MMD_kV (biased): the identity line;
 (b) against 2 eta ||W^V||_op MMD_kx: always under the diagonal (the bound);
@@ -19,7 +24,7 @@ lhs / rhs against the shift, under both conventions ``eq12`` (c = 2) and
 
 (d) ``thm4.1-literal-gaussian``: median-heuristic bandwidth (points) and the
     worst bandwidth of the fixed grid :data:`icl_kd.bounds.DEFAULT_BANDWIDTHS`
-    (largest ratio over the pairs at each shift, dashed);
+    (largest ratio over the pairs in each of 8 shift bins, dashed);
 (e) ``thm4.1-literal-softmax``: phi's own kernel kappa(W^K x, W^K y);
 (f) ``thm4.1-literal-normalised``: k_x / (M_x M_phi)^2 (``thm4.1-bound`` over c);
 (g) ``thm4.1-literal-tv``: ||P_hat - Q_hat||_1.
@@ -35,23 +40,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import icl_kd
 from figures import style, table
-from icl_kd import bounds, distributions
+from icl_kd import bounds
+from icl_kd.claims import CLAIMS as _REGISTRY
+from icl_kd.claims import c5_mmd_bias as c5
 
 # thm4.1-literal is the Gaussian reading, thm4.1-literal-gaussian
 ID, SLUG, CLAIMS = "F4", "mmd_bias", ("thm4.1-identity", "thm4.1-bound", "thm4.1-literal",
                                       "thm4.1-literal-gaussian", "thm4.1-literal-softmax",
                                       "thm4.1-literal-normalised", "thm4.1-literal-tv")
-D, N_P, N_Q, ETA = 3, 64, 64, 0.5
-MAX_SHIFT = 2.0
+BUCKET = 0                                   # the pair claims' first bucket
+D, N_P, N_Q, ETA = (c5.PAIRS[BUCKET].d, c5.PAIRS[BUCKET].n, c5.PAIRS[BUCKET].m, 0.5)
+MAX_SHIFT = 2.0                              # the sampler's largest shift |s|
 CONVENTION = "eq12"   # of panels (a)-(c) and of the pairs table's lhs, identity_rhs, bound_rhs
-# reading (a key of bounds.READINGS) -> its claim id; the grid is part of the Gaussian claim
-READING_CLAIMS = {"gaussian": "thm4.1-literal-gaussian",
-                  "gaussian-grid": "thm4.1-literal-gaussian",
-                  "softmax": "thm4.1-literal-softmax",
-                  "normalised": "thm4.1-literal-normalised",
-                  "tv": "thm4.1-literal-tv"}
+# reading -> its claim id, from the claims themselves; the grid belongs to the Gaussian claim
+READING_CLAIMS = {c.reading: cid for cid, c in _REGISTRY.items() if c.reading in bounds.READINGS}
+READING_CLAIMS["gaussian-grid"] = READING_CLAIMS["gaussian"]
 
 
 def ratio_column(reading: str, convention: str) -> str:
@@ -61,14 +65,13 @@ def ratio_column(reading: str, convention: str) -> str:
 
 class Config(NamedTuple):
   seed: int = 0
-  layers: int = 16            # random attention layers
-  shifts: int = 24            # shift values in [0, MAX_SHIFT] per layer
+  pairs: int = 384              # the checker's first instances of the pair group's bucket 0
   check_instances: int = 20000  # proofs_check instances of thm4.1-literal
   adversarial_steps: int = 100
   quick_check: bool = False     # adversarial search from a few instances, no sweep
 
 
-QUICK = Config(layers=4, shifts=8, check_instances=4, adversarial_steps=3, quick_check=True)
+QUICK = Config(pairs=32, check_instances=4, adversarial_steps=3, quick_check=True)
 
 
 def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
@@ -76,34 +79,27 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
   return (QUICK if quick else Config())._replace(seed=seed, **overrides)
 
 
-def sample_pair(key, shift):
-  """(params, x_p (N_P, D), x_q (N_Q, D), extra key) for one pair at shift magnitude ``shift``."""
-  ks = jax.random.split(key, 6)
-  params = icl_kd.init_params(D, key=ks[0], dtype=jnp.float64,
-                              scale=jax.random.uniform(ks[1], (), jnp.float64, 0.5, 1.5))
-  direction = jax.random.normal(ks[2], (D,), jnp.float64)
-  p = distributions.uniform_ball(D, dtype=jnp.float64)
-  q = p.transformed(shift=direction / jnp.linalg.norm(direction) * shift)
-  return params, p.sample(N_P, key=ks[3]), q.sample(N_Q, key=ks[4]), ks[5], q
+def pair_instances(seed: int, pairs: int) -> dict:
+  """The checker's instances 0..pairs-1 of the pair group's bucket 0 (stacked arrays)."""
+  from proofs_check import sweep
+  return sweep.instances(_REGISTRY["thm4.1-bound"], seed, BUCKET, np.arange(pairs), jnp.float64)
 
 
-def _pairs(keys, shifts):
-  def one(key, shift):
-    params, x_p, x_q, _, _ = sample_pair(key, shift)
-    b = bounds.distillation_bias(params, x_p, x_q, eta=ETA, convention=CONVENTION)
-    rel = jnp.abs(b.lhs - b.identity_rhs) / b.identity_rhs
-    log_ratios = []
-    for convention in bounds.CONVENTIONS:
-      r = bounds.literal_readings(params, x_p, x_q, eta=ETA, convention=convention)
-      log_ratios += [r.log_ratio(name) for name in READING_CLAIMS]
-    return (b.lhs, b.identity_rhs, b.bound_rhs, b.literal_rhs, rel, b.identity_residual,
-            b.mmd_v, b.mmd_x, b.mmd_k, r.bandwidth, *log_ratios,
-            dict(w_k=params.w_k, w_v=params.w_v, x_p=x_p, x_q=x_q))
-  per_layer = lambda k: jax.vmap(lambda s: one(k, s))(shifts)
-  return jax.vmap(per_layer)(keys)
+def _sides(inst):
+  out = []
+  for convention in bounds.CONVENTIONS:
+    bucket = c5.PAIRS[BUCKET]._replace(convention=convention)
+    shared = c5.prepare_pair(inst, bucket)
+    if convention == CONVENTION:
+      b = shared.bias
+      rel = jnp.abs(b.lhs - b.identity_rhs) / b.identity_rhs
+      first = (b.lhs, b.identity_rhs, b.bound_rhs, b.literal_rhs, rel, b.identity_residual,
+               b.mmd_v, b.mmd_x, b.mmd_k, shared.readings.bandwidth)
+    out += [shared.readings.log_ratio(name) for name in READING_CLAIMS]
+  return (*first, *out)
 
 
-_pairs = jax.jit(_pairs)
+_pairs = jax.jit(jax.vmap(_sides))
 
 
 def proofs_check_literal(*, seed: int, instances: int, steps: int, quick: bool = False) -> dict:
@@ -140,16 +136,15 @@ def proofs_check_literal(*, seed: int, instances: int, steps: int, quick: bool =
 
 
 def compute(cfg: Config) -> dict:
-  """Every side of C5 on layers x shifts, plus the proofs_check worst/adversarial instances."""
-  keys = jax.random.split(jax.random.key(cfg.seed), cfg.layers)
-  shifts = jnp.linspace(0.0, MAX_SHIFT, cfg.shifts, dtype=jnp.float64)
-  *out, samples = _pairs(keys, shifts)
-  out = [np.asarray(a) for a in out]
+  """Every side of C5 on the checker's own pair instances, plus its worst/adversarial ones."""
+  samples = pair_instances(cfg.seed, cfg.pairs)
+  out = [np.asarray(a) for a in _pairs(samples)]
   names = ("lhs", "identity_rhs", "bound_rhs", "literal_rhs", "identity_relative_error",
            "identity_residual", "mmd_v", "mmd_x", "mmd_k", "median_bandwidth")
   names += tuple(ratio_column(r, c) for c in bounds.CONVENTIONS for r in READING_CLAIMS)
-  pairs = {"layer": np.repeat(np.arange(cfg.layers), cfg.shifts).tolist(),
-           "shift": np.tile(np.asarray(shifts), cfg.layers).tolist()}
+  pairs = {"index": np.arange(cfg.pairs).tolist(),
+           "shift": np.linalg.norm(np.asarray(samples["q_center"]), axis=1).tolist(),
+           "q_radius": np.asarray(samples["q_radius"]).tolist()}
   pairs.update({n: (np.exp(a) if n.startswith("ratio_") else a).ravel().tolist()
                 for n, a in zip(names, out)})
   readings, summary = _readings_summary(pairs)
@@ -170,7 +165,8 @@ def compute(cfg: Config) -> dict:
       found["ratio"].append(float(np.exp(float(v["log_lhs"]) - float(v["log_rhs"]))))
   ratio_bound = lhs / np.asarray(pairs["bound_rhs"])
   meta = dict(id=ID, claims=list(CLAIMS), config=cfg._asdict(), d=D, n_p=N_P, n_q=N_Q, eta=ETA,
-              tau=1.0, max_shift=MAX_SHIFT,
+              tau=1.0, max_shift=MAX_SHIFT, bucket=BUCKET,
+              sampler="icl_kd.claims.sample_pair (the checker's instances 0..pairs-1 of bucket 0)",
               max_identity_relative_error=float(np.max(pairs["identity_relative_error"])),
               max_identity_residual=float(np.max(pairs["identity_residual"])),
               max_bound_ratio=float(ratio_bound.max()),
@@ -187,11 +183,12 @@ def compute(cfg: Config) -> dict:
 
 
 def _check_pair(samples: dict, cfg) -> dict:
-  """One pair's layer and samples (layer 1, or 0, at the middle shift), so that its row of the
-  pairs table can be recomputed from scratch; ``row`` indexes the pairs table."""
-  layer, j = min(1, cfg.layers - 1), cfg.shifts // 2
-  out = {k: np.asarray(v)[layer, j].tolist() for k, v in samples.items()}
-  return dict(layer=layer, shift_index=j, row=layer * cfg.shifts + j, **out)
+  """One pair's instance (the middle one), so that its row of the pairs table can be
+  recomputed from scratch; ``row`` indexes the pairs table."""
+  row = cfg.pairs // 2
+  out = {k: np.asarray(v)[row].tolist() for k, v in samples.items()
+         if k in ("w_q", "w_k", "w_v", "x_p", "x_q", "query")}
+  return dict(row=row, **out)
 
 
 def _readings_summary(pairs: dict) -> tuple[dict, dict]:
@@ -248,8 +245,8 @@ def make(results: dict):
     sc = ax.scatter(rhs[~viol], lhs[~viol], c=t["shift"][~viol], cmap=style.SEQUENTIAL, vmin=0,
                     vmax=meta["max_shift"], s=7, rasterized=True, label="pairs (P, Q)")
     if viol.any():
-      ax.scatter(rhs[viol], lhs[viol], marker="x", s=22, color=style.VIOLATION,
-                 label=f"violations ({int(viol.sum())})")
+      ax.scatter(rhs[viol], lhs[viol], marker="x", s=22, color=style.VIOLATION, zorder=6,
+                 label=f"violations ({int(viol.sum())})")       # drawn above every other marker
     style.identity_line(ax, lo, hi, label="y = x")
     if i == 2:
       for j, src in enumerate(pc.get("source", [])):
@@ -270,7 +267,7 @@ def make(results: dict):
   if "readings" in meta:
     _draw_readings(bottom, meta, t)
   row1.suptitle("F4. Claim C5 (thm4.1): $\\|W_0(P) - W_0(Q)\\|_{HS}$ is linear in MMD "
-                f"($\\eta$={meta['eta']}, n=m={meta['n_p']})\n"
+                f"($\\eta$={meta['eta']}, n=m={meta['n_p']}; the checker's own instances)\n"
                 f"(a)-(c): convention {meta.get('convention', 'eq12')}, "
                 f"$W_0(P) = {c:g}\\eta\\,E_P[W^Vx\\,\\phi(W^Kx)^T]$ (c = {c:g})")
   return fig
@@ -282,7 +279,8 @@ def _draw_readings(axes, meta: dict, t: dict) -> None:
   Legend entries: "<convention>: <violations> (max <largest ratio>)" over all pairs.
   """
   shift = t["shift"]
-  grid_shifts = np.unique(shift)
+  edges = np.linspace(0.0, meta["max_shift"], 9)                 # 8 shift bins
+  centers, bins = 0.5 * (edges[1:] + edges[:-1]), np.digitize(shift, edges[1:-1])
   pairs = meta["readings"]["eq12"]["gaussian"]["pairs"]
   for ax, (reading, title) in zip(axes, READING_PANELS):
     for convention, look in CONVENTION_STYLE.items():
@@ -294,9 +292,10 @@ def _draw_readings(axes, meta: dict, t: dict) -> None:
     if reading == "gaussian":     # the worst bandwidth of the grid, largest ratio per shift
       for convention, look in CONVENTION_STYLE.items():
         worst = t[ratio_column("gaussian-grid", convention)]
-        worst_per_shift = [np.max(worst[shift == s]) for s in grid_shifts]
+        filled = [k for k in range(len(centers)) if np.any(bins == k)]
+        worst_per_bin = [np.max(worst[bins == k]) for k in filled]
         g = meta["readings"][convention]["gaussian-grid"]
-        ax.plot(grid_shifts, worst_per_shift, ls="--", lw=1.0, color=look["color"],
+        ax.plot(centers[filled], worst_per_bin, ls="--", lw=1.0, color=look["color"],
                 label=f"grid {convention}: {g['violations']} (max {g['max_ratio']:.3g})")
     ax.axhline(1.0, color=style.REFERENCE, ls="-", lw=1.0, zorder=1)
     ax.set_yscale("log")
@@ -310,5 +309,5 @@ def _draw_readings(axes, meta: dict, t: dict) -> None:
   axes[0].figure.suptitle(
       f"(d)-(g): each reading of the literal form (a kernel for MMD$_k$), lhs / rhs against the "
       f"shift,\nunder {looks}; legends: violations of {pairs} pairs (max lhs/rhs);\n"
-      "grey line: ratio 1; dashed: the grid's worst bandwidth, largest ratio per shift",
+      "grey line: ratio 1; dashed: the grid's worst bandwidth, largest ratio per shift bin",
       fontsize=8)

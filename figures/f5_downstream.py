@@ -1,8 +1,9 @@
 """F5 (C6, ``thm4.2``): the KD risk on the target and the prediction gap grow with MMD.
 
-The (P, Q) pairs of F4 (shift knob s in [0, 2]); W_0(P), W_0(Q) are the
-one-step weights (eta = 1/2) of the two samples, evaluated on a fresh target
-sample of Q (256 points) and at a query x' ~ Q:
+The (P, Q) pairs of F4: the checker's own pair instances (Q shifted by
+|s| ~ U(0, 2)); W_0(P), W_0(Q) are the one-step weights (eta = 1/2) of the two
+samples, evaluated on the instance's fresh target sample of Q (64 points) and at
+its query x' ~ Q:
 
 (a) the root KD risk sqrt(R_Q(W_0(P))) against ||dW_PQ||_HS = 2 eta MMD_kV,
     with its C6 bound sqrt(R_Q(W_0(Q))) + C ||dW_PQ||_HS (the fraction of
@@ -10,7 +11,7 @@ sample of Q (256 points) and at a query x' ~ Q:
     eta = 1/2 neither is the risk minimiser);
 (b) the prediction gap ||dW_PQ phi(W^Q x')|| against the same MMD, with its
     C6 bound ||dW_PQ||_HS exp(|W^Q x'|^2 / (2 tau));
-(c) ``thm4.2-mmd`` (bound): the prediction gap against
+(c) ``thm4.2-mmd`` (consistency: thm4.1-bound times Cauchy-Schwarz): the prediction gap against
     c eta ||W^V||_op MMD_kx(P, Q) exp(|W^Q x'|^2 / (2 tau)), under the diagonal;
 (d) ``thm4.2-literal`` (conjecture): the same with M_phi = max ||phi(W^K x)|| over
     the two samples in place of ||phi(W^Q x')||; a violation needs a query
@@ -27,26 +28,25 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from figures import style, table
-from figures.f4_mmd_bias import ETA, MAX_SHIFT, sample_pair
+from figures.f4_mmd_bias import ETA, MAX_SHIFT, pair_instances
 from icl_kd import bounds
+from icl_kd.claims import c5_mmd_bias as c5
 
 ID, SLUG, CLAIMS = "F5", "downstream", ("thm4.2-risk", "thm4.2-prediction", "thm4.2-mmd",
                                         "thm4.2-literal")
-TARGET = 256
+TARGET = c5.TARGET_SAMPLE      # Q's target sample of each instance (the risk's R_Q)
 CONVENTION = "eq12"
 
 
 class Config(NamedTuple):
   seed: int = 0
-  layers: int = 16
-  shifts: int = 24
+  pairs: int = 384
 
 
-QUICK = Config(layers=4, shifts=8)
+QUICK = Config(pairs=32)
 
 
 def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **overrides) -> Config:
@@ -54,39 +54,27 @@ def config(*, quick: bool = False, seed: int = 0, out: str | None = None, **over
   return (QUICK if quick else Config())._replace(seed=seed, **overrides)
 
 
-def sample_instance(key, shift):
-  """(params, x_p, x_q, x_target (TARGET, d), query (d,)): F4's pair plus Q's target and query."""
-  params, x_p, x_q, k_extra, q = sample_pair(key, shift)
-  k_t, k_z = jax.random.split(k_extra)
-  return params, x_p, x_q, q.sample(TARGET, key=k_t), q.sample(1, key=k_z)[0]
+def _sides(inst):
+  params = c5.pair_params(inst)
+  kw = dict(log_eta=inst["log_eta"], tau=inst["tau"], convention=CONVENTION)
+  r = bounds.risk_bound(params, inst["x_p"], inst["x_q"], inst["x_target"], **kw)
+  g = bounds.prediction_gap(params, inst["x_p"], inst["x_q"], inst["query"], **kw)
+  return (r.weight_gap_norm, r.lhs, r.rhs, r.risk_p - r.risk_q, g.lhs, g.rhs, g.mmd_rhs,
+          g.literal_rhs, g.mmd_x, g.log_feature_norm, g.log_feature_bound)
 
 
-def _pairs(keys, shifts):
-  def one(key, shift):
-    params, x_p, x_q, x_target, query = sample_instance(key, shift)
-    r = bounds.risk_bound(params, x_p, x_q, x_target, eta=ETA, convention=CONVENTION)
-    g = bounds.prediction_gap(params, x_p, x_q, query, eta=ETA, convention=CONVENTION)
-    return (r.weight_gap_norm, r.lhs, r.rhs, r.risk_p - r.risk_q, g.lhs, g.rhs, g.mmd_rhs,
-            g.literal_rhs, g.mmd_x, g.log_feature_norm, g.log_feature_bound,
-            dict(w_q=params.w_q, w_k=params.w_k, w_v=params.w_v, x_p=x_p, x_q=x_q, query=query))
-  return jax.vmap(lambda k: jax.vmap(lambda s: one(k, s))(shifts))(keys)
-
-
-_pairs = jax.jit(_pairs)
+_pairs = jax.jit(jax.vmap(_sides))
 
 
 def compute(cfg: Config) -> dict:
-  """Both sides of the two C6 inequalities on layers x shifts."""
-  # the same (params, P, Q) pairs as F4 for the same seed and sizes
-  keys = jax.random.split(jax.random.key(cfg.seed), cfg.layers)
-  shifts = jnp.linspace(0.0, MAX_SHIFT, cfg.shifts, dtype=jnp.float64)
-  *out, samples = _pairs(keys, shifts)
-  out = [np.asarray(a).ravel() for a in out]
+  """Both sides of the two C6 inequalities on the checker's own pair instances (F4's)."""
+  samples = pair_instances(cfg.seed, cfg.pairs)
+  out = [np.asarray(a).ravel() for a in _pairs(samples)]
   names = ("weight_gap_norm", "root_risk_p", "root_risk_bound", "excess_risk",
            "prediction_gap", "prediction_gap_bound", "prediction_mmd_rhs",
            "prediction_literal_rhs", "mmd_x", "log_query_feature_norm", "log_feature_bound")
-  pairs = {"layer": np.repeat(np.arange(cfg.layers), cfg.shifts).tolist(),
-           "shift": np.tile(np.asarray(shifts), cfg.layers).tolist()}
+  pairs = {"index": np.arange(cfg.pairs).tolist(),
+           "shift": np.linalg.norm(np.asarray(samples["q_center"]), axis=1).tolist()}
   pairs.update({n: a.tolist() for n, a in zip(names, out)})
   gap_norm = out[0]
   risk_ratio = out[1] / out[2]
@@ -95,6 +83,7 @@ def compute(cfg: Config) -> dict:
   pairs["prediction_literal_violated"] = (literal_ratio > 1.0).tolist()
   meta = dict(id=ID, claims=list(CLAIMS), config=cfg._asdict(), eta=ETA, tau=1.0, target=TARGET,
               max_shift=MAX_SHIFT, negative_excess_fraction=float(np.mean(out[3] < 0)),
+              sampler="icl_kd.claims.sample_pair (the checker's instances 0..pairs-1 of bucket 0)",
               max_risk_ratio=float(np.max(risk_ratio)),
               max_prediction_ratio=float(np.max(pred_ratio)),
               risk_slope=style.fit_loglog_slope(gap_norm, out[1])[0],
@@ -109,11 +98,12 @@ def compute(cfg: Config) -> dict:
 
 
 def _check_pair(samples: dict, cfg) -> dict:
-  """One pair's layer, samples and query (layer 1, or 0, at the middle shift), so that its row
-  of the pairs table can be recomputed from scratch; ``row`` indexes the pairs table."""
-  layer, j = min(1, cfg.layers - 1), cfg.shifts // 2
-  out = {k: np.asarray(v)[layer, j].tolist() for k, v in samples.items()}
-  return dict(layer=layer, shift_index=j, row=layer * cfg.shifts + j, **out)
+  """One pair's instance (the middle one), so that its row of the pairs table can be recomputed
+  from scratch; ``row`` indexes the pairs table."""
+  row = cfg.pairs // 2
+  out = {k: np.asarray(v)[row].tolist() for k, v in samples.items()
+         if k in ("w_q", "w_k", "w_v", "x_p", "x_q", "query", "x_target")}
+  return dict(row=row, **out)
 
 
 @style.styled

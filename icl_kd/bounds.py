@@ -886,8 +886,13 @@ def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: i
   a = jnp.asarray(a)
   center = jnp.asarray(center, a.dtype)
   radius = jnp.asarray(radius, a.dtype)
-  g = jnp.dot(a.T, a, precision=HIGHEST)                                    # (d, d)
-  gc = jnp.dot(g, center, precision=HIGHEST)                                # (d,)
+  # products as elementwise sums, not dots: the same rounding whatever XLA's matmul kernels
+  # (their threading changes the summation order); d is small
+  g = jnp.sum(a[:, :, None] * a[:, None, :], axis=0)                       # (d, d) A^T A
+  gc = jnp.sum(g * center[None, :], axis=1)                                 # (d,)
+
+  def sq_norm_of_a(x):
+    return jnp.sum(jnp.sum(a * x[None, :], axis=1) ** 2)
   s2 = jnp.linalg.norm(a, 2) ** 2
   eye = jnp.eye(a.shape[1], dtype=a.dtype)
   safe_r = jnp.where(radius > 0, radius, 1.0)
@@ -906,10 +911,8 @@ def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: i
   hi0 = s2 * (1.0 + jnp.linalg.norm(center) / safe_r) + 2.0 * lo0
   _, hi = jax.lax.fori_loop(0, iterations, body, (lo0, hi0))
   u = step_of(hi)                                                           # |u| <= radius
-  x = center + u
-  value = (jnp.sum(jnp.dot(a, x, precision=HIGHEST) ** 2)
-           + s2 * jnp.maximum(0.0, radius ** 2 - jnp.sum(u * u)))
-  return jnp.where(radius > 0, value, jnp.sum(jnp.dot(a, center, precision=HIGHEST) ** 2))
+  value = sq_norm_of_a(center + u) + s2 * jnp.maximum(0.0, radius ** 2 - jnp.sum(u * u))
+  return jnp.where(radius > 0, value, sq_norm_of_a(center))
 
 
 def _check_risk_args(weights: DualWeights, params: AttentionParams, x_target):

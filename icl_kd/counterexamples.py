@@ -72,6 +72,19 @@ NAMES = ("gaussian-point-masses", "gaussian-point-masses-grid", "softmax-null-sp
          "normalised-factor-two", "tv-factor-two", "query-inside-support")
 M_PHI_READING = "m-phi"
 """The reading of Theorem 4.2's literal form (M_phi in place of ||phi(W^Q x')||)."""
+READING_OF = {"gaussian-point-masses": "gaussian", "gaussian-point-masses-grid": "gaussian",
+              "softmax-null-space": "softmax", "normalised-factor-two": "normalised",
+              "tv-factor-two": "tv", "query-inside-support": M_PHI_READING}
+"""Name -> the reading it tests (known without building any array)."""
+FORMULAS = {
+    "gaussian-point-masses": "2c / sqrt(2 - 2 exp(-1/2))",
+    "gaussian-point-masses-grid": "2c / sqrt(2 - 2 exp(-2 a^2 / h^2)), a = 1, h = 8",
+    "softmax-null-space": "inf (MMD_kappa = 0, ||dW|| = 2 c eta)",
+    "normalised-factor-two": "c (k_V = k_x, M_V = 1)",
+    "tv-factor-two": "c (||dW|| = 2 c eta a, rhs = 2 eta a)",
+    "query-inside-support": "e^(s - 1), W^Q = s = 5, W^K = 1, query 1 in P's support",
+}
+"""Name -> its closed-form ratio, in words."""
 
 
 class Counterexample(NamedTuple):
@@ -141,7 +154,8 @@ def _build(name: str, convention: str, dtype) -> Counterexample:
   c = bounds.convention_factor(convention)
   one = _arr([[1.0]], dtype)
   zero = _arr([[0.0]], dtype)
-  common = dict(name=name, convention=convention, eta=ETA, tau=TAU, query=None, bandwidths=None)
+  common = dict(name=name, convention=convention, eta=ETA, tau=TAU, query=None, bandwidths=None,
+                reading=READING_OF[name], formula=FORMULAS[name])
   if name in ("gaussian-point-masses", "gaussian-point-masses-grid", "tv-factor-two"):
     a = 1.0
     params = AttentionParams(zero, zero, one)
@@ -149,37 +163,29 @@ def _build(name: str, convention: str, dtype) -> Counterexample:
     if name == "gaussian-point-masses":
       h = 2.0 * a                                           # median of the one pair distance
       k = math.exp(-(2.0 * a) ** 2 / (2.0 * h * h))        # = e^(-1/2)
-      return Counterexample(reading="gaussian", params=params, **xs,
-                            closed_form_ratio=2.0 * c / math.sqrt(2.0 - 2.0 * k),
-                            formula="2c / sqrt(2 - 2 exp(-1/2))", **common)
+      return Counterexample(params=params, **xs,
+                            closed_form_ratio=2.0 * c / math.sqrt(2.0 - 2.0 * k), **common)
     if name == "gaussian-point-masses-grid":
       h = max(bounds.DEFAULT_BANDWIDTHS)
       k = math.exp(-2.0 * a * a / (h * h))                  # = e^(-1/32)
-      return Counterexample(reading="gaussian", params=params, **xs,
+      return Counterexample(params=params, **xs,
                             closed_form_ratio=2.0 * c / math.sqrt(2.0 - 2.0 * k),
-                            formula="2c / sqrt(2 - 2 exp(-2 a^2 / h^2)), a = 1, h = 8",
                             **{**common, "bandwidths": _arr(bounds.DEFAULT_BANDWIDTHS, dtype)})
-    return Counterexample(reading="tv", params=params, **xs,
-                          closed_form_ratio=c, formula="c (||dW|| = 2 c eta a, rhs = 2 eta a)",
-                          **common)
+    return Counterexample(params=params, **xs, closed_form_ratio=c, **common)
   if name == "softmax-null-space":
     w_k = _arr([[1.0, 0.0]], dtype)
     params = AttentionParams(w_k, w_k, jnp.eye(2, dtype=dtype))
-    return Counterexample(reading="softmax", params=params,
-                          x_p=_arr([[0.0, 1.0]], dtype), x_q=_arr([[0.0, -1.0]], dtype),
-                          closed_form_ratio=math.inf,
-                          formula="inf (MMD_kappa = 0, ||dW|| = 2 c eta)", **common)
+    return Counterexample(params=params, x_p=_arr([[0.0, 1.0]], dtype),
+                          x_q=_arr([[0.0, -1.0]], dtype), closed_form_ratio=math.inf, **common)
   if name == "normalised-factor-two":
     params = AttentionParams(one, one, one)
-    return Counterexample(reading="normalised", params=params,
-                          x_p=_arr([[1.0]], dtype), x_q=_arr([[-0.5]], dtype),
-                          closed_form_ratio=c, formula="c (k_V = k_x, M_V = 1)", **common)
+    return Counterexample(params=params, x_p=_arr([[1.0]], dtype), x_q=_arr([[-0.5]], dtype),
+                          closed_form_ratio=c, **common)
   if name == "query-inside-support":
     s = 5.0
     params = AttentionParams(_arr([[s]], dtype), one, one)                 # W^Q = s, W^K = 1
-    return Counterexample(reading=M_PHI_READING, params=params, x_p=_arr([[1.0]], dtype),
-                          x_q=_arr([[0.0]], dtype), closed_form_ratio=math.exp(s - 1.0),
-                          formula="e^(s - 1), W^Q = s = 5, W^K = 1, query 1 in P's support",
+    return Counterexample(params=params, x_p=_arr([[1.0]], dtype), x_q=_arr([[0.0]], dtype),
+                          closed_form_ratio=math.exp(s - 1.0),
                           **{**common, "query": _arr([1.0], dtype)})
   raise ValueError(f"name must be one of {NAMES}, got {name!r}")
 

@@ -190,10 +190,11 @@ def _counterexamples() -> int:
   ok = all(r.agrees for r in rows)
   refute = [r for r in rows if r.status == "refutes"]
   tight = [r for r in rows if r.status == "tight"]
-  print(f"{len(rows)} instances: {len(refute)} refutations (lhs/rhs > 1), {len(tight)} "
-        f"tightness witnesses (lhs/rhs = 1: the bound is attained, not refuted); "
-        + ("every computed ratio equals its closed form" if ok
-           else "SOME DISAGREE with their closed form"))
+  print(wrapped_summary(
+      f"{len(rows)} instances: {len(refute)} refutations (lhs/rhs > 1), {len(tight)} tightness "
+      f"witnesses (lhs/rhs = 1: the bound is attained, not refuted); "
+      + ("every computed ratio equals its closed form" if ok
+         else "SOME DISAGREE with their closed form")))
   return EXIT_OK if ok else EXIT_FAIL
 
 

@@ -100,6 +100,18 @@ def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype) -> dict
   return claim.sample(key, claim.buckets[bucket], dtype)
 
 
+def instances(claim: Claim, seed: int, bucket: int, indices, dtype) -> dict:
+  """The instances ``indices`` of one bucket, exactly as the sweep draws them, stacked.
+
+  What a figure or an experiment uses to show the very instances the checker
+  checks (one vmapped draw; each equals :func:`instance_of` of its index).
+  """
+  bkey = jax.random.fold_in(claim_key(seed, claim.group_id), bucket)
+  idx = jnp.asarray(np.asarray(indices), jnp.uint32)
+  cfg = claim.buckets[bucket]
+  return jax.jit(jax.vmap(lambda i: claim.sample(jax.random.fold_in(bkey, i), cfg, dtype)))(idx)
+
+
 MICRO_BATCH = 256  # instances vmapped at once inside a device (fixed: see batch_fn)
 
 

@@ -34,7 +34,7 @@ def test_every_claim_has_a_checker_tests_and_a_figure():
   assert len(CLAIMS) >= 12
   for cid, c in CLAIMS.items():
     assert c.id == cid and c.theory in claims.THEORY_NUMBERS, cid
-    assert c.check in claims.CHECK_TYPES and c.kind in claims.KINDS, cid
+    assert c.check_type in claims.CHECK_TYPES and c.kind in claims.KINDS, cid
     assert callable(c.sample) and callable(c.compute) and callable(c.prepare) and c.buckets
     assert c.tests and all(os.path.isfile(os.path.join(ROOT, t)) for t in c.tests), (cid, c.tests)
     assert c.figure in figures, (cid, c.figure)
@@ -43,7 +43,7 @@ def test_every_claim_has_a_checker_tests_and_a_figure():
                if f.lower().startswith(c.figure.lower() + "_"))
     assert f'"{cid}"' in open(os.path.join(ROOT, "figures", mod)).read(), (cid, mod)
     assert cid in importlib.import_module(f"figures.{mod[:-3]}").CLAIMS, (cid, mod)
-    if c.kind == "probabilistic bound":
+    if c.check_type.form.name == "event":
       assert c.delta is not None
   for group in {c.group_id for c in CLAIMS.values()}:
     members = [c for c in CLAIMS.values() if c.group_id == group]
@@ -53,11 +53,36 @@ def test_every_claim_has_a_checker_tests_and_a_figure():
 
 
 def test_the_kind_follows_from_the_type_of_the_check():
+  """One source: the kind is the type that evaluate returns, in every bucket and dtype."""
   for c in CLAIMS.values():
-    b = c.buckets[0]
-    out = jax.eval_shape(lambda k, c=c, b=b: c.evaluate(c.sample(k, b, jnp.float64), b),
-                         jax.random.key(0))
-    assert type(out) is c.check and type(out).kind == c.kind, c.id
+    for b in c.buckets:
+      for dtype in (jnp.float32, jnp.float64):
+        out = jax.eval_shape(lambda k, c=c, b=b, dt=dtype: c.evaluate(c.sample(k, b, dt), b),
+                             jax.random.key(0))
+        assert type(out) is c.check_type and type(out).kind == c.kind, c.id
+
+
+# What each check is evidence of (docs/THEORY.md, "Kinds of check"): the paper's statements,
+# the toolkit's corrected one, checks true by construction, readings that may be false.
+EXPECTED_ROLES = {
+    "paper": {"thm3.1", "kd-step", "dw-step-linear", "thm3.2"},
+    "corrected": {"thm4.1-bound"},
+    "consistency": {"thm4.1-identity", "rademacher-empirical", "thm4.2-mmd", "thm4.2-prediction",
+                    "thm4.2-risk", "lr-proxy"},
+    "conjecture": {"thm3.2-paper-form", "thm4.1-literal-gaussian", "thm4.1-literal-softmax",
+                   "thm4.1-literal-normalised", "thm4.1-literal-tv", "thm4.2-literal"},
+    "measurement": {"dw-step-squared"},
+}
+
+
+def test_every_claim_has_the_role_of_what_it_is_evidence_of():
+  got = {}
+  for cid, c in CLAIMS.items():
+    got.setdefault(c.role.name, set()).add(cid)
+  assert got == EXPECTED_ROLES
+  assert CLAIMS["thm4.1-identity"].kind == "consistency"          # an identity of the code
+  assert CLAIMS["thm3.2-paper-form"].check_type is claims.ConjectureEventCheck
+  assert not claims.CONJECTURE.fails_run and claims.CORRECTED.fails_run
 
 
 # --- public helpers ------------------------------------------------------------------------------
@@ -239,11 +264,12 @@ def _verdicts(claim, compute, bucket_index=0, n=N_CTRL, seed=0):
     shared = claim.prepare(inst, b)
     return claim.compute(inst, b, shared), compute(inst, b, shared)
   true, false = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), n))
+  false = claim.check_type(*false)        # the falsified values, judged as the claim's own type
   out = []
   for check in (true, false):
     st = verdicts.reduce_chunk(jax.tree_util.tree_map(np.asarray, check), bucket=0, start=0,
                                dtype_name="float64")
-    out.append((st, verdicts.decide(claim.kind, st, delta=claim.delta)))
+    out.append((st, verdicts.decide(claim.check_type, st, delta=claim.delta)))
   return out
 
 
@@ -340,19 +366,27 @@ CONTROLS = {
 
 
 def test_every_enforced_claim_has_a_negative_control():
-  enforced = {cid for cid, c in CLAIMS.items() if c.kind not in ("conjecture", "measurement")}
+  enforced = {cid for cid, c in CLAIMS.items() if c.role.fails_run}
   assert enforced <= set(CONTROLS)
 
 
 @pytest.mark.parametrize("cid", sorted(CONTROLS))
 def test_negative_control_reports_a_violation(cid):
+  """A falsified claim is reported: FAILS where its role fails the run, violated for a
+  conjecture (thm3.2-paper-form), which never fails it."""
   claim = CLAIMS[cid]
-  n = 48 if claim.kind == "probabilistic bound" else N_CTRL
+  event = claim.check_type.form.name == "event"
+  n = 48 if event else N_CTRL
   bucket = 2 if cid == "thm3.1" else 0       # thm3.1's bucket 0 has a single value: tau-free
   (st_true, v_true), (st_false, v_false) = _verdicts(claim, CONTROLS[cid], bucket, n)
   assert v_true.passed and st_true.violations == 0 and st_true.out_of_range == 0, v_true.detail
-  assert not v_false.passed and v_false.verdict == "FAILS", (cid, v_false.detail)
-  if claim.kind != "probabilistic bound":
+  if claim.role.fails_run:
+    assert v_true.verdict == "holds"
+    assert not v_false.passed and v_false.verdict == "FAILS", (cid, v_false.detail)
+  else:
+    assert v_true.verdict == "not violated"
+    assert v_false.passed and v_false.verdict == "violated", (cid, v_false.detail)
+  if not event:
     assert st_false.violations > 0
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import proofs_check
-from icl_kd.claims import CLAIMS, BoundCheck, EventCheck, IdentityCheck, Measurement
+from icl_kd.claims import (CLAIMS, BoundCheck, ConjectureCheck, EventCheck, IdentityCheck,
+                           Measurement)
 from proofs_check import sweep, verdicts
 from proofs_check.report import Report
 
@@ -32,23 +33,23 @@ def small_run():
     groups.setdefault(c.group_id, []).append(c)
   out = {}
   for group in groups.values():
-    n = 24 if group[0].kind == "probabilistic bound" or group[0].id == "rademacher-empirical" else SMALL
+    n = 24 if group[0].check_type.form.name == "event" or group[0].id == "rademacher-empirical" else SMALL
     out.update(sweep.sweep(group, instances=n, seed=3, dtype=jnp.float64, dtype_name="float64",
                            progress=False, chunk=32))
   return out
 
 
-@pytest.mark.parametrize("cid", [c for c in CLAIMS if CLAIMS[c].kind not in
-                                 ("conjecture", "measurement")])
+@pytest.mark.parametrize("cid", [c for c in CLAIMS if CLAIMS[c].role.fails_run])
 def test_each_checker_holds_on_small_instances(small_run, cid):
   claim = CLAIMS[cid]
   st = small_run[cid]
-  v = verdicts.decide(claim.kind, st, delta=claim.delta)
-  assert st.count > 0 and st.out_of_range == 0
+  v = verdicts.decide(claim.check_type, st, delta=claim.delta)
+  assert st.count > 0 and st.out_of_range == 0 and st.vacuous == 0
   assert v.passed, (cid, v.detail)
-  if claim.kind == "identity":
+  form = claim.check_type.form.name
+  if form == "identity":
     assert v.detail["max_error_over_tolerance"] <= 1.0
-  elif claim.kind != "probabilistic bound":       # those may exceed 1 at a rate <= delta
+  elif form != "event":       # those may exceed 1 at a rate <= delta
     assert v.detail["max_ratio"] <= 1.0 + 1e-9
 
 
@@ -63,7 +64,7 @@ def test_squared_residual_is_measured_and_its_identity_holds(small_run):
 def test_literal_c5_form_is_violated_by_random_instances(small_run):
   """The paper's literal constants fail on some random instances (a result, not a bug)."""
   st = small_run["thm4.1-literal-gaussian"]
-  v = verdicts.decide("conjecture", st)
+  v = verdicts.decide(ConjectureCheck, st)
   assert v.passed  # a conjecture never fails the run
   assert st.violations > 0 and v.detail["max_ratio"] > 1.0
 
@@ -75,7 +76,7 @@ def test_planted_bound_violation_is_a_failure():
   wrong_rhs = np.zeros(4)                        # rhs = 1 < lhs at instance 2
   st = verdicts.reduce_chunk(BoundCheck(log_lhs, wrong_rhs), bucket=0, start=0,
                              dtype_name="float64")
-  v = verdicts.decide("bound", st)
+  v = verdicts.decide(BoundCheck, st)
   assert not v.passed and v.verdict == "FAILS" and st.violations == 1
   assert st.worst_index == (0, 2)
   np.testing.assert_allclose(v.detail["max_ratio"], 1.2)
@@ -85,21 +86,21 @@ def test_planted_bound_violation_is_a_failure():
 def test_bound_within_rounding_holds_and_beyond_fails():
   ok = verdicts.reduce_chunk(BoundCheck(np.array([np.log1p(1e-12)]), np.zeros(1)), bucket=0,
                              start=0, dtype_name="float64")
-  assert verdicts.decide("bound", ok).passed
+  assert verdicts.decide(BoundCheck, ok).passed
   bad = verdicts.reduce_chunk(BoundCheck(np.array([np.log1p(1e-6)]), np.zeros(1)), bucket=0,
                               start=0, dtype_name="float64")
-  assert not verdicts.decide("bound", bad).passed
+  assert not verdicts.decide(BoundCheck, bad).passed
 
 
 def test_planted_identity_failure_and_nonfinite():
   st = verdicts.reduce_chunk(IdentityCheck(np.array([1e-15, 3e-12]), np.array([1e-12, 1e-12])),
                              bucket=1, start=10, dtype_name="float64")
-  v = verdicts.decide("identity", st)
+  v = verdicts.decide(IdentityCheck, st)
   assert not v.passed and st.worst_index == (1, 11) and v.detail["max_error"] == 3e-12
   nan = verdicts.reduce_chunk(IdentityCheck(np.array([np.nan]), np.ones(1)), bucket=0, start=0,
                               dtype_name="float64")
   # out of range, not a violation; with no instance in range the claim is undecided (fails)
-  v = verdicts.decide("identity", nan)
+  v = verdicts.decide(IdentityCheck, nan)
   assert nan.out_of_range == 1 and nan.violations == 0
   assert not v.passed and v.verdict == "undecided"
 
@@ -111,7 +112,7 @@ def test_probabilistic_bound_binomial_test():
     violated[:events] = True
     st = verdicts.reduce_chunk(EventCheck(np.zeros(100), np.ones(100), violated), bucket=0,
                                start=0, dtype_name="float64")
-    return verdicts.decide("probabilistic bound", st, delta=0.05)
+    return verdicts.decide(EventCheck, st, delta=0.05)
   assert run(10).passed and not run(15).passed
   # exact binomial tail against a direct sum
   from math import comb
@@ -169,9 +170,11 @@ def subset_report(tmp_path_factory):
 def test_cli_table_json_schema_and_exit_code(subset_report):
   res, report, _ = subset_report
   assert "thm3.1" in res.stdout and "viol." in res.stdout
-  # theorems and conjectures are told apart in the summary
+  # the paper's statements, the corrected one, consistency checks and conjectures apart
   summary = _summary(res.stdout)
-  assert summary.startswith("3 checks hold; ") and "thm4.1-literal-gaussian" in summary
+  assert summary.startswith("statements of the paper: 1 holds; corrected statements")
+  assert "consistency checks (true by construction: not evidence): 1 holds" in summary
+  assert "5 violated: thm4.1-literal-gaussian" in summary
   assert summary == report["summary"]                          # the JSON's line, unwrapped
   table = res.stdout.split("\nn: instances.")[0].splitlines()   # the table, before its legend
   assert len(table) >= 9 and max(len(line) for line in res.stdout.splitlines()) <= 120
@@ -185,11 +188,23 @@ def test_cli_table_json_schema_and_exit_code(subset_report):
   assert report["convention"] == "eq12"
   att = report["attribution"]["thm4.1-literal-normalised"]
   # the normalised reading is thm4.1-bound / c: under half it cannot be violated
-  assert att["violations_half"] == 0 and att["max_ratio_half"] <= 1 + 1e-9
+  assert att["rate_half"] == 0 and att["max_ratio_half"] <= 1 + 1e-9
   assert att["max_ratio_eq12"] <= 2 + 1e-9
+  # ... and it is its own reference kernel in the 2 x 2 (kernel x convention)
+  assert att["normalised_rate_eq12"] == att["rate_eq12"]
+  # every literal reading reads violated: refuted analytically under eq12, whatever the sweep
+  for cid in ("thm4.1-literal-gaussian", "thm4.1-literal-softmax", "thm4.1-literal-normalised",
+              "thm4.1-literal-tv", "thm4.2-literal"):
+    assert report["claims"][cid]["verdict"] == "violated (analytic)", cid
+    assert report["attribution"][cid]["refuted_by"], cid
+  assert report["claims"]["thm4.1-literal-tv"]["violations"] == 0    # the sweep finds none
+  assert report["counts"]["conjecture"]["ids"]["violated"][0] == "thm4.1-literal-gaussian"
+  assert {e["role"] for e in report["claims"].values()} == {"paper", "corrected", "consistency",
+                                                          "conjecture"}
   for entry in report["claims"].values():
-    for key in ("kind", "theory", "instances", "violations", "out_of_range", "verdict", "passed",
-                "seconds", "detail", "worst", "worst_label", "min_slack", "worst_instance"):
+    for key in ("kind", "role", "form", "theory", "instances", "violations", "out_of_range",
+                "vacuous", "verdict", "passed", "seconds", "detail", "worst", "worst_label",
+                "min_slack", "worst_instance", "events", "extras", "witnesses"):
       assert key in entry
     assert entry["instances"] == 64
     assert set(entry["worst_instance"]) >= {"bucket", "index", "config", "values", "arrays"}
@@ -324,14 +339,13 @@ def test_select_by_theory_number_glob_and_id():
                                              "thm4.2-risk"]
   # the old id is an alias of the Gaussian reading
   assert proofs_check.select("thm4.1-literal") == ["thm4.1-literal-gaussian"]
-  with pytest.raises(ValueError, match="--claims"):
+  with pytest.raises(ValueError, match="claims: no claim matches 'C9'"):
     proofs_check.select("C9")
 
 
-def test_check_planted_failure_is_not_ok(monkeypatch):
+def test_check_planted_failure_is_not_ok():
   """A claim whose right side is deliberately wrong fails the report (the CLI exits 1)."""
   import dataclasses
-  from icl_kd import claims as claims_pkg
   from icl_kd.claims import c5_mmd_bias
 
   def wrong_rhs(inst, bucket, shared):
@@ -340,11 +354,10 @@ def test_check_planted_failure_is_not_ok(monkeypatch):
 
   planted = dataclasses.replace(CLAIMS["thm4.1-bound"], id="planted", compute=wrong_rhs,
                                 group="planted")
-  monkeypatch.setitem(claims_pkg.CLAIMS, "planted", planted)
-  report = proofs_check.check("planted", instances=32, chunk=32)
+  report = proofs_check.check([planted], instances=32, chunk=32)
   r = report.claims["planted"]
   assert not report.ok and r.verdict == "FAILS" and r.violations > 0
-  assert "1 FAIL: planted" in report.summary()
+  assert "1 FAILS: planted" in report.summary()
 
 
 # --- resume --------------------------------------------------------------------------------
@@ -456,18 +469,18 @@ def _id(err, tol=None, bucket=0, start=0):
 def test_identity_error_exactly_at_tolerance_holds():
   """Rule: an identity holds on an instance when error <= tolerance (equality included)."""
   st = _id([1e-12, 5e-13])
-  v = verdicts.decide("identity", st)
+  v = verdicts.decide(IdentityCheck, st)
   assert v.passed and st.violations == 0 and st.worst == 1.0 and st.worst_index == (0, 0)
   above = _id([np.nextafter(1e-12, 1.0)])
-  assert not verdicts.decide("identity", above).passed and above.violations == 1
+  assert not verdicts.decide(IdentityCheck, above).passed and above.violations == 1
 
 
 def test_bound_at_the_rounding_allowance_holds_and_just_beyond_fails():
   """Rule: a bound is violated when log(lhs/rhs) > log1p(float_slack), strictly."""
-  at = np.log1p(verdicts.float_slack("float64"))
+  at = np.log1p(verdicts.bound_slack("float64"))
   st = verdicts.reduce_chunk(BoundCheck(np.array([at]), np.zeros(1)), bucket=0, start=0,
                              dtype_name="float64")
-  assert st.violations == 0 and verdicts.decide("bound", st).passed
+  assert st.violations == 0 and verdicts.decide(BoundCheck, st).passed
   st = verdicts.reduce_chunk(BoundCheck(np.array([np.nextafter(at, 1.0)]), np.zeros(1)),
                              bucket=0, start=0, dtype_name="float64")
   assert st.violations == 1
@@ -497,8 +510,8 @@ def test_ties_keep_the_earliest_instance_whatever_the_merge_order():
     for st in order:
       m = verdicts.merge(m, st)
     assert m.worst_index == (0, 40) and m.worst == 0.9 and m.count == 5
-    _same_detail(verdicts.decide("identity", m).detail,
-                 verdicts.decide("identity", verdicts.merge(verdicts.merge(a, b), c)).detail)
+    _same_detail(verdicts.decide(IdentityCheck, m).detail,
+                 verdicts.decide(IdentityCheck, verdicts.merge(verdicts.merge(a, b), c)).detail)
   # within a chunk the first of equal values is kept
   assert _id([9e-13, 9e-13], start=7).worst_index == (0, 7)
 
@@ -509,7 +522,7 @@ def test_empty_chunks_are_the_identity_of_the_merge():
   a = _id([3e-13, 4e-13], bucket=2, start=8)
   for m in (verdicts.merge(empty, a), verdicts.merge(a, empty)):
     assert m.to_json() == a.to_json()
-  assert verdicts.decide("identity", empty).verdict == "undecided"
+  assert verdicts.decide(IdentityCheck, empty).verdict == "undecided"
 
 
 def test_merge_order_does_not_change_the_reported_numbers():
@@ -522,7 +535,7 @@ def test_merge_order_does_not_change_the_reported_numbers():
     m = verdicts.Stats()
     for k in perm:
       m = verdicts.merge(m, chunks[k])
-    details.append((verdicts.decide("bound", m).detail, m.worst_index, m.top, m.violations))
+    details.append((verdicts.decide(BoundCheck, m).detail, m.worst_index, m.top, m.violations))
   for d in details[1:]:
     _same_detail(d[0], details[0][0])
     assert d[1:] == details[0][1:]
@@ -536,15 +549,15 @@ def test_out_of_range_is_counted_apart_and_never_crashes():
                              dtype_name="float32")
   assert st.out_of_range == 2                  # +inf lhs and NaN
   assert st.violations == 2                    # ratio e^800 and rhs = 0 < lhs are real violations
-  v = verdicts.decide("bound", st)
+  v = verdicts.decide(BoundCheck, st)
   assert not v.passed and v.detail["out_of_range"] == 2 and np.isfinite(v.detail["max_ratio"])
   st = verdicts.reduce_chunk(BoundCheck(np.array([0.0, np.inf]), np.ones(2)), bucket=0,
                              start=0, dtype_name="float32")
-  v = verdicts.decide("bound", st)
+  v = verdicts.decide(BoundCheck, st)
   assert v.passed and st.out_of_range == 1 and st.violations == 0
   m = verdicts.reduce_chunk(Measurement(np.array([1e300, 1e300, np.inf])), bucket=0, start=0,
                             dtype_name="float64")
-  v = verdicts.decide("measurement", m)      # mean/std of 1e300s: inf, not OverflowError
+  v = verdicts.decide(Measurement, m)      # mean/std of 1e300s: inf, not OverflowError
   assert m.out_of_range == 1 and v.detail["max"] == 1e300
 
 
@@ -571,11 +584,26 @@ def test_cli_float32_every_claim_completes():
 
 
 def test_cli_counterexamples_agree_with_their_closed_forms():
+  """Refutations (ratio > 1) are told from tightness witnesses (ratio = 1 under half)."""
   res = _cli("--counterexamples", *NO_CACHE)
   assert res.returncode == 0, res.stdout + res.stderr
-  assert "every computed ratio equals its closed form" in res.stdout
-  for name in ("gaussian-point-masses", "softmax-null-space"):
-    assert name in res.stdout
+  assert "every computed ratio equals its closed form" in _summary(res.stdout)
+  assert "10 refutations" in res.stdout and "2 tightness witnesses" in res.stdout
+  rows = {tuple(line.split()[:3]): line for line in res.stdout.splitlines()}
+  assert rows[("normalised-factor-two", "normalised", "half")].endswith("tight (attained)")
+  assert rows[("normalised-factor-two", "normalised", "eq12")].endswith("refutes")
+  assert rows[("query-inside-support", "m-phi", "half")].endswith("refutes")
+
+
+def test_importing_the_cli_starts_no_backend():
+  """The CLI sets x64 and the device count before any array exists: importing it (and the
+  claims' registry, witnesses included) must not initialise a JAX backend."""
+  code = ("import proofs_check.cli, icl_kd.claims\n"
+          "from jax._src import xla_bridge\n"
+          "assert not xla_bridge._backends, 'a backend was initialised at import'\n")
+  res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+  assert res.returncode == 0, res.stderr
 
 
 def test_literal_prediction_attribution_counts_query_features_beyond_m_phi(subset_report):

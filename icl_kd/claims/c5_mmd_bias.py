@@ -298,8 +298,7 @@ def witnesses_of(reading: str) -> tuple[Witness, ...]:
   """The counterexamples of ``reading`` (:mod:`icl_kd.counterexamples`) as the claim's witnesses."""
   out = []
   for name in counterexamples.NAMES:
-    ce = counterexamples.counterexample(name, convention="eq12")
-    if ce.reading != reading:
+    if counterexamples.READING_OF[name] != reading:
       continue
     out.append(Witness(
         name=name, bucket=WITNESS_BUCKET,
@@ -307,7 +306,7 @@ def witnesses_of(reading: str) -> tuple[Witness, ...]:
                                                 PAIRS[WITNESS_BUCKET], dtype),
         closed_form=lambda bucket, name=name: counterexamples.counterexample(
             name, convention=bucket_convention(bucket)).closed_form_ratio,
-        formula=ce.formula))
+        formula=counterexamples.FORMULAS[name]))
   return tuple(out)
 
 
