@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from icl_kd import runtime
-from icl_kd.claims import ROLES, WitnessResult, checks
+from icl_kd.claims import ROLES, THEORY_NUMBERS, WitnessResult, checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,16 +253,26 @@ def _verdict_word(verdict: str) -> str:
 
 
 def role_counts(rows: list[ClaimResult]) -> dict:
-  """{role name: {"title": ..., "ids": {verdict: [claim ids]}}} in :data:`ROLES` order."""
+  """{group: {"title": ..., "fails_run": ..., "ids": {verdict: [claim ids]}}}.
+
+  The paper's claims (theory C1..C7) are grouped by role, in :data:`ROLES` order; a
+  researcher's claims (any other theory label) by label and role after them, so that
+  their verdicts are never counted as the paper's.
+  """
   out = {}
-  for role in ROLES:
-    mine = [r for r in rows if r.role == role.name]
-    if not mine:
-      continue
-    by_verdict: dict[str, list[str]] = {}
-    for r in mine:
-      by_verdict.setdefault(_verdict_word(r.verdict), []).append(r.id)
-    out[role.name] = dict(title=role.title, fails_run=role.fails_run, ids=by_verdict)
+  labels = [t for t in dict.fromkeys(r.theory for r in rows) if t not in THEORY_NUMBERS]
+  for own in [None] + labels:
+    for role in ROLES:
+      mine = [r for r in rows if r.role == role.name and
+              (r.theory in THEORY_NUMBERS if own is None else r.theory == own)]
+      if not mine:
+        continue
+      by_verdict: dict[str, list[str]] = {}
+      for r in mine:
+        by_verdict.setdefault(_verdict_word(r.verdict), []).append(r.id)
+      key = role.name if own is None else f"{own}:{role.name}"
+      title = role.title if own is None else f"{own} claims, {role.own_title}"
+      out[key] = dict(title=title, fails_run=role.fails_run, ids=by_verdict)
   return out
 
 

@@ -95,24 +95,28 @@ class Role(NamedTuple):
 
   Attributes:
     name: a short name ("paper", "corrected", "consistency", "conjecture", "measurement").
-    title: how the report's summary names the group of such rows.
+    title: how the report's summary names the group of the paper's rows of this role.
     fails_run: whether a failing row fails the run (exit code 1).
     evidence_about: what a verdict says something about.
+    own_title: how the summary names a researcher's rows of this role (claims whose theory
+      label is not one of the paper's C1..C7).
   """
   name: str
   title: str
   fails_run: bool
   evidence_about: str
+  own_title: str = ""
 
 
-PAPER = Role("paper", "statements of the paper", True, "the paper")
+PAPER = Role("paper", "statements of the paper", True, "the paper", "statements")
 CORRECTED = Role("corrected", "corrected statements (the toolkit's own, proved in docs/THEORY.md)",
-                 True, "the correction")
+                 True, "the correction", "corrected statements")
 CONSISTENCY = Role("consistency", "consistency checks (true by construction: not evidence)",
-                   True, "nothing: the code")
+                   True, "nothing: the code", "consistency checks (not evidence)")
 CONJECTURE = Role("conjecture", "conjectures (readings that may be false; never fail the run)",
-                  False, "the reading")
-MEASUREMENT = Role("measurement", "measurements", False, "nothing: a number the theory leaves open")
+                  False, "the reading", "conjectures")
+MEASUREMENT = Role("measurement", "measurements", False, "nothing: a number the theory leaves open",
+                   "measurements")
 ROLES = (PAPER, CORRECTED, CONSISTENCY, CONJECTURE, MEASUREMENT)
 """Every role, in the order the report's summary counts them."""
 
@@ -750,9 +754,11 @@ def check_type_of(check):
   """The check type of an evaluated check; TypeError naming the received type otherwise."""
   t = type(check)
   if not is_check_type(t):
+    got = (f"an array of shape {tuple(check.shape)} and dtype {check.dtype}"
+           if hasattr(check, "shape") and hasattr(check, "dtype")
+           else f"{t.__module__}.{t.__qualname__}")
     raise TypeError(f"a claim's evaluate must return one of the check types of "
-                    f"icl_kd.claims ({', '.join(c.__name__ for c in CHECK_TYPES)}), got "
-                    f"{t.__module__}.{t.__qualname__}")
+                    f"icl_kd.claims ({', '.join(c.__name__ for c in CHECK_TYPES)}), got {got}")
   return t
 
 
