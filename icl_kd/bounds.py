@@ -864,22 +864,58 @@ def _spd_solve(m: jax.Array, b: jax.Array) -> jax.Array:
   return jax.lax.fori_loop(0, d, backward, jnp.zeros_like(b))
 
 
-def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: int = 100):
+def _mm(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x @ y for small matrices as an elementwise sum (one rounding order on every backend)."""
+  return jnp.sum(x[:, :, None] * y[None, :, :], axis=1)
+
+
+def _largest_eigenvalue(g: jax.Array, sweeps: int = 6) -> jax.Array:
+  """The largest eigenvalue of a small symmetric (d, d) matrix by cyclic Jacobi rotations,
+  written in jnp (see :func:`_cholesky_pivots_positive` for why not LAPACK); each sweep
+  rotates every off-diagonal pair to zero, and the off-diagonal mass falls quadratically."""
+  d = g.shape[0]
+  if d == 1:
+    return g[0, 0]
+
+  def sweep(_, m):
+    for p in range(d - 1):
+      for q in range(p + 1, d):
+        app, aqq, apq = m[p, p], m[q, q], m[p, q]
+        small = jnp.abs(apq) <= jnp.finfo(m.dtype).tiny
+        theta = (aqq - app) / (2.0 * jnp.where(small, 1.0, apq))
+        t = jnp.sign(theta) / (jnp.abs(theta) + jnp.sqrt(theta * theta + 1.0))
+        t = jnp.where(theta == 0, 1.0, t)
+        c = 1.0 / jnp.sqrt(t * t + 1.0)
+        s = t * c
+        c, s = jnp.where(small, 1.0, c), jnp.where(small, 0.0, s)
+        rot = jnp.eye(d, dtype=m.dtype).at[p, p].set(c).at[q, q].set(c).at[p, q].set(s)
+        rot = rot.at[q, p].set(-s)
+        m = _mm(_mm(rot.T, m), rot)                                         # rot^T m rot
+    return m
+
+  m = jax.lax.fori_loop(0, sweeps, sweep, g)
+  return jnp.max(jnp.diagonal(m))
+
+
+def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: int = 12):
   """sup over the ball |x - center| <= radius of |A x|^2, exactly (a trust-region maximum).
 
   The maximum of a convex quadratic is on the sphere. With G = A^T A and the
   step u = x - center, stationarity gives (lambda I - G) u = G center with
-  lambda >= ||A||_op^2; ||u(lambda)|| decreases in lambda, and lambda is found by
-  bisection on ||u|| = radius (``iterations`` halvings of the bracket
-  [s^2, s^2 (1 + |center| / radius)], s = ||A||_op). When ``center`` has no
-  component along A's top singular direction the root may sit at s^2 (the "hard
-  case"); the rest of the radius then goes along that direction, which adds
-  s^2 (radius^2 - |u|^2). The result is the sup the theory's constants take over
-  a ball-shaped support (e.g. M_phi = exp(sup |W^K x|^2 / (2 tau))).
+  lambda >= s^2, s = ||A||_op, and ||u(lambda)|| decreases in lambda. lambda
+  solves ||u|| = radius by Newton's method on 1/radius - 1/||u(lambda)|| (the
+  More-Sorensen iteration of the trust-region subproblem for -G: from the left
+  of the root it increases monotonically, quadratically near it), started just
+  right of s^2 and kept there. When ``center`` has no component along A's top
+  singular direction the root may sit at s^2 (the "hard case"): the rest of the
+  radius then goes along that direction, which adds s^2 (radius^2 - |u|^2). The
+  result is the sup the theory's constants take over a ball-shaped support
+  (e.g. M_phi = exp(sup |W^K x|^2 / (2 tau))).
 
   Args:
     a: (k, d) the linear map A.
     center: (d,) the ball's center; radius: its radius >= 0.
+    iterations: Newton steps (a fixed number, so that it vectorises).
   Returns:
     The scalar sup |A x|^2 (|A center|^2 when radius = 0).
   """
@@ -893,24 +929,25 @@ def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: i
 
   def sq_norm_of_a(x):
     return jnp.sum(jnp.sum(a * x[None, :], axis=1) ** 2)
-  s2 = jnp.linalg.norm(a, 2) ** 2
+
+  s2 = _largest_eigenvalue(g)                                               # ||A||_op^2
   eye = jnp.eye(a.shape[1], dtype=a.dtype)
   safe_r = jnp.where(radius > 0, radius, 1.0)
-  tiny = jnp.finfo(a.dtype).tiny
+  lo = s2 * (1.0 + 4.0 * jnp.finfo(a.dtype).eps) + jnp.finfo(a.dtype).tiny
 
-  def step_of(lam):
-    return _spd_solve(lam * eye - g, gc)
+  def newton(_, lam):
+    m = lam * eye - g
+    u = _spd_solve(m, gc)
+    norm = jnp.sqrt(jnp.sum(u * u))
+    w = _spd_solve(m, u)
+    curv = jnp.sum(u * w)                                                    # u^T (lam I - G)^-1 u
+    step = (norm / safe_r - 1.0) * norm * norm / jnp.where(curv > 0, curv, 1.0)
+    return jnp.maximum(lam + jnp.where(norm > 0, step, 0.0), lo)
 
-  def body(_, bracket):
-    lo, hi = bracket
-    mid = 0.5 * (lo + hi)
-    too_long = jnp.sum(step_of(mid) ** 2) > safe_r ** 2
-    return jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
-
-  lo0 = s2 * (1.0 + jnp.finfo(a.dtype).eps) + tiny
-  hi0 = s2 * (1.0 + jnp.linalg.norm(center) / safe_r) + 2.0 * lo0
-  _, hi = jax.lax.fori_loop(0, iterations, body, (lo0, hi0))
-  u = step_of(hi)                                                           # |u| <= radius
+  lam = jax.lax.fori_loop(0, iterations, newton, lo)
+  u = _spd_solve(lam * eye - g, gc)
+  # past the root by rounding, |u| can exceed radius by ~eps: scale it back onto the ball
+  u = u * jnp.minimum(1.0, safe_r / jnp.maximum(jnp.sqrt(jnp.sum(u * u)), jnp.finfo(a.dtype).tiny))
   value = sq_norm_of_a(center + u) + s2 * jnp.maximum(0.0, radius ** 2 - jnp.sum(u * u))
   return jnp.where(radius > 0, value, sq_norm_of_a(center))
 

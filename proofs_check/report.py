@@ -313,7 +313,7 @@ def worst_cell(r: ClaimResult) -> str:
   return r.check_form.cell(r.worst, r.worst_error, r.detail)
 
 
-HEADERS = ("claim", "C", "kind", "n", "viol.", "o.o.r.", "worst", "min slack", "verdict", "s")
+HEADERS = ("claim", "C", "kind", "n", "viol.", "oor", "worst", "min slack", "verdict", "s")
 
 
 def _wrap(text: str, indent: str = "") -> str:
@@ -325,9 +325,9 @@ def legend() -> str:
   """How to read the table: the columns, every form's "worst" number, the roles (<= 120 columns)."""
   roles = "; ".join(f"{r.name} = {r.title}" for r in ROLES)
   lines = [
-      "n: instances. viol.: instances with lhs > rhs (or error > tolerance). o.o.r.: instances "
-      "whose numbers left the dtype's range: counted apart, never as violations. s: seconds "
-      "(a group's shared sweep split evenly).",
+      "n: instances. viol.: instances with lhs > rhs (or error > tolerance). oor: out of "
+      "range, instances whose numbers left the dtype's range: counted apart, never as "
+      "violations. s: seconds (a group's shared sweep split evenly).",
       "worst, by form of check:"]
   out = [_wrap(line) for line in lines]
   out += [_wrap(line.strip(), "  ") for line in checks.legend().splitlines()]

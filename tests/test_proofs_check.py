@@ -579,7 +579,7 @@ def test_cli_float32_every_claim_completes():
   assert "Traceback" not in res.stderr
   for cid in CLAIMS:
     assert any(line.startswith(cid + " ") for line in res.stdout.splitlines()), cid
-  assert "o.o.r." in res.stdout and "check" in _summary(res.stdout)
+  assert "oor" in res.stdout and "statements of the paper" in _summary(res.stdout)
   assert max(len(line) for line in res.stdout.splitlines()) <= 120
 
 
