@@ -25,6 +25,7 @@ small for the ratio to mean anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -108,8 +109,14 @@ def numpy_check(inst: dict) -> tuple[np.ndarray, float, float]:
   reference = np.exp(keys @ q / tau - log_partition) @ values                 # (d_v,)
   mag = np.sum(p * np.linalg.norm(values, axis=-1))
   err = float(np.linalg.norm(attention - reference) / mag)
-  base = 1e-12 if context.dtype == np.float64 else 1e-5
-  return attention, err, base * max(1.0, float(np.abs(s).max()) / 10.0)
+  return attention, err, _base_tolerance(context.dtype) * max(1.0, float(np.abs(s).max()) / 10.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _base_tolerance(dtype) -> float:
+  """The identity tolerance at unit score scale, from the one rule (read once, not per call)."""
+  from icl_kd.tolerances import identity_tolerance
+  return float(identity_tolerance(np.dtype(dtype), 0.0))
 
 
 def numpy_loop(count: int, dtype, seed: int) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import icl_kd
 from figures import style, table
 from icl_kd import claims
+from icl_kd.tolerances import identity_tolerance
 
 ID, SLUG, CLAIMS = "F1", "decomposition", ("thm3.1",)
 BUCKETS = (claims.PromptBucket(16, 4, 6, 4, 3, True),)  # (N, M, d, d_k, d_v, self-attention)
@@ -205,8 +206,8 @@ def make(results: dict):
   ax.scatter(score[exact], np.full(exact.sum(), floor), s=8, marker="v",
              color=style.PALETTE["sky"], label=f"error exactly 0 ({int(exact.sum())})")
   grid = np.logspace(np.log10(score.min()), np.log10(score.max()), 100)
-  ax.plot(grid, 1e-12 * np.maximum(1.0, grid / 10.0), color=style.VIOLATION, ls="--",
-          label="tolerance (float64)")
+  ax.plot(grid, np.asarray(identity_tolerance(np.float64, grid)), color=style.VIOLATION,
+          ls="--", label="tolerance (float64)")
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_ylim(floor / 3, 1e-9)

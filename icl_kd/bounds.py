@@ -933,7 +933,9 @@ def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: i
   s2 = _largest_eigenvalue(g)                                               # ||A||_op^2
   eye = jnp.eye(a.shape[1], dtype=a.dtype)
   safe_r = jnp.where(radius > 0, radius, 1.0)
-  lo = s2 * (1.0 + 4.0 * jnp.finfo(a.dtype).eps) + jnp.finfo(a.dtype).tiny
+  # start right of s^2 by more than the eigenvalue's rounding (Jacobi: ~d eps), so that
+  # lambda I - G stays positive definite
+  lo = s2 * (1.0 + 1e3 * jnp.finfo(a.dtype).eps) + jnp.finfo(a.dtype).tiny
 
   def newton(_, lam):
     m = lam * eye - g

@@ -709,12 +709,12 @@ def test_ball_sup_quadratic_against_a_dense_search():
   from scipy.optimize import minimize
   rng = np.random.default_rng(3)
   f = jax.jit(bounds.ball_sup_quadratic)
-  for trial in range(5):
-    k, d = (3, 3) if trial < 4 else (2, 3)
+  for trial in range(12):
+    k, d = ((3, 3), (4, 5), (2, 5), (5, 2))[trial % 4] if trial < 10 else (2, 3)
     a = rng.normal(size=(k, d))
     c = rng.normal(size=d) * rng.uniform(0.2, 2.0)
     r = rng.uniform(0.2, 2.0)
-    if trial == 4:
+    if trial >= 10:                               # the hard case
       _, _, vt = np.linalg.svd(a)
       c = c - vt[0] * (vt[0] @ c)
     got = float(f(jnp.asarray(a), jnp.asarray(c), jnp.asarray(r)))

@@ -462,3 +462,47 @@ def test_literal_normalised_reading_is_the_bound_over_c():
   lit = c.compute(inst, b, shared)
   bnd = CLAIMS["thm4.1-bound"].compute(inst, b, shared)
   np.testing.assert_allclose(float(lit.log_rhs), float(bnd.log_rhs) - math.log(2), rtol=1e-12)
+
+
+def test_support_constants_bound_the_sample_constants():
+  """M_x and M_phi over the sampler's supports (the two balls) are at least their sups over
+  the pooled samples, on 1,000 instances of each pair bucket (the instances are in the balls),
+  and each equals a NumPy recomputation: M_x = max(|c| + r), the key sup over the unit ball
+  ||W^K||^2, the key sup over Q's ball by bisection on the secular equation in the
+  eigenbasis of W^K^T W^K (numpy.linalg.eigh), and at least the best of 4,000 points on the
+  sphere."""
+
+  def np_ball_sup(a, c, r):
+    w, v = np.linalg.eigh(a.T @ a)
+    cc = v.T @ c
+
+    def step(lam):
+      return w * cc / (lam - w)
+    lo, hi = w[-1] * (1 + 1e-14), w[-1] * (1 + np.linalg.norm(c) / r) + 1.0
+    for _ in range(200):
+      mid = 0.5 * (lo + hi)
+      lo, hi = (mid, hi) if np.linalg.norm(step(mid)) > r else (lo, mid)
+    u = step(hi)
+    return float(np.sum(w * (cc + u) ** 2) + w[-1] * max(0.0, r * r - u @ u))
+  from proofs_check import sweep as sw
+  claim = CLAIMS["thm4.1-literal-tv"]
+  rng = np.random.default_rng(0)
+  for b, bucket in enumerate(claim.buckets):
+    inst = sw.instances(claim, 0, b, np.arange(1000), jnp.float64)
+    m_x, log_m_phi = jax.jit(jax.vmap(c5_mmd_bias.support_constants))(inst)
+    pooled = np.concatenate([np.asarray(inst["x_p"]), np.asarray(inst["x_q"])], axis=1)
+    keys = np.einsum("ind,ikd->ink", pooled, np.asarray(inst["w_k"]))
+    assert np.all(np.asarray(m_x) >= np.linalg.norm(pooled, axis=2).max(1) * (1 - 1e-14))
+    assert np.all(2 * np.asarray(log_m_phi) >= np.sum(keys ** 2, 2).max(1) * (1 - 1e-12))
+    c, r = np.asarray(inst["q_center"]), np.asarray(inst["q_radius"])
+    np.testing.assert_allclose(np.asarray(m_x), np.maximum(1.0, np.linalg.norm(c, axis=1) + r),
+                               rtol=1e-14)
+    for i in range(0, 1000, 97):
+      w_k = np.asarray(inst["w_k"][i])
+      u = rng.normal(size=(4000, w_k.shape[1]))
+      u /= np.linalg.norm(u, axis=1, keepdims=True)
+      dense = np.max(np.sum(((c[i] + r[i] * u) @ w_k.T) ** 2, axis=1))
+      sup = max(np.linalg.norm(w_k, 2) ** 2, np_ball_sup(w_k, c[i], r[i]))
+      got = 2.0 * float(log_m_phi[i])                                        # tau = 1
+      np.testing.assert_allclose(got, sup, rtol=1e-9, err_msg=str((b, i)))
+      assert dense <= got * (1 + 1e-12)

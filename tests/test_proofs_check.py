@@ -634,3 +634,30 @@ def test_cli_exponential_text_never_overflows():
   from proofs_check import cli
   assert cli._exp_text(np.log(2.5e-4)) == "0.00025" and cli._exp_text(800.0) == "e^800"
   assert cli._exp_text(float("nan")) == "nan"
+
+
+def test_the_runner_names_no_kind_and_no_claim():
+  """proofs_check knows check types, never a claim id or a kind string: no string literal of
+  its code (docstrings aside) is a kind, a role or a claim id, or contains a claim id."""
+  import ast
+  from icl_kd.claims import KINDS, ROLES
+  words = set(KINDS) | {r.name for r in ROLES}
+  ids = set(CLAIMS) | {"thm4.1-literal"}
+  folder = os.path.join(ROOT, "proofs_check")
+  found = []
+  for name in sorted(os.listdir(folder)):
+    if not name.endswith(".py"):
+      continue
+    tree = ast.parse(open(os.path.join(folder, name)).read())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+        if node.value in words or any(cid in node.value for cid in ids):
+          found.append((name, node.lineno, node.value))
+  assert not found, found
+  # the scan itself finds a planted one
+  planted = ast.parse('x = "conjecture"\n')
+  assert any(isinstance(n, ast.Constant) and n.value in words for n in ast.walk(planted))
