@@ -313,7 +313,7 @@ def worst_cell(r: ClaimResult) -> str:
   return r.check_form.cell(r.worst, r.worst_error, r.detail)
 
 
-HEADERS = ("claim", "C", "kind", "n", "viol.", "oor", "worst", "min slack", "verdict", "s")
+HEADERS = ("claim", "C", "kind", "n", "viol.", "oor", "worst", "slack", "verdict", "s")
 
 
 def _wrap(text: str, indent: str = "") -> str:

@@ -661,3 +661,28 @@ def test_the_runner_names_no_kind_and_no_claim():
   # the scan itself finds a planted one
   planted = ast.parse('x = "conjecture"\n')
   assert any(isinstance(n, ast.Constant) and n.value in words for n in ast.walk(planted))
+
+
+def test_python_api_errors_name_the_argument_not_a_flag(subset_report, tmp_path):
+  """check() and replay() name their own arguments (the CLI maps them to its flags), and a
+  report is read from a dict, its JSON text or its path alike."""
+  for kw, match in ((dict(seed=1.5), r"^seed: must be an int >= 0, got 1.5"),
+                    (dict(instances=0), r"^instances: must be an int >= 1, got 0"),
+                    (dict(chunk=-1), r"^chunk: must be an int >= 1"),
+                    (dict(adversarial=-2), r"^adversarial: must be an int >= 0"),
+                    (dict(convention="c3"), r"^convention: must be one of"),
+                    (dict(dtype="float16"), r"^dtype: must be one of")):
+    with pytest.raises(ValueError, match=match):
+      proofs_check.check("thm3.1", **kw)
+  _, report, path = subset_report
+  a = Report.from_json(report)
+  b = Report.from_json(str(path))
+  c = Report.from_json(path.read_text())
+  assert list(a.claims) == list(b.claims) == list(c.claims)
+  assert a.to_json()["summary"] == b.to_json()["summary"] == c.to_json()["summary"]
+  lines = proofs_check.replay(report, "thm3.1")          # a dict, as json.load gives it
+  assert lines and all(ln.agrees for ln in lines)
+  with pytest.raises(ValueError, match="no 'claims' object"):
+    Report.from_json({"seed": 0})
+  with pytest.raises(ValueError, match="not valid JSON"):
+    Report.from_json("{broken")

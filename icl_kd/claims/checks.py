@@ -332,7 +332,7 @@ class _Form:
   """How one form of check is reduced, judged, shown and replayed (see the module's table).
 
   Class attributes: ``name``; ``worst_label`` (what the "worst" number is);
-  ``legend`` (how to read it); ``has_slack`` (a "min slack" applies);
+  ``legend`` (how to read it); ``has_slack`` (a smallest slack applies);
   ``searchable`` (the adversarial search can push its ratio up).
   """
   name = ""
@@ -422,7 +422,7 @@ class IdentityForm(_Form):
 class RatioForm(_Form):
   name = "ratio"
   worst_label = "lhs/rhs"
-  legend = "largest lhs/rhs (<= 1 holds); \"min slack\" is min (rhs - lhs)/rhs"
+  legend = "largest lhs/rhs (<= 1 holds); \"slack\" is the smallest (rhs - lhs)/rhs"
   has_slack = True
   searchable = True
 
@@ -525,14 +525,14 @@ def _ratio_verdict(role: Role, violated: bool, decided: bool, detail: dict, *, w
 class EventForm(RatioForm):
   name = "event"
   worst_label = "lhs/rhs"
-  legend = ("\"rate\" is the event rate, tested against delta with a one-sided exact binomial "
-            "test; \"max\" the largest lhs/rhs")
+  legend = ("the event rate (tested against delta with a one-sided exact binomial test); then "
+            "the largest lhs/rhs")
   searchable = False
 
   @staticmethod
   def cell(worst: float, worst_error: float, detail: dict) -> str:
     del worst_error
-    return f"rate {_fmt(detail.get('event_rate'), '.1%')}, max {_fmt(worst, '.2g')}"
+    return f"{_fmt(detail.get('event_rate'), '.1%')}; {_fmt(worst, '.2g')}"
 
   @staticmethod
   def decide(role: Role, st: Stats, *, delta=None, alpha: float = ALPHA, witnesses=(),
