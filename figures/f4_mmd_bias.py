@@ -248,8 +248,8 @@ def make(results: dict):
     sc = ax.scatter(rhs[~viol], lhs[~viol], c=t["shift"][~viol], cmap=style.SEQUENTIAL, vmin=0,
                     vmax=meta["max_shift"], s=7, rasterized=True, label="pairs (P, Q)")
     if viol.any():
-      ax.scatter(rhs[viol], lhs[viol], marker="x", s=22, color=style.VIOLATION,
-                 label=f"violations ({int(viol.sum())})")
+      ax.scatter(rhs[viol], lhs[viol], marker="x", s=22, color=style.VIOLATION, zorder=6,
+                 label=f"violations ({int(viol.sum())})")   # on top of every other marker
     style.identity_line(ax, lo, hi, label="y = x")
     if i == 2:
       for j, src in enumerate(pc.get("source", [])):
