@@ -159,7 +159,19 @@ def attention_scores(params: AttentionParams, context, query, *, tau=1.0) -> jax
                        context=context, query=query)
   out = _scores(params, context, query, tau)
   return _checks.poison_if_nonfinite(out, params.w_q, params.w_k, context, query,
-                                     positive=(tau,))
+                                     positive=(tau,), positive_names=("tau",),
+                                     names=("params.w_q", "params.w_k", "context", "query"))
+
+
+def _attend(params: AttentionParams, context: jax.Array, query: jax.Array, tau,
+            mask: jax.Array | None) -> jax.Array:
+  """sum_j softmax_j(s) W^V x_j on checked inputs (masked rows get score -inf)."""
+  s = _scores(params, context, query, tau)                                   # (n,)
+  if mask is not None:
+    s = jnp.where(mask, s, -jnp.inf)
+  p = jax.nn.softmax(s)                                                      # (n,)
+  values = jnp.dot(context, params.w_v.T, precision=HIGHEST)                 # (n, d_v)
+  return jnp.dot(p, values, precision=HIGHEST)                               # (d_v,)
 
 
 def softmax_attention(params: AttentionParams, context, query, *, tau=1.0,
@@ -183,7 +195,8 @@ def softmax_attention(params: AttentionParams, context, query, *, tau=1.0,
 
   Returns:
     (d_v,) output. Eagerly, non-finite inputs, tau <= 0 or a mask keeping no
-    row raise ValueError; under jit/vmap they give an all-NaN output instead.
+    row raise ValueError; under jit/vmap they give an all-NaN output instead
+    (an error under :func:`icl_kd.checked`).
 
   Claim ``thm3.1`` (C1): the left side; see :func:`decompose`.
   """
@@ -195,16 +208,15 @@ def softmax_attention(params: AttentionParams, context, query, *, tau=1.0,
   tau = _checks.scalar_param("tau", tau, dtype)
   _checks.check_finite(**{"params.w_q": params.w_q, "params.w_k": params.w_k,
                           "params.w_v": params.w_v}, context=context, query=query)
-  s = _scores(params, context, query, tau)                                   # (n,)
   keeps = ()
   if mask is not None:
     _check_keeps_one("mask", mask, "context")
-    s = jnp.where(mask, s, -jnp.inf)
     keeps = (jnp.sum(mask),)
-  p = jax.nn.softmax(s)                                                      # (n,)
-  values = jnp.dot(context, params.w_v.T, precision=HIGHEST)                 # (n, d_v)
-  out = jnp.dot(p, values, precision=HIGHEST)                                # (d_v,)
-  return _checks.poison_if_nonfinite(out, *params, context, query, positive=(tau,) + keeps)
+  out = _attend(params, context, query, tau, mask)                           # (d_v,)
+  return _checks.poison_if_nonfinite(
+      out, *params, context, query, positive=(tau,) + keeps,
+      names=("params.w_q", "params.w_k", "params.w_v", "context", "query"),
+      positive_names=("tau", "the number of context rows kept by mask"))
 
 
 class Decomposition(NamedTuple):
@@ -263,8 +275,8 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
       dW  = (1/D') sum_{j>N}  W^V x_j phi(W^K x_j)^T
       h(x') = (W_0 + dW) phi(W^Q x')
 
-  ``attention`` is computed by :func:`softmax_attention`; ``reference`` by
-  evaluating the dual weights, a separate code path. Their relative error is
+  ``attention`` is computed as :func:`softmax_attention` computes it; ``reference``
+  by evaluating the dual weights, a separate code path. Their relative error is
   what ``proofs_check`` claim ``thm3.1`` reports; ``eta``, ``log_partition``
   and ``entropy`` feed claims ``kd-step`` and ``lr-proxy``.
 
@@ -289,7 +301,12 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
 
   Returns:
     Decomposition. Eagerly, non-finite inputs, tau <= 0 or a demo_mask keeping
-    nothing raise ValueError; under jit/vmap every field is NaN instead.
+    nothing raise ValueError; under jit/vmap every field is NaN instead, unless
+    the call is wrapped by :func:`icl_kd.checked`, which raises there too::
+
+        checked = icl_kd.checked(jax.jit(icl_kd.decompose))
+        checked(params, demos, None, query)   # NaN in demos: JaxRuntimeError
+                                              # "demos contains non-finite values ..."
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -329,7 +346,7 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
   else:
     mask = None
 
-  attention = softmax_attention(params, context, query, tau=tau, mask=mask)  # (d_v,)
+  attention = _attend(params, context, query, tau, mask)                     # (d_v,)
 
   s_raw = _scores(params, context, query, tau)                               # (n_ctx,)
   keys = jnp.dot(context, params.w_k.T, precision=HIGHEST)                   # (n_ctx, d_k)
@@ -367,8 +384,10 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
   out = Decomposition(attention=attention, reference=reference, w0=w0, dw=dw,
                       log_partition=log_partition, eta=jnp.exp(log_eta), log_eta=log_eta,
                       entropy=entropy, scores=s, max_abs_score=max_abs_score)
-  return _checks.poison_if_nonfinite(out, *params, demos, prefix, query,
-                                     positive=(tau, n_kept))
+  return _checks.poison_if_nonfinite(
+      out, *params, demos, prefix, query, positive=(tau, n_kept),
+      names=("params.w_q", "params.w_k", "params.w_v", "demos", "prefix", "query"),
+      positive_names=("tau", "the number of demonstrations kept by demo_mask"))
 
 
 def implicit_learning_rate(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.0,
