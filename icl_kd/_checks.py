@@ -256,6 +256,32 @@ def poison_if_nonfinite(out, *inputs: jax.Array, positive: tuple = (),
       out)
 
 
+def register_dataclass_pytree(cls: type, data_fields: Sequence[str],
+                              meta_fields: Sequence[str] = ()) -> type:
+  """Registers a frozen dataclass as a pytree that is rebuilt without calling ``__init__``.
+
+  ``jax.tree_util.register_dataclass`` rebuilds an instance through its
+  constructor, with whatever the leaves have become (shapes, ``None``, vmap
+  axes, tracers); a constructor whose annotations are checked (a runtime type
+  checker) would refuse those. Rebuilding by ``object.__new__`` keeps the
+  constructor for the values a user builds, and pytree operations free.
+  """
+  data_fields, meta_fields = tuple(data_fields), tuple(meta_fields)
+
+  def flatten(obj):
+    children = [(jax.tree_util.GetAttrKey(f), getattr(obj, f)) for f in data_fields]
+    return children, tuple(getattr(obj, f) for f in meta_fields)
+
+  def unflatten(meta, children):
+    obj = object.__new__(cls)
+    for name, value in zip(data_fields + meta_fields, tuple(children) + tuple(meta)):
+      object.__setattr__(obj, name, value)
+    return obj
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten, unflatten)
+  return cls
+
+
 def checked(fn: Callable) -> Callable:
   """``fn`` whose run-time value checks raise, also under ``jax.jit`` and ``jax.vmap``.
 
@@ -290,7 +316,7 @@ def checked(fn: Callable) -> Callable:
     >>> icl_kd.checked(decompose)(params, demos, None, jnp.ones(4))
     Traceback (most recent call last):
     ...
-    jax._src.checkify.JaxRuntimeError: demos contains non-finite values (NaN or inf); expected finite values...
+    jax._src.checkify.JaxRuntimeError: demos contains non-finite values (NaN or inf); ...
   """
   run = checkify.checkify(fn, errors=checkify.user_checks)
 

@@ -31,6 +31,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from icl_kd import _checks
 from icl_kd.attention import AttentionParams, _check_tokens, check_params
@@ -71,8 +72,10 @@ def _step_ok(log_step: jax.Array) -> jax.Array:
   return jnp.where(jnp.isneginf(log_step), jnp.nan, log_step)
 
 
-def one_step_kd_weights(params: AttentionParams, demos, *, eta=None, log_eta=None,
-                        tau=1.0) -> DualWeights:
+def one_step_kd_weights(params: AttentionParams, demos: Float[ArrayLike, "N d"], *,
+                        eta: Real[ArrayLike, ""] | None = None,
+                        log_eta: Real[ArrayLike, ""] | None = None,
+                        tau: Real[ArrayLike, ""] = 1.0) -> DualWeights:
   """W_1 = (2 eta / N) sum_i W^V x_i phi(W^K x_i)^T, in dual form (C2).
 
   One gradient step of the squared KD loss from W = 0. At
@@ -110,8 +113,10 @@ def one_step_kd_weights(params: AttentionParams, demos, *, eta=None, log_eta=Non
       names=("params.w_q", "params.w_k", "params.w_v", "demos", _STEP))
 
 
-def kd_loss(weights: jax.Array, params: AttentionParams, inputs, *, feature_map: Callable,
-            kind: str = "squared") -> jax.Array:
+def kd_loss(weights: Float[ArrayLike, "d_v m"], params: AttentionParams,
+            inputs: Float[ArrayLike, "n d"], *,
+            feature_map: Callable[[Float[Array, " d_k"]], Float[Array, " m"]],
+            kind: str = "squared") -> Float[Array, ""]:
   """KD loss of the primal student f_S(x) = W phi_m(W^K x) on ``inputs`` (C2, C3).
 
       squared: (1/n) sum_i || W^V x_i - W phi_m(W^K x_i) ||^2
@@ -148,8 +153,10 @@ def kd_loss(weights: jax.Array, params: AttentionParams, inputs, *, feature_map:
       names=("params.w_q", "params.w_k", "params.w_v", "inputs", "weights"))
 
 
-def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs, *, eta=None,
-                 log_eta=None, kind: str = "squared") -> DualWeights:
+def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs: Float[ArrayLike, "n d"],
+                 *, eta: Real[ArrayLike, ""] | None = None,
+                 log_eta: Real[ArrayLike, ""] | None = None,
+                 kind: str = "squared") -> DualWeights:
   """One exact functional gradient step W - eta grad L(W), in dual form (C2, C3).
 
   The functional gradients of the losses of :func:`kd_loss` (with the exact
@@ -168,8 +175,10 @@ def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs, *, eta=N
                                      kind=kind)
 
 
-def kd_step_increment(weights: DualWeights, params: AttentionParams, inputs, *, eta=None,
-                      log_eta=None, kind: str = "squared") -> DualWeights:
+def kd_step_increment(weights: DualWeights, params: AttentionParams,
+                      inputs: Float[ArrayLike, "n d"], *, eta: Real[ArrayLike, ""] | None = None,
+                      log_eta: Real[ArrayLike, ""] | None = None,
+                      kind: str = "squared") -> DualWeights:
   """-eta grad L(W) alone, in dual form with anchors W^K x_i (see :func:`kd_step_dual`)."""
   _check_kind(kind)
   params = check_params(params)
@@ -196,7 +205,8 @@ def kd_step_increment(weights: DualWeights, params: AttentionParams, inputs, *, 
       positive_names=("weights.tau",))
 
 
-def squared_step_residual(w0: DualWeights, params: AttentionParams, tokens) -> DualWeights:
+def squared_step_residual(w0: DualWeights, params: AttentionParams,
+                          tokens: Float[ArrayLike, "M d"]) -> DualWeights:
   """R = (1/D') sum_j f_S(x'_j; W_0) phi(W^K x'_j)^T of claim C3, in closed form.
 
   ``w0`` is ``decompose(...).w0`` (its log_scale is -log D') and ``tokens`` are
