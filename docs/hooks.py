@@ -104,8 +104,16 @@ def parser_markdown(title: str, parser: argparse.ArgumentParser | str) -> str:
 
 
 def cli_reference() -> str:
-  """The markdown of every command line's section."""
-  return "\n".join(parser_markdown(title, parser) for title, parser in parsers())
+  """The markdown of every command line's section (usage lines wrapped at 100 columns)."""
+  saved = os.environ.get("COLUMNS")
+  os.environ["COLUMNS"] = "102"         # argparse wraps at COLUMNS - 2, whatever the terminal
+  try:
+    return "\n".join(parser_markdown(title, parser) for title, parser in parsers())
+  finally:
+    if saved is None:
+      del os.environ["COLUMNS"]
+    else:
+      os.environ["COLUMNS"] = saved
 
 
 # -- mkdocs events ----------------------------------------------------------------------
