@@ -62,10 +62,14 @@ def _caller_stacklevel() -> int:
   return level
 
 
-def _warn_truncated(name: str) -> None:
-  """Warns, at the caller's line, that a float64 request is computed in float32 (x64 off)."""
+def _warn_truncated(name: str, *, requested: bool = False) -> None:
+  """Warns, at the caller's line, that a float64 request is computed in float32 (x64 off).
+
+  ``requested``: ``name`` is a ``dtype`` argument set to float64 (else a float64 array).
+  """
+  what = (f"{name}=float64 was requested" if requested else f"{name} is a float64 array")
   warnings.warn(
-      f"{name} is a float64 array but jax_enable_x64 is off, so it is computed in float32 "
+      f"{what} but jax_enable_x64 is off, so it is computed in float32 "
       "(~1e-7 relative rounding). Call jax.config.update('jax_enable_x64', True) before "
       "creating any array (or set JAX_ENABLE_X64=1) for float64, or pass float32 to silence "
       "this warning (shown once per calling line).", Float64TruncatedWarning,
@@ -96,7 +100,7 @@ def resolve_dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
     raise TypeError(f"{name} must be float32 or float64, got {dt}"
                     + (f" ({_HALF})" if jnp.issubdtype(dt, jnp.floating) else ""))
   if dt.itemsize == 8 and not jax.config.jax_enable_x64:
-    _warn_truncated(name)
+    _warn_truncated(name, requested=True)
     return jnp.dtype(jnp.float32)
   return dt
 

@@ -377,7 +377,7 @@ _X64_EVERY_CALL_SITE = textwrap.dedent("""
         c = jax.jit(lambda k: icl_kd.init_params(4, key=k, dtype=jnp.float64))(jax.random.key(2))
     kinds = [w for w in caught if issubclass(w.category, icl_kd.Float64TruncatedWarning)]
     assert a.w_q.dtype == b.w_q.dtype == c.w_q.dtype == np.float32
-    print([(w.filename, w.lineno, str(w.message).split(" is ")[0]) for w in kinds])
+    print([(w.filename, w.lineno, str(w.message).split(" ")[0]) for w in kinds])
 """)
 
 
@@ -391,6 +391,7 @@ def test_float64_request_without_x64_warns_at_every_call_site():
   lines = _X64_EVERY_CALL_SITE.splitlines()
   where = {tag: 1 + next(i for i, ln in enumerate(lines) if f"# line {tag}" in ln) for tag in "ABC"}
   jit_line = 1 + next(i for i, ln in enumerate(lines) if "jax.jit(lambda k" in ln)
-  assert seen == [("<string>", where["A"], "dtype"), ("<string>", where["B"], "dtype"),
+  assert seen == [("<string>", where["A"], "dtype=float64"),
+                  ("<string>", where["B"], "dtype=float64"),
                   ("<string>", where["C"], "demos"), ("<string>", where["C"], "query"),
-                  ("<string>", jit_line, "dtype")], seen
+                  ("<string>", jit_line, "dtype=float64")], seen
