@@ -327,6 +327,10 @@ def checked(fn: Callable) -> Callable:
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
     err, out = run(*args, **kwargs)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(err)):
+      raise TypeError("icl_kd.checked(fn) was called inside a jax transformation, where an "
+                      "error cannot be raised; wrap the transformed function instead: "
+                      "checked(jax.jit(f)), not jax.jit(checked(f))")
     err.throw()
     return out
   return wrapper

@@ -342,6 +342,11 @@ def test_checked_raises_under_jit_where_the_plain_call_poisons():
   np.testing.assert_array_equal(good.attention, _jit_decompose(P, DEMOS, PREFIX, QUERY).attention)
 
 
+def test_checked_inside_jit_says_to_wrap_the_jitted_function():
+  with pytest.raises(TypeError, match=r"checked\(jax\.jit\(f\)\), not jax\.jit\(checked\(f\)\)"):
+    jax.jit(icl_kd.checked(icl_kd.decompose))(P, NAN_DEMOS, PREFIX, QUERY)
+
+
 def test_checked_names_the_bad_row_of_a_vmapped_batch():
   eta = jax.jit(jax.vmap(lambda d: icl_kd.one_step_kd_weights(P, d, eta=0.5).coeffs))
   batch = jnp.stack([DEMOS, NAN_DEMOS])
