@@ -1,7 +1,10 @@
-"""Instance builders shared by the tests (data only; no code under test).
+"""What several test files share (no code under test).
 
-The prompt and the tolerance are the claims layer's own (``icl_kd.claims``):
-one definition for the checker, the figures and the tests.
+- Instance builders: the prompt and the tolerance are the claims layer's own
+  (``icl_kd.claims``): one definition for the checker, the figures and the tests.
+- The code blocks of the README and of the documentation site: parsed from
+  markdown (with their ``docs-test: skip`` markers) and run in fresh processes
+  (``tests/test_readme.py``, ``tests/test_docs.py``).
 """
 
 from __future__ import annotations
