@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import icl_kd
 from icl_kd import runtime
 
 MODULES = {"limits": "benchmarks.limits", "B1": "benchmarks.b1_claims",
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
       prog="python -m benchmarks",
       description="Time the toolkit's hot paths against baselines in the same run and against "
                   "the machine's measured matmul and copy limits; print a table (120 columns) "
-                  "and a summary of the targets, and write <out>/<platform>-<date>.json.",
+                  "and a summary of the targets, and write <out>/<platform>-<date>.json (a --quick run: "
+                  "<platform>-<date>-quick.json).",
       epilog=EXIT_CODES)
   p.add_argument("--quick", action="store_true",
                  help="small sizes and few repeats (CI-sized; about two minutes on 2 CPU cores); "
@@ -60,6 +62,11 @@ def main(argv=None) -> int:
     if not match:
       parser.error(f"--only: unknown benchmark {name!r}; known: {', '.join(MODULES)}")
     only.append(match[0])
+  try:
+    runtime.check_output_dir(args.out, flag="--out")       # before any work
+  except ValueError as e:
+    print(f"python -m benchmarks: error: {e}", file=sys.stderr)
+    return 2
   warm = _cache_entries(args.compile_cache)
   # CI-sized runs are dominated by compilation: compile like ``python -m proofs_check``
   # does on CPU (no effect on accelerator installs). Full runs keep XLA's defaults.
@@ -70,7 +77,7 @@ def main(argv=None) -> int:
   harness.QUIET = args.no_progress
 
   selected = [k for k in MODULES if k != "limits" and (not only or k in only)]
-  report = dict(quick=args.quick, seed=args.seed,
+  report = dict(icl_kd_version=icl_kd.__version__, quick=args.quick, seed=args.seed,
                 argv=list(sys.argv[1:] if argv is None else argv),
                 machine=harness.machine(),
                 compile_cache=dict(directory=args.compile_cache, entries_at_start=warm),

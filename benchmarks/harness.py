@@ -310,11 +310,20 @@ def target_lines(rows: list[Row], *, quick: bool = False) -> list[str]:
   return out
 
 
+def report_name(report: dict, date: str) -> str:
+  """``<platform>-<date>.json``, or ``<platform>-<date>-quick.json`` for a ``--quick`` run.
+
+  The committed reports in ``benchmarks/results/`` are full runs; a quick run
+  never takes their name (and ``*-quick.json`` is ignored by git there).
+  """
+  return f"{report['machine']['platform']}-{date}{'-quick' if report.get('quick') else ''}.json"
+
+
 def write_report(out_dir: str, report: dict) -> str:
-  """Writes ``<out_dir>/<platform>-<UTC date>.json`` (valid JSON, see icl_kd.runtime)."""
+  """Writes ``<out_dir>/`` :func:`report_name` (UTC date; valid JSON, see icl_kd.runtime)."""
   os.makedirs(out_dir, exist_ok=True)
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-  path = os.path.join(out_dir, f"{report['machine']['platform']}-{date}.json")
+  path = os.path.join(out_dir, report_name(report, date))
   return runtime.write_json(path, report, indent=1, flag="--out")
 
 

@@ -1,4 +1,7 @@
-"""The figures of the paper's claims (docs/THEORY.md C1-C7) and experiments (E1-E4).
+"""The figures F1-F11: the paper's claims (docs/THEORY.md C1-C7) and the experiments.
+
+F1-F5 draw the claims; F6-F8 and F11 the experiments E1-E4 and E6; F9 the
+pretrained-encoder experiment ``real``; F10 the causal-LM experiment ``llm``.
 
 ``python -m figures`` regenerates every figure; ``python -m figures F4`` one.
 Each figure is a module with
@@ -30,6 +33,7 @@ import os
 
 import numpy as np
 
+import icl_kd
 from icl_kd import runtime
 
 FIGURES = {
@@ -150,14 +154,15 @@ def save_figure(fig, stem: str, *, quick: bool = False) -> list[str]:
 def run(fig_id: str, *, out: str, quick: bool = False, seed: int = 0, **overrides) -> list[str]:
   """Computes, saves the numbers of, draws and saves figure ``fig_id``; returns the paths.
 
-  The JSON gets ``"quick": quick`` (top level and in ``meta``).
+  The JSON gets ``"quick": quick`` (top level and in ``meta``) and
+  ``"icl_kd_version"``, the version of the toolkit that computed the numbers.
   """
   import matplotlib.pyplot as plt
   mod = module(fig_id)
   os.makedirs(out, exist_ok=True)
   cfg = mod.config(quick=quick, seed=seed, out=out, **overrides)
   results = mod.compute(cfg)
-  results = {**results, "quick": bool(quick),
+  results = {**results, "quick": bool(quick), "icl_kd_version": icl_kd.__version__,
              "meta": {**results.get("meta", {}), "quick": bool(quick)}}
   stem = os.path.join(out, f"{mod.ID}_{mod.SLUG}")
   paths = save_data(results, stem)

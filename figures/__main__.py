@@ -22,8 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
   from figures import FIGURES
   p = argparse.ArgumentParser(
       prog="python -m figures",
-      description="Regenerate the figures of arXiv:2506.11516's claims (docs/THEORY.md C1-C7) and "
-                  "experiments (E1-E4) as PDF + PNG, with the numbers behind each as JSON/CSV.")
+      description="Regenerate the figures F1-F11 as PDF + PNG, with the numbers behind each as "
+                  "JSON/CSV: F1-F5 draw the claims of arXiv:2506.11516 (docs/THEORY.md C1-C7); "
+                  "F6-F8 and F11 the experiments E1-E4 and E6 on trained attention models; F9 "
+                  "pretrained all-MiniLM-L6-v2 (the real experiment); F10 SmolLM2-135M (the llm "
+                  "experiment).")
   p.add_argument("ids", nargs="*", metavar="ID",
                  help=f"figures to make (default: all of {', '.join(FIGURES)})")
   p.add_argument("--quick", action="store_true",
@@ -45,6 +48,11 @@ def main(argv=None) -> int:
   unknown = [i for i in ids if i not in FIGURES]
   if unknown:
     parser.error(f"unknown figure id(s) {unknown}; expected some of {list(FIGURES)}")
+  try:
+    runtime.check_output_dir(args.out, flag="--out")       # before any work
+  except ValueError as e:
+    print(f"python -m figures: error: {e}", file=sys.stderr)
+    return 2
   # Identities are drawn in float64; small programs compiled once each, so compile time
   # dominates (XLA's fast-compile level on CPU); fixed before any array exists.
   runtime.configure(x64=True, fast_compile="auto", compile_cache=args.compile_cache)

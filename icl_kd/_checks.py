@@ -5,45 +5,75 @@ tracing and therefore also under ``jax.jit``. Value checks (finiteness,
 positivity) can only run on concrete arrays: they raise when a function is
 called eagerly; under a transformation the public functions instead poison
 their result with NaN (see :func:`poison_if_nonfinite`), so a non-finite input
-never yields a silently finite number.
+never yields a silently finite number. The same value checks become errors
+under ``jax.jit`` and ``jax.vmap`` on request: wrap the function with
+:func:`checked` (``jax.experimental.checkify``).
 
 Dtype policy: every array argument must be float32 or float64. float16 and
 bfloat16 are refused (TypeError naming the argument): the exact identities are
 checked to 1e-12 (float64) and 1e-5 (float32), and half precision (relative
 rounding 1e-3 to 8e-3) cannot meet either. Arguments named ``dtype`` default
 to the type JAX gives a new float array (float64 when ``jax_enable_x64`` is
-on, float32 otherwise; :func:`default_float_dtype`). A NumPy float64 array
-passed while x64 is off is computed in float32: the first such input emits a
-:class:`Float64TruncatedWarning` (once per process).
+on, float32 otherwise; :func:`default_float_dtype`). A float64 request while
+x64 is off (``dtype=jnp.float64``, or a NumPy float64 array) is computed in
+float32 and says so with a :class:`Float64TruncatedWarning` attributed to the
+caller's line: under Python's default warning filter it is shown once per
+calling line, every line that asks for float64 is told (turn it into an error
+with ``warnings.simplefilter("error", icl_kd.Float64TruncatedWarning)``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import warnings
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 class Float64TruncatedWarning(UserWarning):
   """A float64 input was computed in float32 because ``jax_enable_x64`` is off."""
 
 
-_truncation_warned = False
+_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (jax,))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Frames skipped to find the caller's line: this package, JAX (a call traced under jit),
+# and the wrappers of a runtime type checker (jaxtyping, beartype), if one is installed.
+_WRAPPER_PARTS = (os.sep + "jaxtyping" + os.sep, os.sep + "beartype" + os.sep, "<@beartype")
 
 
-def _warn_truncated(name: str) -> None:
-  global _truncation_warned
-  if _truncation_warned:
-    return
-  _truncation_warned = True
+def _caller_stacklevel() -> int:
+  """The ``stacklevel`` of :func:`warnings.warn` that names the first frame outside the library.
+
+  Counted from the function calling this one (level 1 is its caller's ``warn``).
+  """
+  frame, level = sys._getframe(2), 1
+  while frame is not None:
+    name = frame.f_code.co_filename
+    if not (name.startswith(_PACKAGE_DIR) or name.startswith(_LIBRARY_DIRS)
+            or any(part in name for part in _WRAPPER_PARTS)):
+      return level
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def _warn_truncated(name: str, *, requested: bool = False) -> None:
+  """Warns, at the caller's line, that a float64 request is computed in float32 (x64 off).
+
+  ``requested``: ``name`` is a ``dtype`` argument set to float64 (else a float64 array).
+  """
+  what = (f"{name}=float64 was requested" if requested else f"{name} is a float64 array")
   warnings.warn(
-      f"{name} is a float64 array but jax_enable_x64 is off, so it is computed in float32 "
+      f"{what} but jax_enable_x64 is off, so it is computed in float32 "
       "(~1e-7 relative rounding). Call jax.config.update('jax_enable_x64', True) before "
       "creating any array (or set JAX_ENABLE_X64=1) for float64, or pass float32 to silence "
-      "this warning (shown once).", Float64TruncatedWarning, stacklevel=4)
+      "this warning (shown once per calling line).", Float64TruncatedWarning,
+      stacklevel=_caller_stacklevel() + 1)
 
 
 def default_float_dtype() -> jnp.dtype:
@@ -58,7 +88,7 @@ def resolve_dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
   """``None`` -> :func:`default_float_dtype`; float32/float64 accepted; others refused.
 
   float64 requested while x64 is off resolves to float32, with a
-  :class:`Float64TruncatedWarning` (once).
+  :class:`Float64TruncatedWarning` at the caller's line (every call site is told).
   """
   if dtype is None:
     return default_float_dtype()
@@ -70,7 +100,7 @@ def resolve_dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
     raise TypeError(f"{name} must be float32 or float64, got {dt}"
                     + (f" ({_HALF})" if jnp.issubdtype(dt, jnp.floating) else ""))
   if dt.itemsize == 8 and not jax.config.jax_enable_x64:
-    _warn_truncated(name)
+    _warn_truncated(name, requested=True)
     return jnp.dtype(jnp.float32)
   return dt
 
@@ -198,16 +228,109 @@ def all_finite(*arrays: jax.Array) -> jax.Array:
   return ok
 
 
-def poison_if_nonfinite(out, *inputs: jax.Array, positive: tuple = ()):
+def poison_if_nonfinite(out, *inputs: jax.Array, positive: tuple = (),
+                        names: Sequence[str] = (), positive_names: Sequence[str] = ()):
   """Replaces every leaf of ``out`` by NaN when an input is non-finite.
 
   ``positive`` lists scalars that must be > 0 (e.g. tau); a non-positive one
   poisons the result too. This is the documented behaviour under ``jit``,
   where values cannot raise.
+
+  Under :func:`checked` (``jax.experimental.checkify``) each failed condition is
+  also an error: "<name> contains non-finite values" for ``inputs[i]`` named
+  ``names[i]``, "<name> must be > 0, got <value>" for ``positive[i]`` named
+  ``positive_names[i]`` (unnamed ones are "an input" / "a scalar argument").
+  Without checkify these checks are no-ops (removed from the compiled program).
   """
-  ok = all_finite(*inputs)
-  for p in positive:
-    ok = ok & (p > 0)
+  oks = []
+  for i, a in enumerate(inputs):
+    ok_i = all_finite(a)
+    name = names[i] if i < len(names) else "an input"
+    checkify.debug_check(ok_i, f"{name} contains non-finite values (NaN or inf); expected "
+                         "finite values")
+    oks.append(ok_i)
+  for i, p in enumerate(positive):
+    ok_i = p > 0
+    name = positive_names[i] if i < len(positive_names) else "a scalar argument"
+    checkify.debug_check(ok_i, f"{name} must be > 0, got {{}}", p)
+    oks.append(ok_i)
+  ok = functools.reduce(jnp.logical_and, oks, jnp.asarray(True))
   return jax.tree_util.tree_map(
       lambda leaf: jnp.where(ok, leaf, jnp.nan) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf,
       out)
+
+
+def register_dataclass_pytree(cls: type, data_fields: Sequence[str],
+                              meta_fields: Sequence[str] = ()) -> type:
+  """Registers a frozen dataclass as a pytree that is rebuilt without calling ``__init__``.
+
+  ``jax.tree_util.register_dataclass`` rebuilds an instance through its
+  constructor, with whatever the leaves have become (shapes, ``None``, vmap
+  axes, tracers); a constructor whose annotations are checked (a runtime type
+  checker) would refuse those. Rebuilding by ``object.__new__`` keeps the
+  constructor for the values a user builds, and pytree operations free.
+  """
+  data_fields, meta_fields = tuple(data_fields), tuple(meta_fields)
+
+  def flatten(obj):
+    children = [(jax.tree_util.GetAttrKey(f), getattr(obj, f)) for f in data_fields]
+    return children, tuple(getattr(obj, f) for f in meta_fields)
+
+  def unflatten(meta, children):
+    obj = object.__new__(cls)
+    for name, value in zip(data_fields + meta_fields, tuple(children) + tuple(meta)):
+      object.__setattr__(obj, name, value)
+    return obj
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten, unflatten)
+  return cls
+
+
+def checked(fn: Callable) -> Callable:
+  """``fn`` whose run-time value checks raise, also under ``jax.jit`` and ``jax.vmap``.
+
+  Eagerly, the library refuses bad values (a NaN demonstration, ``tau <= 0``, a
+  ``demo_mask`` that keeps nothing) with a ValueError. Inside a jitted or
+  vmapped computation the values are not known while tracing, so the result
+  is poisoned to NaN instead (documented on each function). ``checked(fn)``
+  runs ``fn`` through :func:`jax.experimental.checkify.checkify` so that the same
+  conditions raise an error that names the argument. Wrap the jitted function
+  (``checked(jax.jit(f))``): the check is compiled into the program, and the
+  error is raised after it returns.
+
+  Args:
+    fn: a function of arrays that calls the library (e.g. :func:`icl_kd.decompose`,
+      a jitted or vmapped computation).
+
+  Returns:
+    A function with ``fn``'s arguments and result.
+
+  Raises:
+    jax.experimental.checkify.JaxRuntimeError: (a ValueError) when a checked
+      condition fails; the message names the argument, e.g. "demos contains
+      non-finite values (NaN or inf); expected finite values".
+
+  Example:
+    >>> import jax, jax.numpy as jnp, icl_kd
+    >>> params = icl_kd.init_params(4, key=jax.random.key(0))
+    >>> demos = jnp.ones((3, 4)).at[0, 0].set(jnp.nan)
+    >>> decompose = jax.jit(icl_kd.decompose)
+    >>> bool(jnp.isnan(decompose(params, demos, None, jnp.ones(4)).attention[0]))
+    True
+    >>> icl_kd.checked(decompose)(params, demos, None, jnp.ones(4))
+    Traceback (most recent call last):
+    ...
+    jax._src.checkify.JaxRuntimeError: demos contains non-finite values (NaN or inf); ...
+  """
+  run = checkify.checkify(fn, errors=checkify.user_checks)
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    err, out = run(*args, **kwargs)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(err)):
+      raise TypeError("icl_kd.checked(fn) was called inside a jax transformation, where an "
+                      "error cannot be raised; wrap the transformed function instead: "
+                      "checked(jax.jit(f)), not jax.jit(checked(f))")
+    err.throw()
+    return out
+  return wrapper

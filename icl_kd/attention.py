@@ -15,11 +15,12 @@ Checked by ``proofs_check`` claims ``thm3.1`` and ``lr-proxy``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, Real
 
 from icl_kd import _checks
 from icl_kd.dual import HIGHEST, DualWeights
@@ -33,9 +34,9 @@ class AttentionParams(NamedTuple):
     w_k: (d_k, d) key map W^K.
     w_v: (d_v, d) value map W^V (the teacher f_T(x) = W^V x).
   """
-  w_q: jax.Array
-  w_k: jax.Array
-  w_v: jax.Array
+  w_q: Float[ArrayLike, "d_k d"]
+  w_k: Float[ArrayLike, "d_k d"]
+  w_v: Float[ArrayLike, "d_v d"]
 
   @property
   def d(self) -> int:
@@ -50,8 +51,8 @@ class AttentionParams(NamedTuple):
     return self.w_v.shape[0]
 
 
-def init_params(d: int, d_k: int | None = None, d_v: int | None = None, *, key,
-                scale: float = 1.0, dtype=None) -> AttentionParams:
+def init_params(d: int, d_k: int | None = None, d_v: int | None = None, *, key: PRNGKeyArray,
+                scale: Real[ArrayLike, ""] = 1.0, dtype=None) -> AttentionParams:
   """Gaussian AttentionParams with entries N(0, scale^2 / d).
 
   Args:
@@ -82,7 +83,7 @@ def init_params(d: int, d_k: int | None = None, d_v: int | None = None, *, key,
                          std * jax.random.normal(kv, (d_v, d), dtype))
 
 
-def check_params(params) -> AttentionParams:
+def check_params(params: AttentionParams) -> AttentionParams:
   """Validates AttentionParams: rank-2 float arrays with consistent d and d_k."""
   if not isinstance(params, AttentionParams):
     raise TypeError(f"params must be an AttentionParams(w_q, w_k, w_v), got {type(params).__name__}")
@@ -148,7 +149,9 @@ def _scores(params: AttentionParams, context: jax.Array, query: jax.Array, tau) 
   return jnp.dot(keys, q, precision=HIGHEST) / tau                           # (n,)
 
 
-def attention_scores(params: AttentionParams, context, query, *, tau=1.0) -> jax.Array:
+def attention_scores(params: AttentionParams, context: Float[ArrayLike, "n d"],
+                     query: Float[ArrayLike, " d"], *,
+                     tau: Real[ArrayLike, ""] = 1.0) -> Float[Array, " n"]:
   """Scores s_j = <W^K x_j, W^Q x'> / tau for every context row, shape (n,)."""
   params = check_params(params)
   context = _check_tokens("context", context, params.d, allow_empty=False)
@@ -159,11 +162,24 @@ def attention_scores(params: AttentionParams, context, query, *, tau=1.0) -> jax
                        context=context, query=query)
   out = _scores(params, context, query, tau)
   return _checks.poison_if_nonfinite(out, params.w_q, params.w_k, context, query,
-                                     positive=(tau,))
+                                     positive=(tau,), positive_names=("tau",),
+                                     names=("params.w_q", "params.w_k", "context", "query"))
 
 
-def softmax_attention(params: AttentionParams, context, query, *, tau=1.0,
-                      mask=None) -> jax.Array:
+def _attend(params: AttentionParams, context: jax.Array, query: jax.Array, tau,
+            mask: jax.Array | None) -> jax.Array:
+  """sum_j softmax_j(s) W^V x_j on checked inputs (masked rows get score -inf)."""
+  s = _scores(params, context, query, tau)                                   # (n,)
+  if mask is not None:
+    s = jnp.where(mask, s, -jnp.inf)
+  p = jax.nn.softmax(s)                                                      # (n,)
+  values = jnp.dot(context, params.w_v.T, precision=HIGHEST)                 # (n, d_v)
+  return jnp.dot(p, values, precision=HIGHEST)                               # (d_v,)
+
+
+def softmax_attention(params: AttentionParams, context: Float[ArrayLike, "n d"],
+                      query: Float[ArrayLike, " d"], *, tau: Real[ArrayLike, ""] = 1.0,
+                      mask: Bool[ArrayLike, " n"] | None = None) -> Float[Array, " d_v"]:
   """Output of one softmax-attention layer at ``query``, shape (d_v,).
 
       h(x') = sum_j softmax_j(<W^K x_j, W^Q x'> / tau) W^V x_j
@@ -183,7 +199,8 @@ def softmax_attention(params: AttentionParams, context, query, *, tau=1.0,
 
   Returns:
     (d_v,) output. Eagerly, non-finite inputs, tau <= 0 or a mask keeping no
-    row raise ValueError; under jit/vmap they give an all-NaN output instead.
+    row raise ValueError; under jit/vmap they give an all-NaN output instead
+    (an error under :func:`icl_kd.checked`).
 
   Claim ``thm3.1`` (C1): the left side; see :func:`decompose`.
   """
@@ -195,16 +212,15 @@ def softmax_attention(params: AttentionParams, context, query, *, tau=1.0,
   tau = _checks.scalar_param("tau", tau, dtype)
   _checks.check_finite(**{"params.w_q": params.w_q, "params.w_k": params.w_k,
                           "params.w_v": params.w_v}, context=context, query=query)
-  s = _scores(params, context, query, tau)                                   # (n,)
   keeps = ()
   if mask is not None:
     _check_keeps_one("mask", mask, "context")
-    s = jnp.where(mask, s, -jnp.inf)
     keeps = (jnp.sum(mask),)
-  p = jax.nn.softmax(s)                                                      # (n,)
-  values = jnp.dot(context, params.w_v.T, precision=HIGHEST)                 # (n, d_v)
-  out = jnp.dot(p, values, precision=HIGHEST)                                # (d_v,)
-  return _checks.poison_if_nonfinite(out, *params, context, query, positive=(tau,) + keeps)
+  out = _attend(params, context, query, tau, mask)                           # (d_v,)
+  return _checks.poison_if_nonfinite(
+      out, *params, context, query, positive=(tau,) + keeps,
+      names=("params.w_q", "params.w_k", "params.w_v", "context", "query"),
+      positive_names=("tau", "the number of context rows kept by mask"))
 
 
 class Decomposition(NamedTuple):
@@ -224,16 +240,16 @@ class Decomposition(NamedTuple):
     max_abs_score: max_j |s_j| over the rows taking part; the rounding scale
       of the identity.
   """
-  attention: jax.Array
-  reference: jax.Array
+  attention: Float[Array, " d_v"]
+  reference: Float[Array, " d_v"]
   w0: DualWeights
   dw: DualWeights
-  log_partition: jax.Array
-  eta: jax.Array
-  log_eta: jax.Array
-  entropy: jax.Array
-  scores: jax.Array
-  max_abs_score: jax.Array
+  log_partition: Float[Array, ""]
+  eta: Float[Array, ""]
+  log_eta: Float[Array, ""]
+  entropy: Float[Array, ""]
+  scores: Float[Array, " n_ctx"]
+  max_abs_score: Float[Array, ""]
 
 
 _NO_PREFIX = "pass prefix=None for no query prefix"
@@ -250,8 +266,11 @@ def _missing_query(demos, prefix) -> TypeError:
                    f"missing; {_NO_PREFIX}")
 
 
-def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.0,
-              include_query: bool = True, demo_mask=None, prefix_mask=None) -> Decomposition:
+def decompose(params: AttentionParams, demos: Float[ArrayLike, "N d"],
+              prefix: Float[ArrayLike, "M d"] | Sequence[Float[ArrayLike, " d"]] | None = None,
+              query: Float[ArrayLike, " d"] | None = None, *, tau: Real[ArrayLike, ""] = 1.0,
+              include_query: bool = True, demo_mask: Bool[ArrayLike, " N"] | None = None,
+              prefix_mask: Bool[ArrayLike, " M"] | None = None) -> Decomposition:
   """Splits one attention read-out into the distilled weights W_0 and dW (C1).
 
   The context is ``demos`` (N, d), then ``prefix`` (M, d; ``None`` for no
@@ -263,8 +282,8 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
       dW  = (1/D') sum_{j>N}  W^V x_j phi(W^K x_j)^T
       h(x') = (W_0 + dW) phi(W^Q x')
 
-  ``attention`` is computed by :func:`softmax_attention`; ``reference`` by
-  evaluating the dual weights, a separate code path. Their relative error is
+  ``attention`` is computed as :func:`softmax_attention` computes it; ``reference``
+  by evaluating the dual weights, a separate code path. Their relative error is
   what ``proofs_check`` claim ``thm3.1`` reports; ``eta``, ``log_partition``
   and ``entropy`` feed claims ``kd-step`` and ``lr-proxy``.
 
@@ -280,7 +299,7 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
   Args:
     params: AttentionParams (w_q, w_k (d_k, d), w_v (d_v, d)).
     demos: (N, d) demonstrations, N >= 1.
-    prefix: (M, d) query prefix, or None (M = 0).
+    prefix: (M, d) query prefix, or None (M = 0; an empty list means the same).
     query: (d,) query token x'.
     tau: temperature > 0.
     include_query: whether x' attends to itself (it is the last context row).
@@ -289,7 +308,12 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
 
   Returns:
     Decomposition. Eagerly, non-finite inputs, tau <= 0 or a demo_mask keeping
-    nothing raise ValueError; under jit/vmap every field is NaN instead.
+    nothing raise ValueError; under jit/vmap every field is NaN instead, unless
+    the call is wrapped by :func:`icl_kd.checked`, which raises there too::
+
+        checked = icl_kd.checked(jax.jit(icl_kd.decompose))
+        checked(params, demos, None, query)   # NaN in demos: JaxRuntimeError
+                                              # "demos contains non-finite values ..."
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -329,7 +353,7 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
   else:
     mask = None
 
-  attention = softmax_attention(params, context, query, tau=tau, mask=mask)  # (d_v,)
+  attention = _attend(params, context, query, tau, mask)                     # (d_v,)
 
   s_raw = _scores(params, context, query, tau)                               # (n_ctx,)
   keys = jnp.dot(context, params.w_k.T, precision=HIGHEST)                   # (n_ctx, d_k)
@@ -367,13 +391,19 @@ def decompose(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.
   out = Decomposition(attention=attention, reference=reference, w0=w0, dw=dw,
                       log_partition=log_partition, eta=jnp.exp(log_eta), log_eta=log_eta,
                       entropy=entropy, scores=s, max_abs_score=max_abs_score)
-  return _checks.poison_if_nonfinite(out, *params, demos, prefix, query,
-                                     positive=(tau, n_kept))
+  return _checks.poison_if_nonfinite(
+      out, *params, demos, prefix, query, positive=(tau, n_kept),
+      names=("params.w_q", "params.w_k", "params.w_v", "demos", "prefix", "query"),
+      positive_names=("tau", "the number of demonstrations kept by demo_mask"))
 
 
-def implicit_learning_rate(params: AttentionParams, demos, prefix=None, query=None, *, tau=1.0,
-                           include_query: bool = True, demo_mask=None,
-                           prefix_mask=None) -> jax.Array:
+def implicit_learning_rate(params: AttentionParams, demos: Float[ArrayLike, "N d"],
+                           prefix: Float[ArrayLike, "M d"] | Sequence[Float[ArrayLike, " d"]]
+                           | None = None,
+                           query: Float[ArrayLike, " d"] | None = None, *,
+                           tau: Real[ArrayLike, ""] = 1.0, include_query: bool = True,
+                           demo_mask: Bool[ArrayLike, " N"] | None = None,
+                           prefix_mask: Bool[ArrayLike, " M"] | None = None) -> Float[Array, ""]:
   """eta* = N / (2 D'), the learning rate at which one KD step gives W_0 (C2, C7).
 
   Same arguments as :func:`decompose`. eta* depends on the query through D'.

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from icl_kd import _checks
 from icl_kd import mmd as _mmd
@@ -149,8 +150,8 @@ def _check_gram_values(gram: jax.Array, tol: float) -> None:
                      f"below -tol * max |K| = -{tol:.3g} * {scale:.3g}")
 
 
-def empirical_rademacher(gram, *, radius, key, num_draws: int = 1000,
-                         tol=None) -> RademacherEstimate:
+def empirical_rademacher(gram: Float[ArrayLike, "n n"], *, radius: Real[ArrayLike, ""],
+                         key: PRNGKeyArray, num_draws: int = 1000, tol=None) -> RademacherEstimate:
   """Empirical Rademacher complexity of the RKHS ball of radius B on a sample (C4).
 
   For F_B = {x -> <w, phi(x)> : ||w|| <= B} (per output coordinate; docs/THEORY.md
@@ -242,7 +243,9 @@ class RademacherBound(NamedTuple):
   loss_range: jax.Array
 
 
-def rademacher_bound(*, radius, feature_bound, teacher_bound, n, delta) -> RademacherBound:
+def rademacher_bound(*, radius: Real[ArrayLike, ""], feature_bound: Real[ArrayLike, ""],
+                     teacher_bound: Real[ArrayLike, ""], n: Real[ArrayLike, ""],
+                     delta: Real[ArrayLike, ""]) -> RademacherBound:
   """The C4 generalization gap bound, in both forms (``thm3.2``, ``thm3.2-paper-form``).
 
       thm3.2:            L(W) - L_hat(W) <= 4 B C (D_T + B C) / sqrt(N)
@@ -304,7 +307,8 @@ class SampleBounds(NamedTuple):
   value_norm: jax.Array
 
 
-def sample_bounds(params: AttentionParams, x, *, tau=1.0) -> SampleBounds:
+def sample_bounds(params: AttentionParams, x: Float[ArrayLike, "n d"], *,
+                  tau: Real[ArrayLike, ""] = 1.0) -> SampleBounds:
   """The constants M_x, D_T, C = sup ||phi(W^K x)|| and ||W^V||_op over a sample (N, d).
 
   ||phi(z)||^2 = kappa(z, z) = exp(|z|^2 / tau), so ||phi(W^K x)|| = exp(|W^K x|^2 / (2 tau)).
@@ -334,8 +338,10 @@ def _log_eta_and_shift(params: AttentionParams, eta, log_eta, convention: str):
   return _log_step(params.w_k.dtype, eta, log_eta), math.log(c / 2.0)
 
 
-def distilled_weight_gap(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=None,
-                         tau=1.0, convention: str = "eq12") -> DualWeights:
+def distilled_weight_gap(params: AttentionParams, x_p: Float[ArrayLike, "n d"],
+                         x_q: Float[ArrayLike, "m d"], *, eta: Real[ArrayLike, ""] | None = None,
+                         log_eta: Real[ArrayLike, ""] | None = None, tau: Real[ArrayLike, ""] = 1.0,
+                         convention: str = "eq12") -> DualWeights:
   """dW_PQ = W_0(P_hat) - W_0(Q_hat) in exact dual form (C5, ``thm4.1``).
 
       W_0(P_hat) = (c eta / n) sum_i W^V x_i phi(W^K x_i)^T,   x_i rows of x_p (n, d)
@@ -431,9 +437,11 @@ def _log_mmd_parts(kernel, x_p, x_q):
   return log_mmd, log_abs
 
 
-def distillation_bias(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=None, tau=1.0,
-                      kernel=None, input_bound=None, feature_bound=None,
-                      convention: str = "eq12") -> DistillationBias:
+def distillation_bias(params: AttentionParams, x_p: Float[ArrayLike, "n d"],
+                      x_q: Float[ArrayLike, "m d"], *, eta: Real[ArrayLike, ""] | None = None,
+                      log_eta: Real[ArrayLike, ""] | None = None, tau: Real[ArrayLike, ""] = 1.0,
+                      kernel=None, input_bound=None, feature_bound=None, convention: str = "eq12"
+                      ) -> DistillationBias:
   """Every side of claim C5 (``thm4.1``) for samples x_p ~ P (n, d) and x_q ~ Q (m, d).
 
       lhs          = ||W_0(P_hat) - W_0(Q_hat)||_HS
@@ -603,7 +611,7 @@ class LiteralReadings(NamedTuple):
     return self.log_lhs - getattr(self, READINGS[reading])
 
 
-def total_variation(x_p, x_q) -> jax.Array:
+def total_variation(x_p: Float[ArrayLike, "n d"], x_q: Float[ArrayLike, "m d"]) -> Float[Array, ""]:
   """||P_hat - Q_hat||_1 of the empirical measures of x_p (n, d) and x_q (m, d), in [0, 2].
 
       P_hat = (1/n) sum_i delta_{x_i},  Q_hat = (1/m) sum_j delta_{y_j},
@@ -626,9 +634,11 @@ def total_variation(x_p, x_q) -> jax.Array:
   return _checks.poison_if_nonfinite(out, x_p, x_q)
 
 
-def literal_readings(params: AttentionParams, x_p, x_q, *, eta=None, log_eta=None, tau=1.0,
-                     convention: str = "eq12", bandwidths=None, input_bound=None,
-                     feature_bound=None) -> LiteralReadings:
+def literal_readings(params: AttentionParams, x_p: Float[ArrayLike, "n d"],
+                     x_q: Float[ArrayLike, "m d"], *, eta: Real[ArrayLike, ""] | None = None,
+                     log_eta: Real[ArrayLike, ""] | None = None, tau: Real[ArrayLike, ""] = 1.0,
+                     convention: str = "eq12", bandwidths=None, input_bound=None, feature_bound=None
+                     ) -> LiteralReadings:
   """Both sides of the paper's literal Theorem 4.1 under every kernel reading (docs/THEORY.md C5).
 
       lhs = ||dW_PQ||_HS = c eta MMD_kV(P_hat, Q_hat)
@@ -762,8 +772,11 @@ def _log_apply_norm(w: DualWeights, z: jax.Array) -> jax.Array:
   return m + jnp.log(jnp.linalg.norm(s))
 
 
-def prediction_gap(params: AttentionParams, x_p, x_q, query, *, eta=None, log_eta=None,
-                   tau=1.0, convention: str = "eq12", feature_bound=None) -> PredictionGap:
+def prediction_gap(params: AttentionParams, x_p: Float[ArrayLike, "n d"],
+                   x_q: Float[ArrayLike, "m d"], query: Float[ArrayLike, " d"], *,
+                   eta: Real[ArrayLike, ""] | None = None,
+                   log_eta: Real[ArrayLike, ""] | None = None, tau: Real[ArrayLike, ""] = 1.0,
+                   convention: str = "eq12", feature_bound=None) -> PredictionGap:
   """C6 (``thm4.2``) at the query z = W^Q x': the prediction gap and its three right sides.
 
       lhs = ||dW_PQ phi(z)||
@@ -964,7 +977,8 @@ def _check_risk_args(weights: DualWeights, params: AttentionParams, x_target):
   return params, x_target
 
 
-def kd_risk(weights: DualWeights, params: AttentionParams, x_target) -> jax.Array:
+def kd_risk(weights: DualWeights, params: AttentionParams,
+            x_target: Float[ArrayLike, "t d"]) -> Float[Array, ""]:
   """R_Q(W) = (1/n) sum_i ||W^V x_i - W phi(W^K x_i)||^2 on a target sample (n, d) (C6).
 
   The squared KD loss of C2 evaluated on the target; W in exact dual form.
@@ -978,7 +992,8 @@ def kd_risk(weights: DualWeights, params: AttentionParams, x_target) -> jax.Arra
   return _checks.poison_if_nonfinite(out, x_target)
 
 
-def log_kd_risk(weights: DualWeights, params: AttentionParams, x_target) -> jax.Array:
+def log_kd_risk(weights: DualWeights, params: AttentionParams,
+                x_target: Float[ArrayLike, "t d"]) -> Float[Array, ""]:
   """log R_Q(W) of :func:`kd_risk`, computed without forming an overflowing value.
 
   Per target point the student W phi(k) = exp(s) v is kept as a log-scale s
@@ -1027,8 +1042,10 @@ class RiskBound(NamedTuple):
   convention_factor: jax.Array
 
 
-def risk_bound(params: AttentionParams, x_p, x_q, x_target, *, eta=None, log_eta=None,
-               tau=1.0, convention: str = "eq12") -> RiskBound:
+def risk_bound(params: AttentionParams, x_p: Float[ArrayLike, "n d"], x_q: Float[ArrayLike, "m d"],
+               x_target: Float[ArrayLike, "t d"], *, eta: Real[ArrayLike, ""] | None = None,
+               log_eta: Real[ArrayLike, ""] | None = None, tau: Real[ArrayLike, ""] = 1.0,
+               convention: str = "eq12") -> RiskBound:
   """C6 (``thm4.2-risk``): sqrt(R_Q(W_0(P))) <= sqrt(R_Q(W_0(Q))) + C ||dW_PQ||_HS.
 
   R_Q is the KD risk :func:`kd_risk` on ``x_target`` (a sample of Q, possibly

@@ -20,6 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from icl_kd import _checks
 from icl_kd.dual import HIGHEST
@@ -66,16 +67,16 @@ class UniformBall:
 
   Attributes: radius (scalar), shift (d,), scale (scalar), rotation (d, d).
   """
-  radius: jax.Array
-  shift: jax.Array
-  scale: jax.Array
-  rotation: jax.Array
+  radius: Float[Array, ""]
+  shift: Float[Array, " d"]
+  scale: Float[Array, ""]
+  rotation: Float[Array, "d d"]
 
   @property
   def d(self) -> int:
     return self.shift.shape[0]
 
-  def sample(self, n: int, *, key) -> jax.Array:
+  def sample(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
     """n points, (n, d): direction uniform on the sphere, radius * U^(1/d) along it."""
     n = _check_n(n)
     _checks.check_key(key)
@@ -87,11 +88,13 @@ class UniformBall:
     r = self.radius * jax.random.uniform(k_rad, (n,), dtype) ** (1.0 / self.d)  # (n,)
     return _transform(direction * r[:, None], self.shift, self.scale, self.rotation)
 
-  def support_radius(self) -> jax.Array:
+  def support_radius(self) -> Float[Array, ""]:
     """sup ||x|| = ||shift|| + scale * radius (attained)."""
     return jnp.linalg.norm(self.shift) + self.scale * self.radius
 
-  def transformed(self, *, shift=None, scale=None, rotation=None) -> "UniformBall":
+  def transformed(self, *, shift: Float[ArrayLike, " d"] | None = None,
+                  scale: Real[ArrayLike, ""] | None = None,
+                  rotation: Float[ArrayLike, "d d"] | None = None) -> "UniformBall":
     """The same base distribution with new knobs (unspecified knobs keep their value)."""
     return uniform_ball(self.d, radius=self.radius,
                         shift=self.shift if shift is None else shift,
@@ -109,19 +112,19 @@ class TruncatedGaussianMixture:
   Attributes: means (k, d), log_weights (k,), std, truncation t (scalar, in units of
   std), shift (d,), scale, rotation (d, d).
   """
-  means: jax.Array
-  log_weights: jax.Array
-  std: jax.Array
-  truncation: jax.Array
-  shift: jax.Array
-  scale: jax.Array
-  rotation: jax.Array
+  means: Float[Array, "k d"]
+  log_weights: Float[Array, " k"]
+  std: Float[Array, ""]
+  truncation: Float[Array, ""]
+  shift: Float[Array, " d"]
+  scale: Float[Array, ""]
+  rotation: Float[Array, "d d"]
 
   @property
   def d(self) -> int:
     return self.shift.shape[0]
 
-  def sample(self, n: int, *, key) -> jax.Array:
+  def sample(self, n: int, *, key: PRNGKeyArray) -> Float[Array, "n d"]:
     """n points, (n, d); components and truncated normals drawn exactly (no rejection)."""
     n = _check_n(n)
     _checks.check_key(key)
@@ -133,13 +136,15 @@ class TruncatedGaussianMixture:
     u = self.means[comp] + self.std * e                                     # (n, d)
     return _transform(u, self.shift, self.scale, self.rotation)
 
-  def support_radius(self) -> jax.Array:
+  def support_radius(self) -> Float[Array, ""]:
     """A bound on ||x||: ||shift|| + scale * (max_c ||mu_c|| + std * t * sqrt(d))."""
     mu = jnp.max(jnp.linalg.norm(self.means, axis=1))
     return (jnp.linalg.norm(self.shift)
             + self.scale * (mu + self.std * self.truncation * jnp.sqrt(self.d * 1.0)))
 
-  def transformed(self, *, shift=None, scale=None, rotation=None) -> "TruncatedGaussianMixture":
+  def transformed(self, *, shift: Float[ArrayLike, " d"] | None = None,
+                  scale: Real[ArrayLike, ""] | None = None,
+                  rotation: Float[ArrayLike, "d d"] | None = None) -> "TruncatedGaussianMixture":
     """The same base mixture with new knobs (unspecified knobs keep their value)."""
     shift = self.shift if shift is None else shift
     scale = self.scale if scale is None else scale
@@ -148,16 +153,16 @@ class TruncatedGaussianMixture:
     return dataclasses.replace(self, shift=shift, scale=scale, rotation=rotation)
 
 
-jax.tree_util.register_dataclass(UniformBall, data_fields=["radius", "shift", "scale", "rotation"],
-                                 meta_fields=[])
-jax.tree_util.register_dataclass(
+_checks.register_dataclass_pytree(UniformBall, data_fields=("radius", "shift", "scale",
+                                                            "rotation"))
+_checks.register_dataclass_pytree(
     TruncatedGaussianMixture,
-    data_fields=["means", "log_weights", "std", "truncation", "shift", "scale", "rotation"],
-    meta_fields=[])
+    data_fields=("means", "log_weights", "std", "truncation", "shift", "scale", "rotation"))
 
 
-def uniform_ball(d: int, *, radius=1.0, shift=None, scale=1.0, rotation=None,
-                 dtype=None) -> UniformBall:
+def uniform_ball(d: int, *, radius: Real[ArrayLike, ""] = 1.0,
+                 shift: Float[ArrayLike, " d"] | None = None, scale: Real[ArrayLike, ""] = 1.0,
+                 rotation: Float[ArrayLike, "d d"] | None = None, dtype=None) -> UniformBall:
   """Uniform distribution on a ball of ``radius`` in R^d, with the affine knobs.
 
   Args:
@@ -177,8 +182,14 @@ def uniform_ball(d: int, *, radius=1.0, shift=None, scale=1.0, rotation=None,
   return UniformBall(radius, shift, scale, rotation)
 
 
-def truncated_gaussian_mixture(means, *, weights=None, std=1.0, truncation=2.0, shift=None,
-                               scale=1.0, rotation=None) -> TruncatedGaussianMixture:
+def truncated_gaussian_mixture(means: Float[ArrayLike, "k d"], *,
+                               weights: Real[ArrayLike, " k"] | None = None,
+                               std: Real[ArrayLike, ""] = 1.0,
+                               truncation: Real[ArrayLike, ""] = 2.0,
+                               shift: Float[ArrayLike, " d"] | None = None,
+                               scale: Real[ArrayLike, ""] = 1.0,
+                               rotation: Float[ArrayLike, "d d"] | None = None
+                               ) -> TruncatedGaussianMixture:
   """Mixture of per-coordinate truncated Gaussians N(mu_c, std^2 I) restricted to a box.
 
   Args:
@@ -187,7 +198,9 @@ def truncated_gaussian_mixture(means, *, weights=None, std=1.0, truncation=2.0, 
       default uniform.
     std: > 0 component standard deviation.
     truncation: t > 0; each coordinate of the noise lies in [-t std, t std].
-    shift, scale, rotation: the affine knobs (see :func:`uniform_ball`).
+    shift: (d,) translation (default 0); see :func:`uniform_ball`.
+    scale: > 0 dilation.
+    rotation: (d, d) orthogonal matrix (default I).
   """
   means = _checks.as_float_array("means", means, ndim=2)
   k, d = means.shape
@@ -212,7 +225,8 @@ def truncated_gaussian_mixture(means, *, weights=None, std=1.0, truncation=2.0, 
   return TruncatedGaussianMixture(means, log_weights, std, truncation, shift, scale, rotation)
 
 
-def givens_rotation(d: int, angle, *, i: int = 0, j: int = 1, dtype=None) -> jax.Array:
+def givens_rotation(d: int, angle: Real[ArrayLike, ""], *, i: int = 0, j: int = 1,
+                    dtype=None) -> Float[Array, "d d"]:
   """The (d, d) rotation by ``angle`` (radians) in the (e_i, e_j) plane; a rotation knob."""
   if not isinstance(d, (int, np.integer)) or d < 2:
     raise ValueError(f"a plane rotation needs d >= 2, got d={d!r}")
@@ -226,7 +240,7 @@ def givens_rotation(d: int, angle, *, i: int = 0, j: int = 1, dtype=None) -> jax
   return r
 
 
-def random_rotation(d: int, *, key, dtype=None) -> jax.Array:
+def random_rotation(d: int, *, key: PRNGKeyArray, dtype=None) -> Float[Array, "d d"]:
   """A Haar-distributed orthogonal (d, d) matrix (QR of a Gaussian matrix, signs fixed).
 
   Mezzadri (2007), "How to generate random matrices from the classical compact groups".
@@ -241,7 +255,8 @@ def random_rotation(d: int, *, key, dtype=None) -> jax.Array:
   return q * signs[None, :]
 
 
-def axis_shift(d: int, magnitude, *, axis: int = 0, dtype=None) -> jax.Array:
+def axis_shift(d: int, magnitude: Real[ArrayLike, ""], *, axis: int = 0,
+               dtype=None) -> Float[Array, " d"]:
   """The shift vector magnitude * e_axis, (d,): a one-number MMD knob."""
   if not isinstance(d, (int, np.integer)) or d < 1:
     raise ValueError(f"d must be a positive int, got {d!r}")

@@ -14,22 +14,26 @@ representation, computed with all exponentials in log space.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from icl_kd import _checks
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def log_softmax_kernel(a: jax.Array, b: jax.Array, *, tau=1.0) -> jax.Array:
+def log_softmax_kernel(a: Float[ArrayLike, " d_k"], b: Float[ArrayLike, " d_k"], *,
+                       tau: Real[ArrayLike, ""] = 1.0) -> Float[Array, ""]:
   """log kappa(a, b) = <a, b> / tau for one pair of feature vectors (d_k,)."""
   return jnp.dot(a, b, precision=HIGHEST) / tau
 
 
-def softmax_kernel(a: jax.Array, b: jax.Array, *, tau=1.0) -> jax.Array:
+def softmax_kernel(a: Float[ArrayLike, " d_k"], b: Float[ArrayLike, " d_k"], *,
+                   tau: Real[ArrayLike, ""] = 1.0) -> Float[Array, ""]:
   """kappa(a, b) = exp(<a, b> / tau), the softmax kernel, for one pair."""
   return jnp.exp(log_softmax_kernel(a, b, tau=tau))
 
@@ -71,14 +75,16 @@ class DualWeights:
   The plain constructor does no checking, so that pytree transformations can
   rebuild batched instances; :meth:`create` validates.
   """
-  coeffs: jax.Array
-  anchors: jax.Array
-  tau: jax.Array
-  log_scale: jax.Array
+  coeffs: Float[Array, "n d_v"]
+  anchors: Float[Array, "n d_k"]
+  tau: Float[Array, ""]
+  log_scale: Float[Array, ""]
 
   # -- construction -------------------------------------------------------
   @classmethod
-  def create(cls, coeffs, anchors, *, tau=1.0, log_scale=0.0) -> "DualWeights":
+  def create(cls, coeffs: Float[ArrayLike, "n d_v"], anchors: Float[ArrayLike, "n d_k"], *,
+             tau: Real[ArrayLike, ""] = 1.0,
+             log_scale: Real[ArrayLike, ""] = 0.0) -> "DualWeights":
     """Validating constructor: float arrays of one dtype, tau > 0."""
     coeffs = _checks.as_float_array("coeffs", coeffs, ndim=2)
     anchors = _checks.as_float_array("anchors", anchors, ndim=2)
@@ -90,7 +96,8 @@ class DualWeights:
     return cls(coeffs, anchors, tau, log_scale)
 
   @classmethod
-  def zeros(cls, d_v: int, d_k: int, *, tau=1.0, dtype=None) -> "DualWeights":
+  def zeros(cls, d_v: int, d_k: int, *, tau: Real[ArrayLike, ""] = 1.0,
+            dtype=None) -> "DualWeights":
     """The zero weight (no anchors); ``dtype`` defaults to JAX's default float type."""
     dtype = _checks.resolve_dtype(dtype)
     return cls(jnp.zeros((0, d_v), dtype), jnp.zeros((0, d_k), dtype),
@@ -110,11 +117,11 @@ class DualWeights:
     return self.anchors.shape[1]
 
   # -- evaluation ---------------------------------------------------------
-  def log_kernel(self, z: jax.Array) -> jax.Array:
+  def log_kernel(self, z: Float[ArrayLike, " d_k"]) -> Float[Array, " n"]:
     """log kappa(z_i, z) for every anchor, (n,)."""
     return jnp.dot(self.anchors, z, precision=HIGHEST) / self.tau
 
-  def apply(self, z: jax.Array) -> jax.Array:
+  def apply(self, z: Float[ArrayLike, " d_k"]) -> Float[Array, " d_v"]:
     """W phi(z) = exp(log_scale) sum_i a_i kappa(z_i, z), shape (d_v,).
 
     ``z`` is a feature-space input of shape (d_k,) (e.g. W^Q x' or W^K x).
@@ -137,22 +144,23 @@ class DualWeights:
     s = jnp.sum(gram_c * jnp.exp(log_k - m))
     return m + self.log_scale + other.log_scale, s
 
-  def inner(self, other: "DualWeights") -> jax.Array:
+  def inner(self, other: "DualWeights") -> Float[Array, ""]:
     """<W, V>_HS = exp(s_W + s_V) sum_ij <a_i, b_j> kappa(z_i, y_j)."""
     m, s = self._log_inner_parts(other)
     return jnp.exp(m) * s
 
-  def log_hs_norm(self) -> jax.Array:
+  def log_hs_norm(self) -> Float[Array, ""]:
     """log ||W||_HS (-inf for the zero weight); finite where ||W|| overflows."""
     m, s = self._log_inner_parts(self)
     # s >= 0 in exact arithmetic (K is PSD); rounding can make a tiny norm negative.
     return 0.5 * m + 0.5 * jnp.log(jnp.maximum(s, 0.0))
 
-  def hs_norm(self) -> jax.Array:
+  def hs_norm(self) -> Float[Array, ""]:
     """||W||_HS = sqrt(sum_ij <a_i, a_j> kappa(z_i, z_j)) * exp(log_scale)."""
     return jnp.exp(self.log_hs_norm())
 
-  def to_primal(self, feature_map) -> jax.Array:
+  def to_primal(self, feature_map: Callable[[Float[Array, " d_k"]], Float[Array, " m"]]
+                ) -> Float[Array, "d_v m"]:
     """Explicit (d_v, m) matrix exp(log_scale) sum_i a_i phi_m(z_i)^T.
 
     ``feature_map`` maps (d_k,) -> (m,), e.g. :class:`icl_kd.PositiveRandomFeatures`.
@@ -162,7 +170,7 @@ class DualWeights:
     return jnp.exp(self.log_scale) * jnp.dot(self.coeffs.T, feats, precision=HIGHEST)
 
   # -- algebra (exact) ----------------------------------------------------
-  def rescaled(self, log_scale) -> "DualWeights":
+  def rescaled(self, log_scale: Real[ArrayLike, ""]) -> "DualWeights":
     """The same W stored with another ``log_scale`` (coefficients adjusted)."""
     log_scale = jnp.asarray(log_scale, self.coeffs.dtype)
     factor = jnp.exp(self.log_scale - log_scale)
@@ -189,7 +197,7 @@ class DualWeights:
       return NotImplemented
     return self + (-other)
 
-  def __mul__(self, c) -> "DualWeights":
+  def __mul__(self, c: Real[ArrayLike, ""]) -> "DualWeights":
     c = jnp.asarray(c)
     if c.ndim != 0:
       raise ValueError(f"DualWeights can be scaled by a scalar only, got shape {c.shape}")
@@ -199,8 +207,8 @@ class DualWeights:
   __rmul__ = __mul__
 
 
-jax.tree_util.register_dataclass(
-    DualWeights, data_fields=["coeffs", "anchors", "tau", "log_scale"], meta_fields=[])
+_checks.register_dataclass_pytree(DualWeights, data_fields=("coeffs", "anchors", "tau",
+                                                            "log_scale"))
 
 
 def _check_compatible(w: DualWeights, v: DualWeights) -> None:
@@ -231,7 +239,8 @@ def aligned_difference(w: DualWeights, v: DualWeights) -> DualWeights:
   return DualWeights(a.coeffs - b.coeffs, w.anchors, w.tau, common)
 
 
-def relative_hs_error(w: DualWeights, v: DualWeights, *, aligned: bool = False) -> jax.Array:
+def relative_hs_error(w: DualWeights, v: DualWeights, *,
+                      aligned: bool = False) -> Float[Array, ""]:
   """||W - V||_HS / ||V||_HS, computed in log space (0 when both are zero).
 
   With ``aligned=True`` the two weights must share anchors (see

@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from icl_kd import _checks
 from icl_kd.dual import HIGHEST
@@ -40,29 +41,30 @@ class PositiveRandomFeatures:
     omega: (m, d_k) projection rows w_r.
     tau: kernel temperature.
   """
-  omega: jax.Array
-  tau: jax.Array
+  omega: Float[ArrayLike, "m d_k"]
+  tau: Real[ArrayLike, ""]
 
   @property
   def num_features(self) -> int:
     return self.omega.shape[0]
 
-  def log_features(self, z) -> jax.Array:
+  def log_features(self, z: Float[ArrayLike, " d_k"]) -> Float[Array, " m"]:
     """log phi(z), (m,); finite where phi(z) over/underflows."""
     z = _check_z(z, self.omega.shape[1])
     proj = jnp.dot(self.omega, z, precision=HIGHEST) / jnp.sqrt(self.tau)   # (m,)
     return proj - jnp.sum(z * z) / (2 * self.tau) - 0.5 * jnp.log(self.num_features * 1.0)
 
-  def __call__(self, z) -> jax.Array:
+  def __call__(self, z: Float[ArrayLike, " d_k"]) -> Float[Array, " m"]:
+    """phi(z), (m,)."""
     return jnp.exp(self.log_features(z))
 
 
-jax.tree_util.register_dataclass(PositiveRandomFeatures, data_fields=["omega", "tau"],
-                                 meta_fields=[])
+_checks.register_dataclass_pytree(PositiveRandomFeatures, data_fields=("omega", "tau"))
 
 
-def positive_random_features(d_k: int, num_features: int, *, key, tau=1.0,
-                             orthogonal: bool = False, dtype=None) -> PositiveRandomFeatures:
+def positive_random_features(d_k: int, num_features: int, *, key: PRNGKeyArray,
+                             tau: Real[ArrayLike, ""] = 1.0, orthogonal: bool = False,
+                             dtype=None) -> PositiveRandomFeatures:
   """Draws positive random features for exp(<a, b>/tau) on R^{d_k}.
 
       phi(z)_r = exp(w_r . z / sqrt(tau) - |z|^2 / (2 tau)) / sqrt(m),
@@ -113,7 +115,7 @@ class TaylorFeatures:
   <phi(a), phi(b)> = sum_{n<=p} t^n / n! with t = <a, b>/tau: the degree-p
   Taylor polynomial of kappa(a, b) = exp(t). Dimension sum_n d_k^n.
   """
-  tau: jax.Array
+  tau: Real[ArrayLike, ""]
   degree: int
   d_k: int
 
@@ -121,7 +123,8 @@ class TaylorFeatures:
   def num_features(self) -> int:
     return sum(self.d_k ** n for n in range(self.degree + 1))
 
-  def __call__(self, z) -> jax.Array:
+  def __call__(self, z: Float[ArrayLike, " d_k"]) -> Float[Array, " m"]:
+    """phi(z), (m,) with m = sum_n d_k^n."""
     z = _check_z(z, self.d_k)
     u = z / jnp.sqrt(self.tau)
     term = jnp.ones((1,), z.dtype)
@@ -132,11 +135,12 @@ class TaylorFeatures:
     return jnp.concatenate(parts)
 
 
-jax.tree_util.register_dataclass(TaylorFeatures, data_fields=["tau"],
-                                 meta_fields=["degree", "d_k"])
+_checks.register_dataclass_pytree(TaylorFeatures, data_fields=("tau",),
+                                  meta_fields=("degree", "d_k"))
 
 
-def taylor_features(d_k: int, degree: int, *, tau=1.0, dtype=None) -> TaylorFeatures:
+def taylor_features(d_k: int, degree: int, *, tau: Real[ArrayLike, ""] = 1.0,
+                    dtype=None) -> TaylorFeatures:
   """Taylor features of the given degree for exp(<a, b>/tau) on R^{d_k}.
 
   ``dtype``: float32 or float64 (default: JAX's default float type).
@@ -153,7 +157,8 @@ def taylor_features(d_k: int, degree: int, *, tau=1.0, dtype=None) -> TaylorFeat
   return TaylorFeatures(_checks.scalar_param("tau", tau, dtype), degree, d_k)
 
 
-def taylor_remainder_bound(a, b, *, degree: int, tau=1.0) -> jax.Array:
+def taylor_remainder_bound(a: Float[ArrayLike, "*d_k"], b: Float[ArrayLike, "*d_k"], *,
+                           degree: int, tau: Real[ArrayLike, ""] = 1.0) -> Float[Array, ""]:
   """Lagrange bound on |exp(t) - sum_{n<=p} t^n/n!|, t = <a, b>/tau.
 
       |R_p(t)| <= |t|^{p+1} / (p+1)! * max(1, exp(t))
@@ -161,6 +166,12 @@ def taylor_remainder_bound(a, b, *, degree: int, tau=1.0) -> jax.Array:
   The remainder is R_p(t) = exp(xi) t^{p+1} / (p+1)! for some xi between 0
   and t, so the bound is within a factor exp(|t|) of the exact tail and
   attained as t -> 0 (tested against the exact tail for scalar inputs).
+
+  Args:
+    a: a point (d_k,) of feature space (or a scalar).
+    b: another, of the same shape.
+    degree: p >= 0, the degree of the Taylor features.
+    tau: the kernel's temperature.
   """
   t = jnp.dot(a, b, precision=HIGHEST) / tau
   log_bound = (degree + 1) * jnp.log(jnp.abs(t)) - math.lgamma(degree + 2) + jnp.maximum(t, 0.0)

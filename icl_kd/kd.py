@@ -31,6 +31,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from icl_kd import _checks
 from icl_kd.attention import AttentionParams, _check_tokens, check_params
@@ -45,12 +46,25 @@ def _check_kind(kind: str) -> str:
   return kind
 
 
+_UNDERFLOW_HINT = ("an eta that underflowed to 0.0 (eta* = N / (2 D') of sharp attention, "
+                   "e.g. decompose(...).eta) is given exactly by its logarithm: pass "
+                   "log_eta=out.log_eta instead of eta=out.eta")
+
+
 def _log_step(dtype, eta, log_eta) -> jax.Array:
   if (eta is None) == (log_eta is None):
     raise ValueError("give exactly one of eta (> 0) and log_eta")
   if log_eta is not None:
     return _checks.scalar_param("log_eta", log_eta, dtype, positive=False)
-  return jnp.log(_checks.scalar_param("eta", eta, dtype))
+  try:
+    return jnp.log(_checks.scalar_param("eta", eta, dtype))
+  except ValueError as e:
+    if "eta must be > 0, got 0.0" in str(e):
+      raise ValueError(f"{e}; {_UNDERFLOW_HINT}") from None
+    raise
+
+
+_STEP = "log(eta) (eta > 0, or a finite log_eta)"
 
 
 def _step_ok(log_step: jax.Array) -> jax.Array:
@@ -58,19 +72,30 @@ def _step_ok(log_step: jax.Array) -> jax.Array:
   return jnp.where(jnp.isneginf(log_step), jnp.nan, log_step)
 
 
-def one_step_kd_weights(params: AttentionParams, demos, *, eta=None, log_eta=None,
-                        tau=1.0) -> DualWeights:
+def one_step_kd_weights(params: AttentionParams, demos: Float[ArrayLike, "N d"], *,
+                        eta: Real[ArrayLike, ""] | None = None,
+                        log_eta: Real[ArrayLike, ""] | None = None,
+                        tau: Real[ArrayLike, ""] = 1.0) -> DualWeights:
   """W_1 = (2 eta / N) sum_i W^V x_i phi(W^K x_i)^T, in dual form (C2).
 
   One gradient step of the squared KD loss from W = 0. At
   eta = eta* = N / (2 D') it equals ``decompose(...).w0`` exactly (claim
-  ``kd-step``). Give ``log_eta`` instead of ``eta`` when eta underflows.
+  ``kd-step``). Give ``log_eta`` instead of ``eta`` when eta underflows: for
+  sharp attention eta* = N / (2 D') is below float64's smallest number and
+  ``decompose(...).eta`` is 0.0, while ``decompose(...).log_eta`` is exact, so
+  ``one_step_kd_weights(params, demos, log_eta=out.log_eta)`` works at every
+  score scale (``eta=0.0`` is refused and the message says so).
 
   Args:
     params: AttentionParams.
     demos: (N, d) demonstrations, N >= 1.
-    eta: learning rate > 0 (or ``log_eta``, its logarithm).
+    eta: learning rate > 0.
+    log_eta: its logarithm, instead of ``eta`` (exactly one of the two).
     tau: temperature of the softmax kernel.
+
+  Returns:
+    DualWeights of W_1 (anchors W^K x_i). Eagerly, eta <= 0 or non-finite
+    inputs raise ValueError; under jit/vmap the weights are NaN instead.
   """
   params = check_params(params)
   demos = _check_tokens("demos", demos, params.d, allow_empty=False)
@@ -83,11 +108,15 @@ def one_step_kd_weights(params: AttentionParams, demos, *, eta=None, log_eta=Non
   keys = jnp.dot(demos, params.w_k.T, precision=HIGHEST)                    # (N, d_k)
   log_scale = jnp.log(jnp.asarray(2.0, dtype)) + log_step - jnp.log(jnp.asarray(n, dtype))
   out = DualWeights(values, keys, tau, log_scale)
-  return _checks.poison_if_nonfinite(out, *params, demos, _step_ok(log_step), positive=(tau,))
+  return _checks.poison_if_nonfinite(
+      out, *params, demos, _step_ok(log_step), positive=(tau,), positive_names=("tau",),
+      names=("params.w_q", "params.w_k", "params.w_v", "demos", _STEP))
 
 
-def kd_loss(weights: jax.Array, params: AttentionParams, inputs, *, feature_map: Callable,
-            kind: str = "squared") -> jax.Array:
+def kd_loss(weights: Float[ArrayLike, "d_v m"], params: AttentionParams,
+            inputs: Float[ArrayLike, "n d"], *,
+            feature_map: Callable[[Float[Array, " d_k"]], Float[Array, " m"]],
+            kind: str = "squared") -> Float[Array, ""]:
   """KD loss of the primal student f_S(x) = W phi_m(W^K x) on ``inputs`` (C2, C3).
 
       squared: (1/n) sum_i || W^V x_i - W phi_m(W^K x_i) ||^2
@@ -119,11 +148,15 @@ def kd_loss(weights: jax.Array, params: AttentionParams, inputs, *, feature_map:
     loss = jnp.mean(jnp.sum((teacher - student) ** 2, axis=-1))
   else:
     loss = -jnp.mean(jnp.sum(teacher * student, axis=-1))
-  return _checks.poison_if_nonfinite(loss, *params, inputs, weights)
+  return _checks.poison_if_nonfinite(
+      loss, *params, inputs, weights,
+      names=("params.w_q", "params.w_k", "params.w_v", "inputs", "weights"))
 
 
-def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs, *, eta=None,
-                 log_eta=None, kind: str = "squared") -> DualWeights:
+def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs: Float[ArrayLike, "n d"],
+                 *, eta: Real[ArrayLike, ""] | None = None,
+                 log_eta: Real[ArrayLike, ""] | None = None,
+                 kind: str = "squared") -> DualWeights:
   """One exact functional gradient step W - eta grad L(W), in dual form (C2, C3).
 
   The functional gradients of the losses of :func:`kd_loss` (with the exact
@@ -142,8 +175,10 @@ def kd_step_dual(weights: DualWeights, params: AttentionParams, inputs, *, eta=N
                                      kind=kind)
 
 
-def kd_step_increment(weights: DualWeights, params: AttentionParams, inputs, *, eta=None,
-                      log_eta=None, kind: str = "squared") -> DualWeights:
+def kd_step_increment(weights: DualWeights, params: AttentionParams,
+                      inputs: Float[ArrayLike, "n d"], *, eta: Real[ArrayLike, ""] | None = None,
+                      log_eta: Real[ArrayLike, ""] | None = None,
+                      kind: str = "squared") -> DualWeights:
   """-eta grad L(W) alone, in dual form with anchors W^K x_i (see :func:`kd_step_dual`)."""
   _check_kind(kind)
   params = check_params(params)
@@ -164,11 +199,14 @@ def kd_step_increment(weights: DualWeights, params: AttentionParams, inputs, *, 
     coeffs, factor = teacher, 1.0
   log_scale = log_step + jnp.log(jnp.asarray(factor / n, dtype))
   out = DualWeights(coeffs, keys, weights.tau, log_scale)
-  return _checks.poison_if_nonfinite(out, *params, inputs, _step_ok(log_step),
-                                     positive=(weights.tau,))
+  return _checks.poison_if_nonfinite(
+      out, *params, inputs, _step_ok(log_step), positive=(weights.tau,),
+      names=("params.w_q", "params.w_k", "params.w_v", "inputs", _STEP),
+      positive_names=("weights.tau",))
 
 
-def squared_step_residual(w0: DualWeights, params: AttentionParams, tokens) -> DualWeights:
+def squared_step_residual(w0: DualWeights, params: AttentionParams,
+                          tokens: Float[ArrayLike, "M d"]) -> DualWeights:
   """R = (1/D') sum_j f_S(x'_j; W_0) phi(W^K x'_j)^T of claim C3, in closed form.
 
   ``w0`` is ``decompose(...).w0`` (its log_scale is -log D') and ``tokens`` are
@@ -181,4 +219,6 @@ def squared_step_residual(w0: DualWeights, params: AttentionParams, tokens) -> D
   keys = jnp.dot(tokens, params.w_k.T, precision=HIGHEST)                   # (M, d_k)
   student = jax.vmap(w0.apply)(keys)                                        # (M, d_v)
   out = DualWeights(student, keys, w0.tau, w0.log_scale)
-  return _checks.poison_if_nonfinite(out, *params, tokens, positive=(w0.tau,))
+  return _checks.poison_if_nonfinite(
+      out, *params, tokens, positive=(w0.tau,), positive_names=("w0.tau",),
+      names=("params.w_q", "params.w_k", "params.w_v", "tokens"))

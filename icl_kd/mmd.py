@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from icl_kd import _checks
 from icl_kd.attention import AttentionParams, check_params
@@ -81,7 +82,8 @@ def _safe_norm_from_sq(d2: jax.Array) -> jax.Array:
   return jnp.where(pos, jnp.sqrt(jnp.where(pos, d2, 1.0)), 0.0)
 
 
-def pairwise_sq_dists(x, y) -> jax.Array:
+def pairwise_sq_dists(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"]
+                      ) -> Float[Array, "n m"]:
   """All-pairs |x_i - y_j|^2, (n, m), by the fused expansion |a|^2 + |b|^2 - 2<a, b>.
 
   Both samples are first centred at their pooled mean (the distances do not
@@ -235,28 +237,28 @@ jax.tree_util.register_dataclass(DistillationKernel, data_fields=["params", "tau
                                  meta_fields=["use_values", "kind"])
 
 
-def gaussian_kernel(bandwidth) -> GaussianKernel:
+def gaussian_kernel(bandwidth: Real[ArrayLike, ""]) -> GaussianKernel:
   """The Gaussian kernel k(x, y) = exp(-|x - y|^2 / (2 bandwidth^2)), bandwidth > 0."""
   return GaussianKernel(_kernel_scalar("bandwidth", bandwidth))
 
 
-def laplace_kernel(bandwidth) -> LaplaceKernel:
+def laplace_kernel(bandwidth: Real[ArrayLike, ""]) -> LaplaceKernel:
   """The Laplace kernel k(x, y) = exp(-|x - y| / bandwidth), bandwidth > 0."""
   return LaplaceKernel(_kernel_scalar("bandwidth", bandwidth))
 
 
-def imq_kernel(bandwidth) -> IMQKernel:
+def imq_kernel(bandwidth: Real[ArrayLike, ""]) -> IMQKernel:
   """The inverse multiquadric kernel k(x, y) = (1 + |x - y|^2 / bandwidth^2)^(-1/2)."""
   return IMQKernel(_kernel_scalar("bandwidth", bandwidth))
 
 
-def exp_kernel(tau) -> ExpKernel:
+def exp_kernel(tau: Real[ArrayLike, ""]) -> ExpKernel:
   """The softmax kernel kappa(x, y) = exp(<x, y> / tau), tau > 0 (docs/THEORY.md notation)."""
   return ExpKernel(_kernel_scalar("tau", tau))
 
 
-def distillation_kernel(params: AttentionParams, *, tau, use_values: bool = True
-                        ) -> DistillationKernel:
+def distillation_kernel(params: AttentionParams, *, tau: Real[ArrayLike, ""],
+                        use_values: bool = True) -> DistillationKernel:
   """The distillation kernels of claim C5 (``thm4.1``).
 
       use_values=True:  k_V(x, y) = <W^V x, W^V y> exp(<W^K x, W^K y> / tau)
@@ -390,7 +392,8 @@ def _check_block_size(block_size, dtype=None) -> int:
   return int(block_size)
 
 
-def gram(kernel, x, y, *, fused=False) -> jax.Array:
+def gram(kernel: Callable, x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *,
+         fused: bool = False) -> Float[Array, "n m"]:
   """All-pairs kernel matrix K_ij = k(x_i, y_j), (n, m), materialised.
 
   By default a nested ``vmap`` of the one-pair kernel (exact differences for
@@ -555,7 +558,8 @@ def _mmd2_parts(x, y, kernel, estimator: str, fused=None, block_size=None
   return _quadratic_parts(kernel, x, y, estimator, fused, block_size), x, y
 
 
-def mmd2(x, y, *, kernel, estimator: str = "unbiased", fused=None, block_size=None
+def mmd2(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *, kernel: Callable,
+         estimator: str = "unbiased", fused: bool | None = None, block_size: int | None = None
          ) -> jax.Array:
   """Estimate of MMD_k^2(P, Q) from samples x ~ P (n, d) and y ~ Q (m, d).
 
@@ -631,7 +635,8 @@ class LinearMMD2(NamedTuple):
   std_error: jax.Array
 
 
-def linear_mmd2(x, y, *, kernel) -> LinearMMD2:
+def linear_mmd2(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *, kernel: Callable
+                ) -> LinearMMD2:
   """Linear-time MMD^2 estimate with its standard error (Gretton et al. 2012, Sec. 6).
 
       h_i = k(x_2i, x_2i+1) + k(y_2i, y_2i+1) - k(x_2i, y_2i+1) - k(x_2i+1, y_2i)
@@ -662,7 +667,8 @@ def linear_mmd2(x, y, *, kernel) -> LinearMMD2:
   return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
-def log_mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
+def log_mmd(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *, kernel: Callable,
+            fused: bool | None = None, block_size: int | None = None) -> Float[Array, ""]:
   """log MMD_k(P_hat, Q_hat) from the biased estimate, finite where MMD over/underflows.
 
   -inf when the two empirical measures have equal embeddings. ``fused`` and
@@ -673,7 +679,8 @@ def log_mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
   return _checks.poison_if_nonfinite(out, x, y, positive=_kernel_positive(kernel))
 
 
-def mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
+def mmd(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *, kernel: Callable,
+        fused: bool | None = None, block_size: int | None = None) -> Float[Array, ""]:
   """MMD_k(P_hat, Q_hat) = sqrt(biased MMD^2): the RKHS distance of the empirical embeddings."""
   return jnp.exp(log_mmd(x, y, kernel=kernel, fused=fused, block_size=block_size))
 
@@ -681,7 +688,7 @@ def mmd(x, y, *, kernel, fused=None, block_size=None) -> jax.Array:
 # -- bandwidths -------------------------------------------------------------------
 
 
-def median_bandwidth(x, y) -> jax.Array:
+def median_bandwidth(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"]) -> Float[Array, ""]:
   """Median heuristic: the median of |z_i - z_j| over pairs i < j of the pooled sample z = [x; y].
 
   Gretton et al. (2012), Section 8; Garreau, Jitkrittum, Kanagawa (2017),
@@ -697,7 +704,8 @@ def median_bandwidth(x, y) -> jax.Array:
   return _checks.poison_if_nonfinite(jnp.median(dists), x, y)
 
 
-def bandwidth_grid(x, y, *, num: int = 7, log2_span: float = 3.0) -> jax.Array:
+def bandwidth_grid(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *, num: int = 7,
+                   log2_span: float = 3.0) -> Float[Array, " num"]:
   """Geometric bandwidth grid around the median heuristic, (num,).
 
       h_k = median_bandwidth(x, y) * 2^t_k,   t = linspace(-log2_span, log2_span, num)
@@ -739,7 +747,8 @@ def _check_key(key):
                   f"{getattr(key, 'shape', '')}".rstrip())
 
 
-def random_splits(key, n: int, m: int, num: int, dtype=None) -> jax.Array:
+def random_splits(key: PRNGKeyArray, n: int, m: int, num: int,
+                  dtype=None) -> Float[Array, "num n_plus_m"]:
   """``num`` label vectors with exactly n ones among n + m entries, uniform over subsets, (num, N).
 
   Each row marks the n smallest of N = n + m i.i.d. uniform 32-bit draws
@@ -750,7 +759,8 @@ def random_splits(key, n: int, m: int, num: int, dtype=None) -> jax.Array:
 
   Args:
     key: PRNG key.
-    n, m: sizes of the two groups; n >= 1, m >= 0.
+    n: size of the first group, n >= 1.
+    m: size of the second group, m >= 0.
     num: number of label vectors (static).
     dtype: of the result (default: the default float dtype).
 
@@ -771,8 +781,9 @@ def random_splits(key, n: int, m: int, num: int, dtype=None) -> jax.Array:
   return labels.astype(dtype if dtype is not None else jnp.result_type(float))
 
 
-def permutation_test(x, y, *, kernel, key, num_permutations: int = 199,
-                     estimator: str = "unbiased", fused=None) -> PermutationTest:
+def permutation_test(x: Float[ArrayLike, "n d"], y: Float[ArrayLike, "m d"], *, kernel: Callable,
+                     key: PRNGKeyArray, num_permutations: int = 199, estimator: str = "unbiased",
+                     fused=None) -> PermutationTest:
   """Kernel two-sample permutation test of H0: P = Q with the MMD^2 statistic.
 
   One Gram matrix K of the pooled sample z = [x; y] (N = n + m points) serves

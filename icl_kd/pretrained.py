@@ -48,6 +48,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from icl_kd import _checks
 from icl_kd.attention import AttentionParams
@@ -465,7 +466,8 @@ def _check_sequence(model: Bert, input_ids, mask, token_type_ids):
   return input_ids, mask, token_type_ids
 
 
-def embed(model: Bert, input_ids, token_type_ids=None) -> jax.Array:
+def embed(model: Bert, input_ids: Int[ArrayLike, " n"],
+          token_type_ids: Int[ArrayLike, " n"] | None = None) -> Float[Array, "n d"]:
   """The encoder's input: LayerNorm(word + position + token-type embeddings), (n, d)."""
   input_ids, _, token_type_ids = _check_sequence(model, input_ids, None, token_type_ids)
   p, n = model.params, input_ids.shape[0]
@@ -521,12 +523,13 @@ class EncoderOutput(NamedTuple):
     head_outputs: (L, n, H, d_head) every head's output o_h at every position.
     mask: (n,) bool, the padding mask used.
   """
-  hidden_states: jax.Array
-  head_outputs: jax.Array
-  mask: jax.Array
+  hidden_states: Float[Array, "L_plus_1 n d"]
+  head_outputs: Float[Array, "L n H d_head"]
+  mask: Bool[Array, " n"]
 
 
-def encode(model: Bert, input_ids, mask=None, token_type_ids=None) -> EncoderOutput:
+def encode(model: Bert, input_ids: Int[ArrayLike, " n"], mask: Bool[ArrayLike, " n"] | None = None,
+           token_type_ids: Int[ArrayLike, " n"] | None = None) -> EncoderOutput:
   """Runs the encoder on one sequence of n token ids (pad with ``mask`` False).
 
   Padding positions get zero attention as keys; their own rows are computed
@@ -542,13 +545,14 @@ def encode(model: Bert, input_ids, mask=None, token_type_ids=None) -> EncoderOut
   return EncoderOutput(jnp.stack(states), jnp.stack(heads), mask)
 
 
-def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+def mean_pool(hidden: Float[ArrayLike, "n d"], mask: Bool[ArrayLike, " n"]) -> Float[Array, " d"]:
   """Mean of the rows of hidden (n, d) where mask (n,) is True, shape (d,)."""
   w = mask.astype(hidden.dtype)                                              # (n,)
   return jnp.dot(w, hidden, precision=HIGHEST) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def sentence_embedding(model: Bert, input_ids, mask=None) -> jax.Array:
+def sentence_embedding(model: Bert, input_ids: Int[ArrayLike, " n"],
+                       mask: Bool[ArrayLike, " n"] | None = None) -> Float[Array, " d"]:
   """Sentence-BERT embedding: mean-pooled final hidden states, normalised to unit length, (d,)."""
   out = encode(model, input_ids, mask)
   pooled = mean_pool(out.hidden_states[-1], out.mask)
@@ -557,7 +561,7 @@ def sentence_embedding(model: Bert, input_ids, mask=None) -> jax.Array:
 
 # -- heads as softmax-attention layers (C1) -------------------------------------------
 
-def augment(x: jax.Array) -> jax.Array:
+def augment(x: Float[ArrayLike, "*batch d"]) -> Float[Array, "*batch d_plus_1"]:
   """[x; 1]: appends a constant 1 to the last axis, (..., d) -> (..., d + 1).
 
   Folding a biased head. A transformer head computes q = W^Q x' + b^Q,

@@ -188,6 +188,29 @@ def check_output_path(path: str, *, flag: str = "path") -> str:
   return path
 
 
+def check_output_dir(path: str, *, flag: str = "--out") -> str:
+  """Makes sure ``path`` is a folder this process can write in; returns it.
+
+  Creates the folder when missing, then writes and removes a probe file, so an
+  unwritable ``--out`` fails before any work is done rather than at the end.
+
+  Raises:
+    ValueError: one line naming ``flag``, the folder and the reason (e.g. a path under
+      ``/proc``, a read-only file system, an existing file in the way).
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{flag}: expected a folder, got the file {path!r}")
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".icl-kd-write-probe-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"{flag}: cannot write in folder {path!r} ({e.strerror or e})") from None
+  return path
+
+
 def write_json(path: str, obj: Any, *, indent: int | None = 1, flag: str = "path",
                sort_keys: bool = False) -> str:
   """Writes ``obj`` as valid JSON to ``path`` atomically; the folder must exist."""

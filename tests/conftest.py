@@ -26,7 +26,20 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 if "xla_cpu_multi_thread_eigen" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 
+import sys  # noqa: E402
+
 import jax  # noqa: E402
+
+# Shapes in the signatures are checked on every call the suite makes: jaxtyping's import
+# hook decorates every function and dataclass of icl_kd with its annotations checked by
+# beartype, the library's own refusals first (tests/typecheck.py says how and why). It must
+# be installed before icl_kd is first imported. ICL_KD_TYPECHECK=0 runs without it.
+if os.environ.get("ICL_KD_TYPECHECK", "1") != "0":
+  assert "icl_kd" not in sys.modules, "icl_kd was imported before the type-check hook"
+  from jaxtyping import install_import_hook  # noqa: E402
+
+  import tests.typecheck  # noqa: E402,F401  (the hook names it by its dotted path)
+  install_import_hook("icl_kd", "tests.typecheck.library_first")
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -40,3 +53,10 @@ settings.register_profile("ci", settings.get_profile("ci"), max_examples=25, der
                           print_blob=True, **_COMMON)
 settings.register_profile("nightly", max_examples=1000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+  # beartype's advice to write list[...] for typing.List[...] concerns style, not correctness
+  if os.environ.get("ICL_KD_TYPECHECK", "1") != "0":
+    config.addinivalue_line(
+        "filterwarnings", "ignore::beartype.roar.BeartypeDecorHintPep585DeprecationWarning")

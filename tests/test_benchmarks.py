@@ -34,10 +34,11 @@ def test_quick_run_writes_a_valid_report(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   files = os.listdir(tmp_path)
-  assert len(files) == 1 and files[0].startswith("cpu-") and files[0].endswith(".json"), files
+  assert len(files) == 1 and files[0].startswith("cpu-") and files[0].endswith("-quick.json"), files
   with open(tmp_path / files[0]) as f:
     report = json.load(f)                 # strict JSON: NaN/inf would be written as strings
   assert report["quick"] is True and report["seed"] == 3
+  assert report["icl_kd_version"] == icl_kd.__version__
   for key in ("platform", "device_kind", "jax", "numpy", "scipy", "python"):
     assert report["machine"][key], key
   assert report["limits"]["matmul_flops_per_s"] > 0 and report["limits"]["copy_bytes_per_s"] > 0
@@ -91,6 +92,27 @@ def test_exit_code_is_0_unless_strict_and_a_target_is_missed(monkeypatch, tmp_pa
     report = json.load(f)
   assert report["quick"] is False and report["exit_code"] == (0 if met else 1)
   assert report["targets"]["missed"] == (0 if met else 1)
+
+
+def test_quick_reports_never_take_the_committed_reports_name():
+  """Committed full runs are benchmarks/results/<platform>-<date>.json; a quick run is -quick."""
+  full = {"machine": {"platform": "cpu"}, "quick": False}
+  assert harness.report_name(full, "2026-12-01") == "cpu-2026-12-01.json"
+  assert harness.report_name({**full, "quick": True}, "2026-12-01") == "cpu-2026-12-01-quick.json"
+  ignored = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/cpu-2026-12-01-quick.json"],
+                           cwd=ROOT).returncode
+  assert ignored in (0, 128)      # 0: ignored by git; 128: not a git checkout (nothing to ignore)
+
+
+def test_unwritable_out_is_a_usage_error_before_any_work(monkeypatch, capsys):
+  """``--out`` under /proc: one line on stderr, exit 2, and no benchmark (not even the limits) ran."""
+  _fake_benchmarks(monkeypatch, True)
+  ran = []
+  monkeypatch.setattr(sys.modules["fake_limits"], "run", lambda **kw: ran.append(kw))
+  assert cli.main(["--out", "/proc/icl-kd-bench", "--no-compile-cache", "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and err.startswith("python -m benchmarks: error: --out: "), err
+  assert "/proc/icl-kd-bench" in err and not ran
 
 
 def test_help_documents_the_exit_code_and_every_flag():

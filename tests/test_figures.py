@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import figures  # noqa: E402
+import icl_kd  # noqa: E402
 from figures.__main__ import main  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -84,7 +85,7 @@ def test_figure_builds(quick_out, fig_id):
   for ext in (".pdf", ".png", ".json"):
     assert os.path.getsize(stem + ext) > 0, stem + ext
   data = figures.load_data(stem + ".json")
-  assert data["meta"]["id"] == fig_id
+  assert data["meta"]["id"] == fig_id and data["icl_kd_version"] == icl_kd.__version__
   assert data["quick"] is True and data["meta"]["quick"] is True      # a quick run says so
   for name, cols in data["tables"].items():
     assert cols, name
@@ -419,3 +420,31 @@ def test_compile_cache_gives_the_same_data_and_no_dependency_warning(quick_out, 
     if run != "off":
       assert os.listdir(cache), "the persistent cache stayed empty"
     _same_files(quick_out, str(out), ["F2"])
+
+
+def test_f4_violation_markers_are_drawn_on_top(quick_out):
+  """Panel (c)'s violation markers lie above every other artist (the quick run has one)."""
+  data = figures.load_data(_stem(quick_out, "F4") + ".json")
+  fig = figures.module("F4").make(data)
+  (ax,) = [a for a in fig.axes if a.get_title(loc="left") == "(c) paper's literal form"]
+  viol = [c for c in ax.collections if c.get_label().startswith("violations")]
+  assert len(viol) == 1, [c.get_label() for c in ax.collections]
+  others = [a for a in ax.collections + ax.lines if a is not viol[0]]
+  assert viol[0].get_zorder() > max(a.get_zorder() for a in others)
+
+
+def test_help_names_the_figure_set_and_their_experiments():
+  from figures.__main__ import build_parser
+  text = " ".join(build_parser().format_help().split())
+  assert "F1-F11" in text and "E1-E4)" not in text
+  for name in ("E1", "E6", "real", "llm", "C1-C7"):
+    assert name in text, name
+
+
+def test_unwritable_out_is_a_usage_error_before_any_work(capsys, monkeypatch):
+  ran = []
+  monkeypatch.setattr(figures, "run", lambda *a, **kw: ran.append(a))
+  assert main(["--out", "/proc/icl-kd-figures", "--no-progress", "F1"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and err.startswith("python -m figures: error: --out: "), err
+  assert not ran

@@ -14,36 +14,14 @@ costs about one interpreter start plus the slowest block.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import finish, python_blocks, start_block, x64_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-
-
-def python_blocks(text: str) -> list[str]:
-  """The bodies of the ```python blocks, in order."""
-  return [body for lang, body in FENCE.findall(text) if lang.strip() == "python"]
-
-
-SETS_X64 = re.compile(r"jax_enable_x64\",\s*True|configure\([^)]*x64=True")
-
-
-API_EXAMPLE = re.compile(r"icl_kd\.decompose\(|bounds\.distillation_bias\(")
-
-
-def x64_settings(block: str) -> tuple[str, ...]:
-  """("1",) for a block that turns x64 on itself; ("0", "1") for the API examples (their
-  dtypes follow x64: both must run); ("0",) for the others, as a new user runs them."""
-  if SETS_X64.search(block):
-    return ("1",)
-  return ("0", "1") if API_EXAMPLE.search(block) else ("0",)
 
 
 BLOCKS = python_blocks(README.read_text())
@@ -71,18 +49,8 @@ def test_readme_has_the_api_examples():
 
 @pytest.fixture(scope="module")
 def finished():
-  """Starts every (block, x64) run at once; returns {(i, x64): CompletedProcess-like}."""
-  procs = {}
-  for i, x64 in RUNS:
-    env = {**os.environ, "JAX_ENABLE_X64": x64, "PYTHONPATH": str(ROOT),
-           "MPLBACKEND": "Agg"}
-    procs[(i, x64)] = subprocess.Popen([sys.executable, "-c", BLOCKS[i]], cwd=ROOT, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  done = {}
-  for run, p in procs.items():
-    out, err = p.communicate(timeout=600)
-    done[run] = (p.returncode, out, err)
-  return done
+  """Starts every (block, x64) run at once; returns {(i, x64): (returncode, stdout, stderr)}."""
+  return finish({(i, x64): start_block("python", BLOCKS[i], x64) for i, x64 in RUNS})
 
 
 @pytest.mark.parametrize("block,x64", RUNS, ids=[f"block{i}-x64={x}" for i, x in RUNS])

@@ -252,15 +252,17 @@ _X64_SCRIPT = textwrap.dedent("""
         icl_kd.decompose(params, demos, None, query)
         icl_kd.softmax_attention(params, demos, query)
     kinds = [w for w in caught if issubclass(w.category, icl_kd.Float64TruncatedWarning)]
-    assert len(kinds) == 1, [str(w.message) for w in caught]
+    assert [str(w.message).split(" is ")[0] for w in kinds] == ["demos", "query"] * 2 + [
+        "context", "query"], (
+        [str(w.message) for w in caught])                   # every call is told ("always")
     assert "demos is a float64 array but jax_enable_x64 is off" in str(kinds[0].message)
     assert out.attention.dtype == np.float32
     print("ok")
 """)
 
 
-def test_float64_truncation_warns_once_without_x64():
-  """With x64 off: init_params gives float32, and float64 NumPy input warns exactly once."""
+def test_float64_truncation_warns_without_x64():
+  """With x64 off: init_params gives float32, and every float64 NumPy input is announced."""
   env = {**__import__("os").environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
   res = subprocess.run([sys.executable, "-c", _X64_SCRIPT], capture_output=True, text=True,
                        env=env, timeout=300)
@@ -319,3 +321,82 @@ def test_all_finite_is_every_element_finite(dtype):
     assert bool(_all_finite(a)) == expected, np.asarray(a)
     assert bool(_all_finite(jnp.ones(2, dtype), a, jnp.zeros((0, 3), dtype))) == expected
   assert bool(_all_finite(jnp.arange(4), jnp.zeros((0,), dtype)))
+
+
+# -- run-time value checks under jit, on request (icl_kd.checked) ----------------------
+
+_checked_decompose = icl_kd.checked(_jit_decompose)
+
+
+def test_checked_raises_under_jit_where_the_plain_call_poisons():
+  """NaN demonstrations under jit: NaN without the wrapper, an error naming demos with it."""
+  assert all(np.all(np.isnan(leaf)) for leaf in jax.tree_util.tree_leaves(
+      _jit_decompose(P, NAN_DEMOS, PREFIX, QUERY)))
+  with pytest.raises(ValueError, match="demos contains non-finite values"):
+    _checked_decompose(P, NAN_DEMOS, PREFIX, QUERY)
+  with pytest.raises(ValueError, match="tau must be > 0, got 0.0"):
+    _checked_decompose(P, DEMOS, PREFIX, QUERY, tau=jnp.asarray(0.0))
+  with pytest.raises(ValueError, match="demonstrations kept by demo_mask must be > 0"):
+    _checked_decompose(P, DEMOS, PREFIX, QUERY, demo_mask=jnp.zeros(5, bool))
+  good = _checked_decompose(P, DEMOS, PREFIX, QUERY)            # valid input: the same numbers
+  np.testing.assert_array_equal(good.attention, _jit_decompose(P, DEMOS, PREFIX, QUERY).attention)
+
+
+def test_checked_inside_jit_says_to_wrap_the_jitted_function():
+  with pytest.raises(TypeError, match=r"checked\(jax\.jit\(f\)\), not jax\.jit\(checked\(f\)\)"):
+    jax.jit(icl_kd.checked(icl_kd.decompose))(P, NAN_DEMOS, PREFIX, QUERY)
+
+
+def test_checked_names_the_bad_row_of_a_vmapped_batch():
+  eta = jax.jit(jax.vmap(lambda d: icl_kd.one_step_kd_weights(P, d, eta=0.5).coeffs))
+  batch = jnp.stack([DEMOS, NAN_DEMOS])
+  assert np.all(np.isnan(eta(batch)[1])) and np.all(np.isfinite(eta(batch)[0]))
+  with pytest.raises(ValueError, match="demos contains non-finite values"):
+    icl_kd.checked(eta)(batch)
+
+
+def test_underflowed_eta_points_to_log_eta():
+  """Sharp attention: eta* underflows to 0.0; eta=out.eta says to pass log_eta, which works."""
+  params = P._replace(w_q=P.w_q * 40.0, w_k=P.w_k * 40.0)
+  out = icl_kd.decompose(params, DEMOS, None, DEMOS[0])      # the query attends to itself
+  assert float(out.eta) == 0.0 and np.isfinite(float(out.log_eta)) and out.log_eta < -745
+  with pytest.raises(ValueError, match=r"eta must be > 0, got 0\.0; .*log_eta=out\.log_eta"):
+    icl_kd.one_step_kd_weights(params, DEMOS, eta=out.eta)
+  w1 = icl_kd.one_step_kd_weights(params, DEMOS, log_eta=out.log_eta)
+  assert float(icl_kd.relative_hs_error(w1, out.w0, aligned=True)) < 1e-12
+
+
+_X64_EVERY_CALL_SITE = textwrap.dedent("""
+    import warnings
+    import jax, jax.numpy as jnp, numpy as np
+    import icl_kd
+    assert not jax.config.jax_enable_x64
+    demos, query = np.random.default_rng(0).normal(size=(6, 4)), np.ones(4)   # NumPy float64
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")                    # Python's default: once per line
+        for _ in range(3):
+            a = icl_kd.init_params(4, key=jax.random.key(0), dtype=jnp.float64)   # line A
+        b = icl_kd.init_params(4, key=jax.random.key(1), dtype=jnp.float64)       # line B
+        params = icl_kd.init_params(4, key=jax.random.key(0))
+        icl_kd.decompose(params, demos, None, query)                              # line C
+        c = jax.jit(lambda k: icl_kd.init_params(4, key=k, dtype=jnp.float64))(jax.random.key(2))
+    kinds = [w for w in caught if issubclass(w.category, icl_kd.Float64TruncatedWarning)]
+    assert a.w_q.dtype == b.w_q.dtype == c.w_q.dtype == np.float32
+    print([(w.filename, w.lineno, str(w.message).split(" ")[0]) for w in kinds])
+""")
+
+
+def test_float64_request_without_x64_warns_at_every_call_site():
+  """x64 off: each line asking for float64 is told, at that line (not once per process)."""
+  env = {**__import__("os").environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
+  res = subprocess.run([sys.executable, "-c", _X64_EVERY_CALL_SITE], capture_output=True,
+                       text=True, env=env, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  seen = eval(res.stdout.strip().splitlines()[-1])
+  lines = _X64_EVERY_CALL_SITE.splitlines()
+  where = {tag: 1 + next(i for i, ln in enumerate(lines) if f"# line {tag}" in ln) for tag in "ABC"}
+  jit_line = 1 + next(i for i, ln in enumerate(lines) if "jax.jit(lambda k" in ln)
+  assert seen == [("<string>", where["A"], "dtype=float64"),
+                  ("<string>", where["B"], "dtype=float64"),
+                  ("<string>", where["C"], "demos"), ("<string>", where["C"], "query"),
+                  ("<string>", jit_line, "dtype=float64")], seen
