@@ -839,9 +839,13 @@ class PairSides(NamedTuple):
   prediction: PredictionGap
 
 
-def pair_sides(params: AttentionParams, x_p, x_q, query, *, eta=None, log_eta=None, tau=1.0,
-               convention: str = "eq12", bandwidths=None, input_bound=None,
-               feature_bound=None) -> PairSides:
+def pair_sides(params: AttentionParams, x_p: Float[ArrayLike, "n d"],
+               x_q: Float[ArrayLike, "m d"], query: Float[ArrayLike, "d"], *,
+               eta: Real[ArrayLike, ""] | None = None, log_eta: Real[ArrayLike, ""] | None = None,
+               tau: Real[ArrayLike, ""] = 1.0, convention: str = "eq12",
+               bandwidths: Float[ArrayLike, "g"] | None = None,
+               input_bound: Real[ArrayLike, ""] | None = None,
+               feature_bound: Real[ArrayLike, ""] | None = None) -> PairSides:
   """:func:`distillation_bias`, :func:`literal_readings` and :func:`prediction_gap` at once.
 
   The work they share (dW_PQ and its norm, MMD_kx, ||W^V||_op, the support
@@ -910,7 +914,8 @@ def _largest_eigenvalue(g: jax.Array, sweeps: int = 6) -> jax.Array:
   return jnp.max(jnp.diagonal(m))
 
 
-def ball_sup_quadratic(a: jax.Array, center: jax.Array, radius, *, iterations: int = 12):
+def ball_sup_quadratic(a: Float[ArrayLike, "k d"], center: Float[ArrayLike, "d"],
+                       radius: Real[ArrayLike, ""], *, iterations: int = 12) -> Float[Array, ""]:
   """sup over the ball |x - center| <= radius of |A x|^2, exactly (a trust-region maximum).
 
   The maximum of a convex quadratic is on the sphere. With G = A^T A and the

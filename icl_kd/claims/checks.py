@@ -490,7 +490,7 @@ class RatioForm(_Form):
     decided = n > 0
     detail.update(max_ratio=capped_exp(st.worst) if decided else math.nan,
                   min_slack=st.min_slack)
-    return _ratio_verdict(role, st.violations, decided, detail, witnesses=witnesses,
+    return _ratio_verdict(role, st.violations > 0, decided, detail, witnesses=witnesses,
                           adversarial_log_ratio=adversarial_log_ratio, dtype_name=dtype_name)
 
 
@@ -546,7 +546,7 @@ class EventForm(RatioForm):
     detail.update(max_ratio=capped_exp(st.worst) if decided else math.nan,
                   min_slack=st.min_slack, delta=delta, event_rate=st.events / max(n, 1),
                   events=st.events, binomial_p_value=p_value, alpha=alpha)
-    return _ratio_verdict(role, decided and p_value < alpha, decided, detail,
+    return _ratio_verdict(role, bool(decided and p_value < alpha), decided, detail,
                           witnesses=witnesses, adversarial_log_ratio=adversarial_log_ratio,
                           dtype_name=dtype_name)
 
@@ -783,6 +783,6 @@ def check_values(check) -> dict[str, Any]:
   return out
 
 
-def log_ratio(check) -> jax.Array:
+def log_ratio(check):
   """log(lhs / rhs) of a check of the ratio or event form (the adversarial search's objective)."""
   return check.log_lhs - check.log_rhs
