@@ -190,3 +190,22 @@ def test_bad_arguments_are_named():
     selection.mmd_greedy(pool, pool, 5, kernel=mmd.gaussian_kernel(1.0))
   with pytest.raises(ValueError, match="allowed must mark at least k = 3"):
     selection.random_choice(4, 3, key=jax.random.key(0), allowed=jnp.array([1, 1, 0, 0], bool))
+
+
+def test_masked_estimators_equal_the_library_on_the_valid_rows():
+  rng = np.random.default_rng(8)
+  x, y = rng.normal(size=(6, 3)), rng.normal(size=(5, 3)) + 0.4
+  xp = np.concatenate([x, x[:3]])                      # padding: copies of valid rows
+  yp = np.concatenate([y, y[:1]])
+  mx, my = np.arange(9) < 6, np.arange(6) < 5
+  for kern in (mmd.gaussian_kernel(0.8), mmd.exp_kernel(1.5)):
+    for est in selection.ESTIMATORS:
+      got = selection.masked_mmd2(jnp.asarray(xp), jnp.asarray(yp), kernel=kern, estimator=est,
+                                  x_mask=mx, y_mask=my)
+      np.testing.assert_allclose(got, mmd.mmd2(jnp.asarray(x), jnp.asarray(y), kernel=kern,
+                                               estimator=est), rtol=1e-12)
+  for n in (3, 4):                                     # 36 and 45 pairs: even and odd
+    got = selection.masked_median_bandwidth(jnp.asarray(xp), jnp.asarray(yp), x_mask=mx,
+                                            y_mask=np.arange(6) < n)
+    np.testing.assert_allclose(got, mmd.median_bandwidth(jnp.asarray(x), jnp.asarray(y[:n])),
+                               rtol=1e-12)

@@ -58,10 +58,10 @@ class Config(NamedTuple):
 QUICK = Config(train_steps=150, n_test=32, n_orders=4, n_perturb=4, n_boot=200)
 
 FLAGS = (
-    _common.Flag("--steps", "train_steps", int, "training steps of the transformer"),
-    _common.Flag("--layers", "n_layers", int, "transformer layers"),
-    _common.Flag("--heads", "n_heads", int, "attention heads per layer"),
-    _common.Flag("--test-prompts", "n_test", int, "test prompts measured"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the transformer", minimum=1),
+    _common.Flag("--layers", "n_layers", int, "transformer layers", minimum=1),
+    _common.Flag("--heads", "n_heads", int, "attention heads per layer", minimum=1),
+    _common.Flag("--test-prompts", "n_test", int, "test prompts measured", minimum=2),
 )
 
 

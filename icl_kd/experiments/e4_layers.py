@@ -59,11 +59,11 @@ class Config(NamedTuple):
 QUICK = Config(train_steps=200, distill_steps=100, n_distill=512, n_test=32)
 
 FLAGS = (
-    _common.Flag("--steps", "train_steps", int, "training steps of the transformer"),
-    _common.Flag("--layers", "n_layers", int, "transformer layers"),
-    _common.Flag("--heads", "n_heads", int, "attention heads per layer"),
-    _common.Flag("--d-model", "d_model", int, "width of the residual stream"),
-    _common.Flag("--test-prompts", "n_test", int, "test prompts decomposed"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the transformer", minimum=1),
+    _common.Flag("--layers", "n_layers", int, "transformer layers", minimum=1),
+    _common.Flag("--heads", "n_heads", int, "attention heads per layer", minimum=1),
+    _common.Flag("--d-model", "d_model", int, "width of the residual stream", minimum=1),
+    _common.Flag("--test-prompts", "n_test", int, "test prompts decomposed", minimum=1),
     _common.Flag("--dtype", "dtype", str, "float type of the model", choices=tuple(sorted(DTYPES))),
 )
 
