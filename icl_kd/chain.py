@@ -74,6 +74,10 @@ class ChainMeasures(NamedTuple):
     log_target_weight: log ||W_0(T)||_HS.
     log_output_gap: (Q,) log ||dW phi(W^Q x'_q)|| at each query.
     log_target_output: (Q,) log ||W_0(T) phi(W^Q x'_q)||.
+    log_bias_floor: log of the float64 resolution of the bias: sqrt((n + m) eps) times
+      the root of its cancelled terms (c^2 eta^2 sum |k_V| weights). A bias below it is
+      rounding noise of a cancellation (identical huge-key tokens in S and T), and so is
+      any comparison of it with a bound: such an instance is "unresolved".
   """
   mmd2: jax.Array
   log_target_norm2: jax.Array
@@ -85,6 +89,7 @@ class ChainMeasures(NamedTuple):
   log_target_weight: jax.Array
   log_output_gap: jax.Array
   log_target_output: jax.Array
+  log_bias_floor: jax.Array
 
 
 def _log_norm_apply(w, z: jax.Array) -> jax.Array:
@@ -210,6 +215,8 @@ def chain_measures(params: AttentionParams, s, t, queries, *, tau, eta, support,
   log_scale = 2.0 * (log_c + log_eta) + pv.log_shift + jnp.log(pv.abs_value)
   safe = jnp.where(jnp.isfinite(log_scale), log_scale, 0.0)
   residual = jnp.abs(jnp.exp(2.0 * log_bias - safe) - jnp.exp(2.0 * log_identity - safe))
+  eps = jnp.finfo(dt).eps
+  log_floor = 0.5 * (log_scale + jnp.log((jnp.sum(ms) + jnp.sum(mt)) * eps))
 
   # the literal form eta M_V M_x M_phi D(S, T) under each reading (eq12; no c on the right)
   both = jnp.concatenate([s, t])
@@ -240,7 +247,7 @@ def chain_measures(params: AttentionParams, s, t, queries, *, tau, eta, support,
                        log_identity_rhs=log_identity, identity_residual=residual,
                        log_bound_rhs=log_bound, log_literal_ratio=ratios,
                        log_target_weight=w_t.log_hs_norm(), log_output_gap=log_gap,
-                       log_target_output=log_out)
+                       log_target_output=log_out, log_bias_floor=log_floor)
 
 
 BOUND_SLACK = 1e-9
@@ -252,3 +259,8 @@ def bound_violated(log_lhs, log_rhs) -> jax.Array:
   """True where lhs > rhs (1 + :data:`BOUND_SLACK`), from logarithms (NaN counts as violated)."""
   ok = jnp.asarray(log_lhs) <= jnp.asarray(log_rhs) + jnp.log1p(BOUND_SLACK)
   return ~ok
+
+
+def resolved(log_bias, log_bias_floor) -> jax.Array:
+  """True where the bias lies above its float64 resolution (:class:`ChainMeasures`)."""
+  return jnp.asarray(log_bias) > jnp.asarray(log_bias_floor)

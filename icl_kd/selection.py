@@ -286,15 +286,21 @@ def point_gram(kernel, pool, target) -> GroupedGram:
                      target.shape[0], s)
 
 
-def grouped_gram(kernel, tokens, groups, target, *, num_groups: int) -> GroupedGram:
+def grouped_gram(kernel, tokens, groups, target, *, num_groups: int,
+                 target_mask=None) -> GroupedGram:
   """:class:`GroupedGram` of candidates that are groups of tokens.
+
+  Tokens whose group is outside [0, num_groups) (padding) and target rows outside
+  ``target_mask`` take no part, so padded arrays of many sizes share one compile
+  (pad with copies of valid rows: the log-space shift is taken over every row).
 
   Args:
     kernel: a one-pair kernel or a sequence of them (summed).
     tokens: (n, d) every candidate token.
-    groups: (n,) int, the candidate each token belongs to, in [0, num_groups).
+    groups: (n,) int, the candidate each token belongs to, in [0, num_groups) (else padding).
     target: (m, d) the target tokens.
     num_groups: P (static).
+    target_mask: (m,) valid target rows (None: all).
   """
   tokens = _checks.as_float_array("tokens", tokens, ndim=2)
   target = _checks.as_float_array("target", target, ndim=2)
@@ -302,6 +308,7 @@ def grouped_gram(kernel, tokens, groups, target, *, num_groups: int) -> GroupedG
   if groups.shape != (tokens.shape[0],):
     raise ValueError(f"groups must have shape ({tokens.shape[0]},) (one per token), got "
                      f"{groups.shape}")
+  wt = row_mask("target_mask", target_mask, target.shape[0], target.dtype)
   onehot = (groups[None, :] == jnp.arange(num_groups)[:, None]).astype(tokens.dtype)  # (P, n)
   k_tt, s_tt = sum_gram(kernel, tokens, tokens)                             # (n, n)
   k_tq, s_tq = sum_gram(kernel, tokens, target)                             # (n, m)
@@ -310,8 +317,23 @@ def grouped_gram(kernel, tokens, groups, target, *, num_groups: int) -> GroupedG
   k_tq = k_tq * jnp.exp(s_tq - s)
   within = jnp.dot(jnp.dot(onehot, k_tt, precision=HIGHEST), onehot.T, precision=HIGHEST)
   diagonal = jnp.dot(onehot, jnp.diagonal(k_tt), precision=HIGHEST)
-  cross = jnp.dot(onehot, jnp.sum(k_tq, axis=1), precision=HIGHEST)
-  return GroupedGram(within, diagonal, cross, jnp.sum(onehot, axis=1), target.shape[0], s)
+  cross = jnp.dot(onehot, jnp.dot(k_tq, wt, precision=HIGHEST), precision=HIGHEST)
+  return GroupedGram(within, diagonal, cross, jnp.sum(onehot, axis=1), jnp.sum(wt), s)
+
+
+def add_grams(grams) -> GroupedGram:
+  """The :class:`GroupedGram` of the sum kernel from those of its terms (e.g. the key/value
+  heads of a layer, each on its own tokens), combined in log space. The terms must share
+  the candidates, their sizes and the target size."""
+  grams = list(grams)
+  if not grams:
+    raise ValueError("grams must hold at least one GroupedGram, got none")
+  s = jnp.max(jnp.stack([g.log_scale for g in grams]))
+  f = [jnp.exp(g.log_scale - s) for g in grams]
+  return GroupedGram(sum(w * g.within for w, g in zip(f, grams)),
+                     sum(w * g.diagonal for w, g in zip(f, grams)),
+                     sum(w * g.cross for w, g in zip(f, grams)), grams[0].sizes,
+                     grams[0].target_size, s)
 
 
 # -- greedy MMD selection ---------------------------------------------------------------

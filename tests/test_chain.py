@@ -159,3 +159,17 @@ def test_vmaps_over_sets_and_refuses_tiny_samples(case):
     chain.chain_measures(p, jnp.asarray(case["s"][:1]), jnp.asarray(case["t"]),
                          jnp.asarray(case["q"]), tau=TAU, eta=ETA,
                          support=jnp.asarray(case["support"]), bandwidth=0.9)
+
+
+def test_a_bias_below_the_rounding_of_its_cancelled_terms_is_unresolved(case):
+  # S and T share one token whose key makes exp(|W^K x|^2 / tau) ~ e^160: that term cancels
+  # exactly in the true bias (which is O(1)), but float64 keeps ~1e-16 of it. The instance is
+  # flagged unresolved; the fixture's ordinary instance is resolved.
+  p = AttentionParams(jnp.eye(2), jnp.eye(2), jnp.eye(2))
+  big = jnp.array([[0.0, 16.0]])
+  s = jnp.concatenate([big, jnp.array([[0.3, 0.1]])])
+  t = jnp.concatenate([big, jnp.array([[-0.2, 0.4]])])
+  m = chain.chain_measures(p, s, t, s, tau=1.6, eta=0.5, support=jnp.concatenate([s, t]),
+                           bandwidth=1.0)
+  assert not bool(chain.resolved(m.log_bias, m.log_bias_floor))
+  assert bool(chain.resolved(case["got"].log_bias, case["got"].log_bias_floor))

@@ -126,7 +126,7 @@ class ChainSets(NamedTuple):
       relative squared error), averaged over the group's queries.
     mmd2: (N, L, G, K, E) MMD^2(S, T) per layer, key/value head, kernel, estimator.
     log_target_norm2: (N, L, G, K) log ||mu_T||^2 per kernel.
-    log_bias, log_bound_rhs, identity_residual: (N, L, G).
+    log_bias, log_bound_rhs, identity_residual, log_bias_floor: (N, L, G).
     log_literal_ratio: (N, L, G, R) log(lhs/rhs) of the literal readings (eq12).
     rel_output_gap: (N, L, H) ||dW phi(z)|| / ||W_0(T) phi(z)|| averaged over the queries.
     kv_head: (H,) the key/value head each query head reads.
@@ -140,6 +140,7 @@ class ChainSets(NamedTuple):
   log_bias: np.ndarray
   log_bound_rhs: np.ndarray
   identity_residual: np.ndarray
+  log_bias_floor: np.ndarray
   log_literal_ratio: np.ndarray
   rel_output_gap: np.ndarray
   kv_head: np.ndarray
@@ -228,10 +229,20 @@ def links(sets: ChainSets, *, model: str, construction: str, seed: int, n_boot: 
 
 class BoundCheck(NamedTuple):
   """The proved bound (``thm4.1-bound``) and the identity (``thm4.1-identity``) on every
-  (set, layer, key/value head): ``checked`` instances, ``violations`` of the bound (it must
-  be 0: a consistency check), the largest bias / bound ratio, the largest identity residual."""
+  (set, layer, key/value head).
+
+  Attributes:
+    checked: instances whose bias is resolved in float64 (above its rounding floor).
+    violations: of the bound among them (it must be 0: a consistency check).
+    unresolved: instances whose bias lies below the float64 resolution of its cancelled
+      terms (:func:`icl_kd.chain.resolved`): neither the bias nor a comparison with it means
+      anything there; they are counted, not checked.
+    max_ratio: the largest bias / bound over the checked instances.
+    max_identity_residual: the largest identity residual (units of the cancelled terms).
+  """
   checked: int
   violations: int
+  unresolved: int
   max_ratio: float
   max_identity_residual: float
 
@@ -239,16 +250,18 @@ class BoundCheck(NamedTuple):
 def bound_check(sets: ChainSets) -> BoundCheck:
   """:class:`BoundCheck` of a table of sets (the rule of :func:`icl_kd.chain.bound_violated`)."""
   from icl_kd import chain
-  viol = np.asarray(chain.bound_violated(sets.log_bias, sets.log_bound_rhs))
-  return BoundCheck(int(viol.size), int(viol.sum()),
-                    float(np.exp(np.nanmax(sets.log_bias - sets.log_bound_rhs))),
+  ok = np.asarray(chain.resolved(sets.log_bias, sets.log_bias_floor))
+  viol = np.asarray(chain.bound_violated(sets.log_bias, sets.log_bound_rhs)) & ok
+  ratio = np.where(ok, sets.log_bias - sets.log_bound_rhs, -np.inf)
+  return BoundCheck(int(ok.sum()), int(viol.sum()), int((~ok).sum()),
+                    float(np.exp(np.max(ratio))) if ok.any() else float("nan"),
                     float(np.nanmax(sets.identity_residual)))
 
 
 class LiteralRate(NamedTuple):
-  """One literal reading of Theorem 4.1 on every (set, layer, key/value head): the fraction
-  of instances it is violated by (lhs > rhs) under eq12 (c = 2) and under half (c = 1), and
-  the largest log10(lhs/rhs) under eq12 (half: minus log10 2)."""
+  """One literal reading of Theorem 4.1 on every resolved (set, layer, key/value head): the
+  fraction of instances that violate it (lhs > rhs) under eq12 (c = 2) and under half
+  (c = 1), and the largest log10(lhs/rhs) under eq12 (half: minus log10 2)."""
   reading: str
   rate_eq12: float
   rate_half: float
@@ -256,10 +269,13 @@ class LiteralRate(NamedTuple):
 
 
 def literal_rates(sets: ChainSets) -> list:
-  """:class:`LiteralRate` per reading of :data:`READINGS`."""
+  """:class:`LiteralRate` per reading of :data:`READINGS`, over the instances whose bias is
+  resolved in float64 (those :func:`bound_check` checks)."""
+  from icl_kd import chain
+  ok = np.asarray(chain.resolved(sets.log_bias, sets.log_bias_floor)).ravel()
   out = []
   for i, r in enumerate(READINGS):
-    lr = sets.log_literal_ratio[..., i].ravel()
+    lr = sets.log_literal_ratio[..., i].ravel()[ok]
     fin = lr[np.isfinite(lr) | (lr == np.inf)]
     out.append(LiteralRate(r, float(np.mean(fin > 0)) if fin.size else float("nan"),
                            float(np.mean(fin > math.log(2.0))) if fin.size else float("nan"),
@@ -281,6 +297,7 @@ def trained_sets(res) -> ChainSets:
                    log_target_norm2=add(m.log_target_norm2), log_bias=add(m.log_bias),
                    log_bound_rhs=add(m.log_bound_rhs),
                    identity_residual=add(m.identity_residual),
+                   log_bias_floor=add(m.log_bias_floor),
                    log_literal_ratio=add(m.log_literal_ratio),
                    rel_output_gap=gap.reshape(n_t * n_s, 1, 1), kv_head=np.zeros(1, int),
                    layers=np.zeros(1, int))
@@ -377,9 +394,8 @@ def chain_text(ch: ModelChain) -> str:
   for lk in ch.links:
     if lk.link in ("mmd_bias", "mmd_answer") and lk.kernel is None:
       continue
-    if isinstance(lk.layer, int) and len({x.layer for x in ch.links}) > 3 and lk.link != (
-        "output_answer"):
-      continue                                     # per-layer rows of a sweep: in the JSON
+    if isinstance(lk.layer, int) and len({x.layer for x in ch.links}) > 1:
+      continue                                     # a sweep's per-layer rows: in the JSON
     rows.append([lk.link, lk.kernel or "-", lk.estimator or "-", str(lk.layer),
                  f"{lk.rho:+.3f}", f"[{lk.lo:+.3f}, {lk.hi:+.3f}]", lk.groups, lk.verdict])
   b = ch.proved_bound
@@ -393,8 +409,9 @@ def chain_text(ch: ModelChain) -> str:
                     "verdict"], rows, align="lllllrrl"),
       textwrap.fill(f"proved bound thm4.1-bound: {b.violations} violations in {b.checked:,} "
                     f"(set, head) instances (largest bias/bound {b.max_ratio:.4f}; identity "
-                    f"residual <= {b.max_identity_residual:.1e}). Literal Theorem 4.1 violated "
-                    f"(eq12 / half): {lit}.", width=120),
+                    f"residual <= {b.max_identity_residual:.1e}; {b.unresolved} instances with "
+                    f"the bias below its float64 resolution, not checked). Literal Theorem 4.1 "
+                    f"violated (eq12 / half): {lit}.", width=120),
       textwrap.fill(f"headline (normalised kernel, unbiased, all layers): {breaks(ch)}", width=120),
       textwrap.fill(ch.note, width=120)])
 
@@ -407,6 +424,7 @@ def summary(results: Results) -> tuple[str, dict]:
       "proved_bound": {
           "claim": "thm4.1-bound", "checked": sum(c.proved_bound.checked for c in results.chains),
           "violations": sum(c.proved_bound.violations for c in results.chains),
+          "unresolved": sum(c.proved_bound.unresolved for c in results.chains),
           "per_model": [dict(model=c.model, construction=c.construction,
                              **c.proved_bound._asdict()) for c in results.chains]},
       "literal": [dict(model=c.model, construction=c.construction, **r._asdict())

@@ -95,7 +95,7 @@ class Config(NamedTuple):
   match_fraction: float = 0.25  # fraction of the pool drawn from the query distribution Q
   n_queries: int = 16
   n_target: int = 16            # the target sample T (labelled demonstrations of Q)
-  n_trials: int = 64
+  n_trials: int = 128
   n_mixture: int = 8            # mixture sets per trial
   query_shift: float = 2.0      # |mean shift| of Q (and of the other pool components)
   noise_std: float = 0.25
@@ -294,8 +294,7 @@ def trial_keys(key, cfg: Config):
 
 def make_model(cfg: Config) -> models.SoftmaxAttentionLayer:
   """The one-head softmax-attention layer E1 trains, on tokens (x, y) of width d + 1."""
-  del cfg
-  return models.SoftmaxAttentionLayer(d_k=5, d_v=1, tau=MODEL_TAU, init_scale=0.5)
+  return models.SoftmaxAttentionLayer(d_k=cfg.d + 1, d_v=1, tau=MODEL_TAU, init_scale=0.5)
 
 
 def train_layer(cfg, key, *, shift_lengths=TRAIN_SHIFTS, name: str = NAME):

@@ -61,7 +61,7 @@ class Config(NamedTuple):
   k: int = 16                 # demonstrations per prompt
   n_queries: int = 16
   n_target: int = 16
-  n_trials: int = 64
+  n_trials: int = 128
   n_fractions: int = 9        # f on linspace(0, 1, n_fractions), rounded to counts of k
   noise_std: float = 0.25
   ridge_lam: float = 0.1
