@@ -1,4 +1,4 @@
-"""The figures of the paper's claims (docs/THEORY.md C1-C7) and experiments (E1-E4).
+"""The figures of the paper's claims (docs/THEORY.md C1-C7) and experiments (E1-E7).
 
 ``python -m figures`` regenerates every figure; ``python -m figures F4`` one.
 Each figure is a module with
@@ -44,6 +44,7 @@ FIGURES = {
     "F9": "figures.f9_real",
     "F10": "figures.f10_llm",
     "F11": "figures.f11_interference",
+    "F12": "figures.f12_chain",
 }
 
 
@@ -225,7 +226,8 @@ def correlation_table(summary: dict, names, *, column: str) -> dict[str, list]:
 
 
 def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
-                       overrides: dict | None = None) -> tuple[dict, dict]:
+                       overrides: dict | None = None, figure: str | None = None
+                       ) -> tuple[dict, dict]:
   """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4, real).
 
   Reads ``<results_dir>/<name>.npz`` and ``.json`` as written by
@@ -235,13 +237,24 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
   ``Config()``, or under ``quick`` its ``QUICK`` config with the fields in
   ``overrides`` (smaller still, for quick figures).
 
+  One line on stderr says which results the figure draws from: the saved files, or
+  the run it makes (a quick figure keeps its own runs under ``<out>/experiments``,
+  apart from those of ``python -m icl_kd.experiments NAME --quick`` in ``results/NAME``).
+
   Raises:
     MismatchedResults: the saved summary says it is a quick run and ``quick``
       is False (or the reverse), or its seed is not ``seed``: a full figure is
       never drawn, unmarked, from a quick run's numbers.
   """
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
-  if not (os.path.exists(npz) and os.path.exists(js)):
+  who = f"[figures] {figure}" if figure else "[figures]"
+  kind = "quick" if quick else "full"
+  if os.path.exists(npz) and os.path.exists(js):
+    runtime.log(f"{who} draws from {js} (saved results of {name}, {kind} run, seed {seed})")
+  else:
+    sizes = f"quick sizes with {overrides}" if quick and overrides else f"{kind} sizes"
+    runtime.log(f"{who}: no results of {name} in {results_dir}; running {name} ({sizes}, "
+                f"seed {seed}) and drawing from it")
     import jax
     from icl_kd.experiments import run_info
     from icl_kd.experiments.__main__ import module as experiment

@@ -65,6 +65,13 @@ FLAGS = (
 )
 
 
+
+def check_config(cfg: Config) -> None:
+  """Raises :class:`icl_kd.experiments._common.UsageError` naming the flag of a bad size."""
+  if cfg.d_model % cfg.n_heads:
+    raise _common.UsageError(f"--heads {cfg.n_heads} must divide the model width "
+                             f"d_model = {cfg.d_model}")
+
 class Results(NamedTuple):
   """Per prompt (n_test,) and per (layer, head) arrays.
 

@@ -68,6 +68,13 @@ FLAGS = (
 )
 
 
+
+def check_config(cfg: Config) -> None:
+  """Raises :class:`icl_kd.experiments._common.UsageError` naming the flag of a bad size."""
+  if cfg.d_model % cfg.n_heads:
+    raise _common.UsageError(f"--d-model {cfg.d_model} must be divisible by --heads "
+                             f"{cfg.n_heads}")
+
 class Results(NamedTuple):
   """Arrays indexed (layer, head) unless stated.
 
