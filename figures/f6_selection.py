@@ -88,16 +88,17 @@ def make(results: dict):
   ax = axes[0, 1]
   style.correlation_intervals(ax, c, kinds=ESTIMATORS)
   ax.set_xticks(np.arange(len(KERNELS)), ["norm.", "$k_V$", "$k_x$", "Gauss."])
-  ax.set_ylabel("Spearman $\\rho$(MMD$^2$, error), within trials")
-  ax.set_title("(b) MMD$^2$ vs error", loc="left")
-  style.legend(ax, loc="lower left")
+  ax.set_ylabel("Spearman $\\rho$ within trials, 95% CI")
+  ax.set_title("(b) $\\rho$(MMD$^2$, error)", loc="left")
+  style.legend_below(ax, ncols=2, bbox_to_anchor=(0.5, -0.2))
   ax = axes[0, 2]
   kinds = list(dict.fromkeys(p["set"].tolist()))
   for i, kind in enumerate(kinds):
     sel = p["set"] == kind
     v = p["mmd_kv2"][sel]
     ax.scatter(np.sign(v) * np.log10(1 + np.abs(v)), p["error"][sel], s=6,
-               marker=style.MARKERS[i % 7], color=style.CYCLE[i % 7], alpha=0.6,
+               marker=style.MARKERS[i % 7],
+               color="0.65" if kind == "mixture" else style.CYCLE[i % 7], alpha=0.6,
                label=SHORT.get(kind, kind), rasterized=True)
   ax.set_xlabel("sign $\\cdot$ log$_{10}$(1 + |MMD$_{kV}^2$|), unbiased")
   ax.set_ylabel("relative ICL error")

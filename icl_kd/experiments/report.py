@@ -124,6 +124,16 @@ def bound_line(doc: dict) -> str:
   return "\n".join(parts)
 
 
+def llm_accuracy(doc: dict) -> str:
+  """Exact match against k per task, and the mean over tasks with its interval."""
+  ks = list(doc["accuracy_mean_over_tasks"])
+  rows = [[t] + [f"{v[k]['accuracy']:.2f}" for k in ks] for t, v in doc["accuracy"].items()]
+  m = doc["accuracy_mean_over_tasks"]
+  rows.append(["**mean**"] + [f"{m[k]['accuracy']:.2f} [{m[k]['lo']:.2f}, {m[k]['hi']:.2f}]"
+                              for k in ks])
+  return _md(["task"] + [f"k={k}" for k in ks], rows)
+
+
 def llm_selection(doc: dict) -> str:
   """The language model's rules: exact match, log-probability, paired differences."""
   rows = [[f"`{r['name']}`", "yes" if r["oracle"] else "no", f"{r['exact_match']:.3f}",
@@ -192,6 +202,7 @@ def sections(results: str = "results") -> dict:
     out["chain_bound"] = ("results/chain/chain.json", bound_line(ch))
   llm = _read(results, "llm", "llm")
   if llm is not None:
+    out["llm_accuracy"] = ("results/llm/llm.json", llm_accuracy(llm))
     out["llm_selection"] = ("results/llm/llm.json", llm_selection(llm))
     out["llm_power"] = ("results/llm/llm.json", llm_power(llm))
     out["llm_chain"] = ("results/llm/llm.json",
