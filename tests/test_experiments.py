@@ -95,8 +95,14 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
              if not line.startswith(("saved", "==="))) <= 120
   with open(os.path.join(out, f"{module.NAME}.json")) as f:
     data = json.load(f)
-  # every saved summary says which run it is: experiment, quick, seed, config
+  # every saved summary says which run it is: experiment, quick, seed, config, the command,
+  # the versions and the wall time
+  import icl_kd
   assert (data["experiment"], data["quick"], data["seed"]) == (name, True, seed)
+  assert data["icl_kd_version"] == icl_kd.__version__ == data["versions"]["icl_kd"]
+  assert data["versions"]["jax"] and data["wall_seconds"] > 0
+  assert data["command"] == (f"python -m icl_kd.experiments {name} --quick --seed {seed} --out "
+                             f"{out} --no-compile-cache --no-progress")
   assert data["config"] == json.loads(json.dumps(_common.config_dict(tiny._replace(progress=False))))
   assert os.path.exists(os.path.join(out, f"{module.NAME}.npz"))
   loaded, meta = train.load_checkpoint(os.path.join(out, f"{module.NAME}_model.npz"), res.params)
