@@ -249,9 +249,8 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
   who = f"[figures] {figure}" if figure else "[figures]"
   kind = "quick" if quick else "full"
-  if os.path.exists(npz) and os.path.exists(js):
-    runtime.log(f"{who} draws from {js} (saved results of {name}, {kind} run, seed {seed})")
-  else:
+  saved = os.path.exists(npz) and os.path.exists(js)
+  if not saved:
     sizes = f"quick sizes with {overrides}" if quick and overrides else f"{kind} sizes"
     runtime.log(f"{who}: no results of {name} in {results_dir}; running {name} ({sizes}, "
                 f"seed {seed}) and drawing from it")
@@ -274,6 +273,8 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
         f"figure needs a {kind[bool(quick)]} run with seed {seed}: move {results_dir} away "
         f"(the figure then runs {name} itself) or rerun `python -m icl_kd.experiments {name} "
         f"--out {results_dir}{' --quick' if quick else ''} --seed {seed}`")
+  if saved:
+    runtime.log(f"{who} draws from {js} (saved results of {name}, {kind} run, seed {seed})")
   with np.load(npz) as f:
     arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   return arrays, summary

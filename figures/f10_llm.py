@@ -53,9 +53,6 @@ def compute(cfg: Config) -> dict:
                     f"package: {loader.EXTRA_INSTALL}")
     experiment_results("llm", results_dir=cfg.results_dir, seed=cfg.seed, quick=cfg.quick,
                        overrides=QUICK_OVERRIDES, figure=ID)
-  else:
-    from icl_kd import runtime
-    runtime.log(f"[figures] {ID} draws from {js}")
   with open(js) as f:
     s = json.load(f)
   if bool(s.get("quick")) != bool(cfg.quick) or int(s.get("seed", cfg.seed)) != cfg.seed:
@@ -64,6 +61,8 @@ def compute(cfg: Config) -> dict:
         f"{js} holds a {'quick' if s.get('quick') else 'full'} run of llm with seed "
         f"{s.get('seed')}, but this figure needs a {'quick' if cfg.quick else 'full'} run with "
         f"seed {cfg.seed}")
+  from icl_kd import runtime
+  runtime.log(f"[figures] {ID} draws from {js}")
   err = np.asarray(s["c1"]["per_head_max_err_f64"])                       # (L, H)
   n_l, n_h = err.shape
   heads = {**head_columns(n_l, n_h), "c1_err_f64": err.ravel().tolist(),

@@ -26,6 +26,14 @@ LABELS = ("normalised", "$k_V$", "$k_x$", "Gaussian")
 Config, config = results_config(__name__, results_dir="E6")
 
 
+def _short(name: str) -> str:
+  """'k_V/unbiased' -> '$k_V$ u' (tick labels)."""
+  for a, b in (("/unbiased", " u"), ("/biased", " b"), ("normalised", "norm."),
+               ("gaussian", "Gauss."), ("k_V", "$k_V$"), ("k_x", "$k_x$")):
+    name = name.replace(a, b)
+  return name
+
+
 def compute(cfg: Config) -> dict:
   """The curves against f and the within-trial correlations from the E6 results."""
   _, summary = experiment_results(
@@ -93,9 +101,7 @@ def make(results: dict):
                 label="$\\rho(f$, MMD$^2)$" if i == 0 else "$\\rho$(MMD$^2$, error)")
   ax.axvline(0.0, color=style.REFERENCE, lw=0.8)
   ax.set_yticks(np.arange(len(names))[::-1],
-                [n.replace("/unbiased", " u").replace("/biased", " b").replace("normalised", "norm.")
-                 .replace("gaussian", "Gauss.").replace("k_V", "$k_V$").replace("k_x", "$k_x$")
-                 for n in names])
+                [_short(n) for n in names])
   ax.set_xlabel("Spearman $\\rho$ within trials, 95% CI")
   ax.set_title("(c) rank correlations", loc="left")
   style.legend_below(ax, ncols=1, bbox_to_anchor=(0.5, -0.25))

@@ -105,6 +105,20 @@ def test_e1_writes_the_named_rules_with_their_oracle_flags_and_both_estimators(e
   assert "x, <w, x> + noise" in data["target"] and "held out" in data["target"]
 
 
+def test_e1_prints_the_estimators_and_how_well_the_layer_learns(e1_run):
+  res, _, _ = e1_run
+  text, _ = e1.summary(res)
+  assert "u = unbiased, the default" in text            # the MMD^2 columns are explained
+  assert "the layer: relative error" in text            # beside every E1 number: how well it learns
+  n_sets = len(e1.SET_RULES) + E1_TINY.n_mixture
+  for table in (res.error, res.ridge_error, res.gd_error, res.own_fraction):
+    assert table.shape == (3, n_sets) and np.all(np.isfinite(table))
+  assert res.knn_error.shape == (3,) and res.train_losses.shape == (E1_TINY.train_steps,)
+  # the mixture sets take 0 and k of their points from Q, in that order; random_match only Q's
+  np.testing.assert_allclose(res.own_fraction[:, -2:], np.tile([0.0, 1.0], (3, 1)))
+  np.testing.assert_allclose(res.own_fraction[:, e1.SET_RULES.index("random_match")], 1.0)
+
+
 def _trial0(res):
   cfg = E1_TINY
   _, keys, _, _ = e1.trial_keys(jax.random.key(3), cfg)

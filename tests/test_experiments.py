@@ -1,4 +1,5 @@
-"""Experiments E1-E4 end to end at tiny sizes, their selection rules, and E4's C1 identity."""
+"""Experiments E2-E4 end to end at tiny sizes (E1, E6: tests/test_e1_e6.py), the shared
+statistics and command line (usage errors, --out, QUICK RUN, versions), and E4's C1 identity."""
 
 import importlib
 import inspect
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from icl_kd import models, selection, train
+from icl_kd import models, train
 from icl_kd.experiments import _common, e1_selection, e2_lr_proxy, e3_weight_norm, e4_layers
 from icl_kd.experiments.__main__ import EXPERIMENTS, main as dispatch
 
@@ -75,11 +76,6 @@ def test_minimum_detectable_difference_is_the_t_test_power_formula():
 # -- E1 -----------------------------------------------------------------------------------
 
 
-E1_TINY = e1_selection.Config(d=3, k=4, n_pool=24, n_queries=6, n_target=6, n_trials=4,
-                              n_mixture=3, train_steps=20, batch=16, n_reference=16, n_boot=50,
-                              progress=False)
-
-
 def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   """Runs ``python -m icl_kd.experiments NAME --quick`` with the quick config made tiny."""
   monkeypatch.setattr(module, "QUICK", tiny)
@@ -110,25 +106,6 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   for x, y in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(res.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   return res, printed, data
-
-
-def test_e1_runs_end_to_end(tmp_path, monkeypatch, capsys):
-  res, printed, data = _run_cli(e1_selection, E1_TINY, tmp_path, monkeypatch, capsys)
-  assert "mmd_kv" in printed and [r["name"] for r in data["rules"]] == list(e1_selection.RULE_NAMES)
-  assert "u = unbiased, the default" in printed   # the MMD^2 columns are explained
-  assert "the layer: relative error" in printed   # beside every E1 number: how well it learns
-  n_sets = len(e1_selection.SET_RULES) + 3
-  for table in (res.error, res.ridge_error, res.gd_error, res.own_fraction):
-    assert table.shape == (4, n_sets) and np.all(np.isfinite(table))
-  assert np.all(res.error >= 0) and res.knn_error.shape == (4,)
-  assert res.train_losses.shape == (20,)
-  # greedy selection minimises the MMD it targets: the Gaussian rule's set has a lower
-  # Gaussian MMD^2 (unbiased) to the queries' distribution than random prompts in most trials
-  g = res.measures.mmd2[..., selection.KERNELS.index("gaussian"), 0]
-  i, j = e1_selection.SET_RULES.index("gaussian"), e1_selection.SET_RULES.index("random")
-  assert np.mean(g[:, i] < g[:, j]) >= 0.75
-  # the mixture sets take 0, k/2, k of their points from Q, in that order
-  np.testing.assert_allclose(res.own_fraction[:, -3:], np.tile([0.0, 0.5, 1.0], (4, 1)))
 
 
 # -- E2 -----------------------------------------------------------------------------------

@@ -371,7 +371,7 @@ def build_parser(module) -> argparse.ArgumentParser:
 
 
 def config_from_args(module, args: argparse.Namespace):
-  """``QUICK`` or ``Config()`` with the given flags applied (and ``progress`` from --no-progress)."""
+  """``QUICK`` or ``Config()`` with the given flags applied (``progress`` from --no-progress)."""
   config = module.QUICK if args.quick else module.Config()
   changes = {f.field: getattr(args, f.field) for f in getattr(module, "FLAGS", ())
              if getattr(args, f.field, None) is not None}

@@ -444,7 +444,8 @@ def measure_trial(model, params, cfg: Config, key):
   # knn: each query gets its own prompt of its k nearest pool points.
   d2 = jax.vmap(lambda q: jnp.sum((tr.pool - q[None, :]) ** 2, axis=1))(tr.queries)  # (M, P)
   nn_idx = jax.lax.top_k(-d2, cfg.k)[1]                                     # (M, k)
-  per_q = lambda f: jax.vmap(lambda i, q: f(tr.pool[i], tr.pool_y[i], q))(nn_idx, tr.queries)  # noqa
+  def per_q(f):
+    return jax.vmap(lambda i, q: f(tr.pool[i], tr.pool_y[i], q))(nn_idx, tr.queries)
   knn = jnp.mean((per_q(predict) - tr.targets) ** 2) / denom
   knn_r = jnp.mean((per_q(lambda x, y, q: baselines.ridge(x, y, q, lam=cfg.ridge_lam))
                     - tr.targets) ** 2) / denom

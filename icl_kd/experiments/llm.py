@@ -568,10 +568,12 @@ def measure(sets: list, target: list, pool: list, config: Config, tau: float, gr
   t = np.stack([np.stack([_pad(_tokens(target, li, g, rotated), trows) for g in range(n_g)])
                 for li in range(n_l)])
   qa = [st.queries if rotated else st.queries_unrotated for st in sets]        # (L, H, Q, dh)
-  q = np.stack([np.stack([np.stack([
-      np.concatenate([np.zeros_like(a[li, g * group_size:(g + 1) * group_size]).repeat(2, -1),
-                      a[li, g * group_size:(g + 1) * group_size]], axis=-1).reshape(-1, 3 * a.shape[-1])
-      for g in range(n_g)]) for li in range(n_l)]) for a in qa])
+  def lift_queries(a, li, g):                                  # [0; 0; q] per head and query
+    qs = a[li, g * group_size:(g + 1) * group_size]                         # (gs, Q, dh)
+    return np.concatenate([np.zeros_like(qs), np.zeros_like(qs), qs], axis=-1).reshape(
+        -1, 3 * a.shape[-1])
+  q = np.stack([np.stack([np.stack([lift_queries(a, li, g) for g in range(n_g)])
+                          for li in range(n_l)]) for a in qa])
   support = np.stack([np.stack([_support(pool, target, li, g, rotated) for g in range(n_g)])
                       for li in range(n_l)])
   gs = np.stack([np.stack([np.stack([ls.pooled[li] for ls in st.lines]) for li in range(n_l)])
@@ -935,13 +937,49 @@ def _boot_mean_2level(x: np.ndarray, rng, n_boot: int) -> tuple[float, float]:
   return float(lo), float(hi)
 
 
+def _rho(c) -> str:
+  return f"{c.rho:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]"
+
+
 def _ci(d) -> str:
   return "-" if d is None else f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"
 
 
-def accuracy_report(res: Results) -> tuple[dict, dict, dict, dict]:
-  """(per task and k, mean over tasks per k, head-statistic medians per k, Spearman of the
-  head-averaged statistics with the gold log-probability)."""
+class MeanInterval(NamedTuple):
+  """A mean exact match with its 95% bootstrap interval, and the mean gold log-probability."""
+  accuracy: float
+  lo: float
+  hi: float
+  logprob: float
+
+
+class HeadMedians(NamedTuple):
+  """Medians over prompts and heads at the answer position (log eta* is NaN at k = 0)."""
+  log_partition: float
+  entropy: float
+  sink_share: float
+  demo_share: float
+  log_eta: float
+
+
+class AccuracyReport(NamedTuple):
+  """The accuracy curves' statistics.
+
+  Attributes:
+    per_task: task -> k -> :class:`MeanInterval` (bootstrap over draws and queries).
+    mean: k -> :class:`MeanInterval` over tasks (bootstrap over tasks).
+    medians: k -> :class:`HeadMedians`.
+    vs_logprob: statistic name -> Correlation of its head average with the gold
+      log-probability (bootstrap over tasks); ``*_at_k<K>`` at the largest k only.
+  """
+  per_task: dict
+  mean: dict
+  medians: dict
+  vs_logprob: dict
+
+
+def accuracy_report(res: Results) -> AccuracyReport:
+  """:class:`AccuracyReport` of the run's accuracy curves."""
   cfg = res.config
   rng = np.random.default_rng(res.seed + 2)
   per_task = {}
@@ -950,17 +988,18 @@ def accuracy_report(res: Results) -> tuple[dict, dict, dict, dict]:
     for k in cfg.ks:
       c = res.accuracy.correct[n][k].astype(float)
       lo, hi = _boot_mean_2level(c, rng, cfg.n_boot)
-      per_task[n][str(k)] = dict(accuracy=float(c.mean()), lo=lo, hi=hi,
-                                 logprob=float(res.accuracy.logprob[n][k].mean()))
+      per_task[n][k] = MeanInterval(float(c.mean()), lo, hi,
+                                    float(res.accuracy.logprob[n][k].mean()))
   mean_k = {}
   for k in cfg.ks:
     c = np.stack([res.accuracy.correct[n][k].astype(float) for n in cfg.tasks])
+    lp = np.stack([res.accuracy.logprob[n][k] for n in cfg.tasks])
     stats = [c[rng.integers(0, len(c), len(c))].mean() for _ in range(cfg.n_boot)]
-    mean_k[str(k)] = dict(accuracy=float(c.mean()), lo=float(np.quantile(stats, 0.025)),
-                          hi=float(np.quantile(stats, 0.975)))
-  fields = ("log_partition", "entropy", "sink_share", "demo_share", "log_eta")
-  med = {str(k): {f: float(np.median(getattr(st, f))) if k or f != "log_eta" else float("nan")
-                  for f in fields} for k, st in res.accuracy.head_stats.items()}
+    mean_k[k] = MeanInterval(float(c.mean()), float(np.quantile(stats, 0.025)),
+                             float(np.quantile(stats, 0.975)), float(lp.mean()))
+  med = {k: HeadMedians(*(float(np.median(getattr(st, f))) if k or f != "log_eta"
+                          else float("nan") for f in HeadMedians._fields))
+         for k, st in res.accuracy.head_stats.items()}
   ks = [k for k in cfg.ks if k > 0]
   hs = res.accuracy.head_stats
   lp = np.concatenate([hs[k].logprob for k in ks])
@@ -968,14 +1007,13 @@ def accuracy_report(res: Results) -> tuple[dict, dict, dict, dict]:
   rel = {}
   for f in ("log_eta", "entropy", "log_partition", "demo_share"):
     v = np.concatenate([getattr(hs[k], f).mean(axis=(1, 2)) for k in ks])
-    rel[f] = _common.bootstrap_spearman(v, lp, seed=res.seed, groups=grp,
-                                        n_boot=cfg.n_boot)._asdict()
+    rel[f] = _common.bootstrap_spearman(v, lp, seed=res.seed, groups=grp, n_boot=cfg.n_boot)
   kk = max(ks)
   for f in ("log_eta", "entropy"):
     rel[f"{f}_at_k{kk}"] = _common.bootstrap_spearman(
         getattr(hs[kk], f).mean(axis=(1, 2)), hs[kk].logprob, seed=res.seed, groups=hs[kk].task,
-        n_boot=cfg.n_boot)._asdict()
-  return per_task, mean_k, med, rel
+        n_boot=cfg.n_boot)
+  return AccuracyReport(per_task, mean_k, med, rel)
 
 
 def sweep_table(ch, layers) -> list:
@@ -1002,19 +1040,19 @@ def summary(res: Results) -> tuple[str, dict]:
       f"head output {c1.model_err_f32.max():.2e}. Share of D' on the sink (median over heads): "
       f"{np.median(c1.sink_share):.2f}, on the demonstrations {np.median(c1.demo_share):.2f}.",
       width=120)]
-  per_task, mean_k, med, rel = accuracy_report(res)
-  ks = [str(k) for k in cfg.ks]
-  rows = [[n] + [f"{a[k]['accuracy']:.2f} [{a[k]['lo']:.2f},{a[k]['hi']:.2f}]" for k in ks]
-          for n, a in per_task.items()]
-  rows.append(["mean"] + [f"{mean_k[k]['accuracy']:.2f} [{mean_k[k]['lo']:.2f},"
-                          f"{mean_k[k]['hi']:.2f}]" for k in ks])
+  acc = accuracy_report(res)
+  rows = [[n] + [f"{a[k].accuracy:.2f} [{a[k].lo:.2f},{a[k].hi:.2f}]" for k in cfg.ks]
+          for n, a in acc.per_task.items()]
+  rows.append(["mean"] + [f"{acc.mean[k].accuracy:.2f} [{acc.mean[k].lo:.2f},"
+                          f"{acc.mean[k].hi:.2f}]" for k in cfg.ks])
   out += ["", "Exact match against k (95% bootstrap interval over draws and queries):",
-          format_table(["task"] + [f"k={k}" for k in ks], rows, align="l" + "r" * len(ks))]
-  rows = [[k] + [v[f] for f in ("log_partition", "log_eta", "entropy", "sink_share", "demo_share")]
-          for k, v in med.items()]
+          format_table(["task"] + [f"k={k}" for k in cfg.ks], rows,
+                       align="l" + "r" * len(cfg.ks))]
+  rows = [[k, v.log_partition, v.log_eta, v.entropy, v.sink_share, v.demo_share]
+          for k, v in acc.medians.items()]
   out += ["", "Per head at the answer position (medians over prompts and heads):",
           format_table(["k", "log D'", "log eta*", "entropy", "sink share", "demo share"], rows)]
-  rows = [[f, v["rho"], v["lo"], v["hi"], v["n"]] for f, v in rel.items()]
+  rows = [[f, v.rho, v.lo, v.hi, v.n] for f, v in acc.vs_logprob.items()]
   out += ["", "Spearman(head-averaged statistic, gold log-prob) over k-shot prompts:",
           format_table(["statistic", "rho", "lo", "hi", "n"], rows)]
   st, pw = res.selection_stats, res.selection_stats.power
@@ -1041,12 +1079,9 @@ def summary(res: Results) -> tuple[str, dict]:
           format_table(["f", "exact match", "gold logprob", "norm. MMD^2 u", "MMD_kV^2 u",
                         "MMD_kV^2 b"], rows),
           textwrap.fill(
-              f"within groups: Spearman(f, logprob) {itf.f_logprob.rho:+.3f} "
-              f"[{itf.f_logprob.lo:+.3f}, {itf.f_logprob.hi:+.3f}]; (f, normalised MMD^2 u) "
-              f"{itf.f_mmd['normalised/unbiased'].rho:+.3f} [{itf.f_mmd['normalised/unbiased'].lo:+.3f}, "
-              f"{itf.f_mmd['normalised/unbiased'].hi:+.3f}]; (f, MMD_kV^2 b) "
-              f"{itf.f_mmd['k_V/biased'].rho:+.3f} [{itf.f_mmd['k_V/biased'].lo:+.3f}, "
-              f"{itf.f_mmd['k_V/biased'].hi:+.3f}]", width=120)]
+              f"within groups: Spearman(f, logprob) {_rho(itf.f_logprob)}; (f, normalised MMD^2 "
+              f"u) {_rho(itf.f_mmd['normalised/unbiased'])}; (f, MMD_kV^2 b) "
+              f"{_rho(itf.f_mmd['k_V/biased'])}", width=120)]
   for ch in res.chains:
     out += ["", chain_exp.chain_text(ch), "per layer (normalised kernel, unbiased):",
             format_table(["layer"] + list(chain_exp.LINKS), sweep_table(ch, cfg.layers),
@@ -1069,8 +1104,11 @@ def summary(res: Results) -> tuple[str, dict]:
                  per_head_max_err_f32=c1.err_f32.max(axis=0).tolist(),
                  per_head_max_tol_ratio_f64=c1.tol_ratio_f64.max(axis=0).tolist(),
                  per_head_median_sink_share=np.median(c1.sink_share, axis=0).tolist()),
-      "accuracy": per_task, "accuracy_mean_over_tasks": mean_k, "head_stats_median": med,
-      "head_stats_vs_logprob": rel,
+      "accuracy": {n: {str(k): v._asdict() for k, v in a.items()}
+                   for n, a in acc.per_task.items()},
+      "accuracy_mean_over_tasks": {str(k): v._asdict() for k, v in acc.mean.items()},
+      "head_stats_median": {str(k): v._asdict() for k, v in acc.medians.items()},
+      "head_stats_vs_logprob": {f: v._asdict() for f, v in acc.vs_logprob.items()},
       "selection": {
           "rules": [dict(name=r.name, oracle=r.oracle, description=r.description,
                          exact_match=r.exact_match, logprob=r.logprob,

@@ -27,7 +27,8 @@ from icl_kd.llm.heads import HeadInputs, head_decompose, head_inputs, partition_
 from icl_kd.llm.loader import SMOLLM_INSTALL, LlamaConfig, bundled_path, read_gguf
 from icl_kd.llm.model import ForwardOutput, LlamaParams, Scored, forward, score
 
-__all__ = ["Llama", "LayerStates", "LlamaConfig", "LlamaParams", "ForwardOutput", "HeadInputs", "Scored",
+__all__ = ["Llama", "LayerStates", "LlamaConfig", "LlamaParams", "ForwardOutput", "HeadInputs",
+           "Scored",
            "SMOLLM_INSTALL", "bucket_length", "bundled_path", "forward", "head_decompose",
            "head_inputs", "heads", "load", "loader", "model", "partition_shares", "read_gguf",
            "score"]

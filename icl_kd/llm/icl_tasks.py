@@ -204,7 +204,8 @@ def encode_lines(model, lines) -> tuple[EncodedPrompt, list]:
       are not a prefix of the tokens of all of them (a token spanning two lines).
   """
   if not lines or any(not line.endswith("\n") for line in lines):
-    raise ValueError(f"lines must be a non-empty list of strings ending in a newline, got {lines!r}")
+    raise ValueError(f"lines must be a non-empty list of strings ending in a newline, got "
+                     f"{lines!r}")
   full = np.asarray([model.sink_id] + model.encode("".join(lines)), np.int32)
   n = len(full)
   return EncodedPrompt(full, n - 1, n - 1, 1), line_spans(model, lines)
