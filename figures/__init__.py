@@ -1,7 +1,8 @@
-"""The figures F1-F11: the paper's claims (docs/THEORY.md C1-C7) and the experiments.
+"""The figures F1-F12: the paper's claims (docs/THEORY.md C1-C7) and the experiments.
 
 F1-F5 draw the claims; F6-F8 and F11 the experiments E1-E4 and E6; F9 the
-pretrained-encoder experiment ``real``; F10 the causal-LM experiment ``llm``.
+pretrained-encoder experiment ``real``; F10 the causal-LM experiment ``llm``; F12
+the chain of E7, MMD -> bias -> head output -> answer.
 
 ``python -m figures`` regenerates every figure; ``python -m figures F4`` one.
 Each figure is a module with
@@ -48,6 +49,7 @@ FIGURES = {
     "F9": "figures.f9_real",
     "F10": "figures.f10_llm",
     "F11": "figures.f11_interference",
+    "F12": "figures.f12_chain",
 }
 
 
@@ -230,7 +232,8 @@ def correlation_table(summary: dict, names, *, column: str) -> dict[str, list]:
 
 
 def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
-                       overrides: dict | None = None) -> tuple[dict, dict]:
+                       overrides: dict | None = None, figure: str | None = None
+                       ) -> tuple[dict, dict]:
   """The saved arrays (npz) and summary (json) of experiment ``name`` (E1..E4, real).
 
   Reads ``<results_dir>/<name>.npz`` and ``.json`` as written by
@@ -240,13 +243,23 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
   ``Config()``, or under ``quick`` its ``QUICK`` config with the fields in
   ``overrides`` (smaller still, for quick figures).
 
+  One line on stderr says which results the figure draws from: the saved files, or
+  the run it makes (a quick figure keeps its own runs under ``<out>/experiments``,
+  apart from those of ``python -m icl_kd.experiments NAME --quick`` in ``results/NAME``).
+
   Raises:
     MismatchedResults: the saved summary says it is a quick run and ``quick``
       is False (or the reverse), or its seed is not ``seed``: a full figure is
       never drawn, unmarked, from a quick run's numbers.
   """
   npz, js = (os.path.join(results_dir, f"{name}.{ext}") for ext in ("npz", "json"))
-  if not (os.path.exists(npz) and os.path.exists(js)):
+  who = f"[figures] {figure}" if figure else "[figures]"
+  kind = "quick" if quick else "full"
+  saved = os.path.exists(npz) and os.path.exists(js)
+  if not saved:
+    sizes = f"quick sizes with {overrides}" if quick and overrides else f"{kind} sizes"
+    runtime.log(f"{who}: no results of {name} in {results_dir}; running {name} ({sizes}, "
+                f"seed {seed}) and drawing from it")
     import jax
     from icl_kd.experiments import run_info
     from icl_kd.experiments.__main__ import module as experiment
@@ -266,6 +279,8 @@ def experiment_results(name: str, *, results_dir: str, seed: int, quick: bool,
         f"figure needs a {kind[bool(quick)]} run with seed {seed}: move {results_dir} away "
         f"(the figure then runs {name} itself) or rerun `python -m icl_kd.experiments {name} "
         f"--out {results_dir}{' --quick' if quick else ''} --seed {seed}`")
+  if saved:
+    runtime.log(f"{who} draws from {js} (saved results of {name}, {kind} run, seed {seed})")
   with np.load(npz) as f:
     arrays = {k: f[k] for k in f.files if f[k].dtype != object}
   return arrays, summary

@@ -22,11 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
   from figures import FIGURES
   p = argparse.ArgumentParser(
       prog="python -m figures",
-      description="Regenerate the figures F1-F11 as PDF + PNG, with the numbers behind each as "
+      description="Regenerate the figures F1-F12 as PDF + PNG, with the numbers behind each as "
                   "JSON/CSV: F1-F5 draw the claims of arXiv:2506.11516 (docs/THEORY.md C1-C7); "
                   "F6-F8 and F11 the experiments E1-E4 and E6 on trained attention models; F9 "
                   "pretrained all-MiniLM-L6-v2 (the real experiment); F10 SmolLM2-135M (the llm "
-                  "experiment).")
+                  "experiment); F12 the chain MMD -> bias -> output -> answer (E7).")
   p.add_argument("ids", nargs="*", metavar="ID",
                  help=f"figures to make (default: all of {', '.join(FIGURES)})")
   p.add_argument("--quick", action="store_true",

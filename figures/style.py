@@ -160,13 +160,14 @@ def c1_heat_map(fig, ax, errors, layers: int, heads: int, *, layer_step: int = 1
   cb.set_label("$\\log_{10}$ max relative error")
 
 
-def correlation_intervals(ax, c) -> None:
-  """Spearman rho with its interval [lo, hi] per name: pooled and within trials side by side.
+def correlation_intervals(ax, c, kinds=("pooled", "within trials")) -> None:
+  """Spearman rho with its interval [lo, hi] per name, one marker per kind, side by side.
 
-  ``c``: the columns of a :func:`figures.correlation_table` as :func:`figures.table`
-  reads them; names at x = 0, 1, ...; a line at rho = 0 for reference.
+  ``c``: the columns of a :func:`figures.correlation_table` (or any table with columns
+  kind, rho, lo, hi) as :func:`figures.table` reads them; names at x = 0, 1, ...; a line
+  at rho = 0 for reference.
   """
-  for i, kind in enumerate(("pooled", "within trials")):
+  for i, kind in enumerate(kinds):
     sel = c["kind"] == kind
     xs = np.arange(sel.sum()) + (i - 0.5) * 0.3
     rho, lo, hi = c["rho"][sel], c["lo"][sel], c["hi"][sel]

@@ -1,4 +1,5 @@
-"""Experiments E1-E4 end to end at tiny sizes, their selection rules, and E4's C1 identity."""
+"""Experiments E2-E4 end to end at tiny sizes (E1, E6: tests/test_e1_e6.py), the shared
+statistics and command line (usage errors, --out, QUICK RUN, versions), and E4's C1 identity."""
 
 import importlib
 import inspect
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from icl_kd import mmd, models, train
+from icl_kd import models, train
 from icl_kd.experiments import _common, e1_selection, e2_lr_proxy, e3_weight_norm, e4_layers
 from icl_kd.experiments.__main__ import EXPERIMENTS, main as dispatch
 
@@ -38,52 +39,41 @@ def test_bootstrap_interval_of_a_monotone_relation():
   assert c.lo < c.rho < c.hi and c.lo < 0 < c.hi    # independent data: the interval covers 0
 
 
+def test_cluster_spearman_averages_group_rhos_and_resamples_whole_clusters():
+  # 4 tasks x 5 trials: within every trial of tasks 0, 1 the relation is increasing, in tasks
+  # 2, 3 decreasing. The mean of the 20 trial rhos is 0; resampling the 4 tasks (not the 20
+  # trials) gives the interval [-1, 1] (a mean of 4 draws from {+1, +1, -1, -1} is -1 or +1
+  # with probability 1/16 each > 2.5%), where resampling trials would give about +-0.45.
+  x = np.tile(np.arange(6.0), 20)
+  sign = np.repeat([1, 1, -1, -1], 5 * 6)
+  y = sign * x
+  groups = np.repeat(np.arange(20), 6)
+  clusters = groups // 5
+  c = _common.cluster_spearman(x, y, groups=groups, clusters=clusters, seed=0, n_boot=4000)
+  assert (c.rho, c.lo, c.hi, c.groups) == (0.0, -1.0, 1.0, 20)
+  # units: Spearman per (group, unit), then averaged within the group
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=24), rng.normal(size=24)
+  g, u = np.repeat([0, 1], 12), np.tile(np.repeat([0, 1], 6), 2)
+  per = _common.group_spearman(a, b, groups=g, units=u)
+  ref = [np.mean([scipy.stats.spearmanr(a[(g == gg) & (u == uu)], b[(g == gg) & (u == uu)])[0]
+                  for uu in (0, 1)]) for gg in (0, 1)]
+  np.testing.assert_allclose([per[0], per[1]], ref, rtol=1e-12)
+
+
+def test_minimum_detectable_difference_is_the_t_test_power_formula():
+  m = np.array([0.1, -0.05, 0.2, 0.0, 0.15, -0.1, 0.05, 0.12])
+  ref = ((scipy.stats.t.ppf(0.975, 7) + scipy.stats.t.ppf(0.8, 7)) * m.std(ddof=1) / np.sqrt(8))
+  assert _common.minimum_detectable_difference(m) == pytest.approx(ref, rel=1e-9)
+  assert _common.student_t_quantile(0.3, 2.5) == pytest.approx(scipy.stats.t.ppf(0.3, 2.5),
+                                                               abs=1e-8)
+  d = _common.paired_difference(np.repeat(m, 3), clusters=np.repeat(np.arange(8), 3), seed=0,
+                                n_boot=500)
+  assert d.mean == pytest.approx(m.mean(), rel=1e-12) and d.clusters == 8
+  assert d.detectable == pytest.approx(ref, rel=1e-9) and d.lo < d.mean < d.hi
+
+
 # -- E1 -----------------------------------------------------------------------------------
-
-
-def _np_gauss(a, b, h):
-  return np.exp(-np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1) / (2 * h * h))
-
-
-def _np_greedy(pool, queries, k, h):
-  chosen = []
-  for _ in range(k):
-    best, best_val = None, np.inf
-    for c in range(len(pool)):
-      if c in chosen:
-        continue
-      s = pool[chosen + [c]]
-      val = (_np_gauss(s, s, h).mean() + _np_gauss(queries, queries, h).mean()
-             - 2 * _np_gauss(s, queries, h).mean())          # biased MMD^2
-      if val < best_val:
-        best, best_val = c, val
-    chosen.append(best)
-  return chosen
-
-
-greedy = jax.jit(e1_selection.mmd_greedy, static_argnames=("k",))
-retrieve = jax.jit(e1_selection.retrieval, static_argnames=("k",))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mmd_greedy_is_greedy_biased_mmd_minimisation(seed):
-  kp, kq = jax.random.split(jax.random.key(seed))
-  pool = jax.random.normal(kp, (15, 2), F64)
-  queries = jax.random.normal(kq, (5, 2), F64) + 1.0
-  h = 0.9
-  idx = greedy(pool, queries, k=4, kernel=mmd.gaussian_kernel(jnp.asarray(h)))
-  assert list(np.asarray(idx)) == _np_greedy(np.asarray(pool), np.asarray(queries), 4, h)
-
-
-def test_retrieval_takes_turns_over_the_queries():
-  pool = jnp.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]], F64)
-  queries = jnp.array([[0.4], [11.6]], F64)
-  # q0 -> 0.0, q1 -> 12.0, q0 -> 1.0, q1 -> 11.0
-  assert list(np.asarray(retrieve(pool, queries, k=4))) == [0, 5, 1, 4]
-
-
-E1_TINY = e1_selection.Config(d=3, k=4, n_pool=24, n_queries=6, n_trials=4, n_mixture=3,
-                              train_steps=20, batch=16, n_boot=50, progress=False)
 
 
 def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
@@ -94,12 +84,21 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   res = _common.run_cli(module, ["--quick", "--seed", str(seed), "--out", out,
                                  "--no-compile-cache", "--no-progress"])
   printed = capsys.readouterr().out
+  # a quick run says so on its tables, not only in the JSON
+  assert printed.splitlines()[0] == _common.QUICK_BANNER and _common.QUICK_BANNER in printed
   # the summary fits a 120-column terminal (the closing line names the saved files)
-  assert max(len(line) for line in printed.splitlines() if not line.startswith("saved")) <= 120
+  assert max(len(line) for line in printed.splitlines()
+             if not line.startswith(("saved", "==="))) <= 120
   with open(os.path.join(out, f"{module.NAME}.json")) as f:
     data = json.load(f)
-  # every saved summary says which run it is: experiment, quick, seed, config
+  # every saved summary says which run it is: experiment, quick, seed, config, the command,
+  # the versions and the wall time
+  import icl_kd
   assert (data["experiment"], data["quick"], data["seed"]) == (name, True, seed)
+  assert data["icl_kd_version"] == icl_kd.__version__ == data["versions"]["icl_kd"]
+  assert data["versions"]["jax"] and data["wall_seconds"] > 0
+  assert data["command"] == (f"python -m icl_kd.experiments {name} --quick --seed {seed} --out "
+                             f"{out} --no-compile-cache --no-progress")
   assert data["config"] == json.loads(json.dumps(_common.config_dict(tiny._replace(progress=False))))
   assert os.path.exists(os.path.join(out, f"{module.NAME}.npz"))
   loaded, meta = train.load_checkpoint(os.path.join(out, f"{module.NAME}_model.npz"), res.params)
@@ -107,24 +106,6 @@ def _run_cli(module, tiny, tmp_path, monkeypatch, capsys, seed=0):
   for x, y in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(res.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   return res, printed, data
-
-
-def test_e1_runs_end_to_end(tmp_path, monkeypatch, capsys):
-  res, printed, data = _run_cli(e1_selection, E1_TINY, tmp_path, monkeypatch, capsys)
-  assert "mmd_kv" in printed and tuple(data["rules"]) == e1_selection.RULES
-  assert "biased estimate (V-statistic, >= 0)" in printed   # the MMD^2 columns are explained
-  for s in e1_selection.RULES:
-    for table in (res.error, res.mmd2["gaussian"], res.ridge_error, res.gd_error):
-      assert table[s].shape == (4,) and np.all(np.isfinite(table[s]))
-    assert np.all(res.error[s] >= 0)
-  assert res.mixture_error.shape == (4, 3) and res.mixture_mmd2["gaussian"].shape == (4, 3)
-  c = res.correlation["gaussian"]
-  assert -1 <= c.lo <= c.hi <= 1 and -1 <= c.rho <= 1 and c.n == 4 * (5 + 3)
-  assert all(0 <= v <= 1 for v in res.wins.values())
-  assert res.train_losses.shape == (20,)
-  # greedy selection minimises the (biased) MMD it targets: the reported MMD^2 is
-  # lower than that of random prompts in every trial of this fixed-seed run.
-  assert np.all(res.mmd2["gaussian"]["gaussian"] < res.mmd2["gaussian"]["random"])
 
 
 # -- E2 -----------------------------------------------------------------------------------
@@ -275,3 +256,40 @@ def test_dispatcher_passes_the_flags_and_returns_main_status(monkeypatch):
   monkeypatch.setattr(e3_weight_norm, "main", lambda argv: seen.append(argv) or 0)
   assert dispatch(["E3", "--quick", "--seed", "4"]) == 0
   assert seen == [["--quick", "--seed", "4"]]
+
+
+# -- usage errors: found before any work, one line, exit status 2 ----------------------------
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["E1", "--trials", "0"], "--trials"),
+    (["E1", "--k", "0"], "--k"),
+    (["E1", "--steps", "-1"], "--steps"),
+    (["E1", "--k", "x"], "--k"),
+    (["E1", "--quick", "--k", "40"], "--k"),              # more than the pool's part from Q
+    (["E6", "--fractions", "1"], "--fractions"),
+    (["E3", "--decays", "0,-1"], "--decays"),
+    (["E2", "--layers", "0"], "--layers"),
+    (["E4", "--heads", "0"], "--heads"),
+    (["chain", "--constructions", "cube"], "--constructions"),
+    (["llm", "--queries", "0"], "--queries"),
+])
+def test_bad_sizes_are_one_line_usage_errors_before_any_work(argv, flag, monkeypatch, capsys):
+  module = MODULES[argv[0]]
+  monkeypatch.setattr(module, "run", lambda *a, **k: pytest.fail("run started"))
+  with pytest.raises(SystemExit) as e:
+    code = dispatch(argv + ["--no-progress"])
+    raise SystemExit(code)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and flag in err and "error" in err, err
+
+
+def test_an_unwritable_out_is_a_usage_error_before_any_work(monkeypatch, capsys, tmp_path):
+  monkeypatch.setattr(e1_selection, "run", lambda *a, **k: pytest.fail("run started"))
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  for out in ("/proc/e1", str(blocker / "sub")):
+    assert dispatch(["E1", "--quick", "--out", out, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err and out in err, err

@@ -1,8 +1,9 @@
 """F10's text stays legible at the full run's sizes: tick labels apart, legends off the data.
 
 The figure is drawn (Agg) from a synthetic results dict of the full run's
-shape (30 layers x 9 heads, 8 tasks x 6 values of k, 5 selection rules, 5
-fractions); ``make`` is a pure function of the numbers, so no model is needed.
+shape (30 layers x 9 heads, 8 tasks x 6 values of k, 9 selection rules, the
+four links at 11 layers); ``make`` is a pure function of the numbers, so no
+model is needed.
 """
 
 import matplotlib
@@ -34,15 +35,24 @@ def _full_size_results():
       acc["accuracy"].append(v)
       acc["lo"].append(max(0.0, v - 0.15))
       acc["hi"].append(min(1.0, v + 0.15))
-  e1 = {"rule": ["mmd_kv", "mmd_gauss", "retrieval", "random_task", "random_pool"],
-        "accuracy": [0.5, 0.4, 0.55, 0.7, 0.2], "logprob": [-2.3, -3.1, -2.7, -1.3, -5.2],
-        "own_fraction": [0.67, 0.52, 0.69, 1.0, 0.16]}
-  e6 = {"f": [0.0, 0.25, 0.5, 0.75, 1.0], "accuracy": [0.7, 0.6, 0.5, 0.3, 0.0],
-        "logprob": [-1.0, -2.0, -3.0, -4.0, -5.0], "mmd_kv2": [1e20, 4e20, 4.6e20, 4.8e20, 3e20]}
-  meta = {"layers": n_l, "heads": n_h, "max_c1_err_f64": 1.5e-15,
-          "e1_spearman_mmd_kv_accuracy": [0.11, -0.17, 0.32], "model": "SmolLM2-135M-Instruct"}
-  return {"meta": meta, "tables": {"heads": heads, "accuracy": acc, "e1": e1, "e6": e6},
-          "quick": False}
+  names = ["mmd_normalised", "mmd_kv", "mmd_kv_biased", "mmd_kv_unrotated", "mmd_deployable",
+           "gaussian", "retrieval", "random_task", "random_pool"]
+  rules = {"rule": names, "oracle": [True, True, True, True, False, True, False, True, False],
+           "exact_match": rng.uniform(0.2, 0.8, 9).tolist(),
+           "logprob": rng.uniform(-5, -1, 9).tolist(), "own_fraction": rng.uniform(0, 1, 9).tolist()}
+  sweep = {"layer": [], "link": [], "rho": [], "lo": [], "hi": []}
+  for layer in (0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29):
+    for link in f10_llm.LINKS:
+      r = float(rng.uniform(-0.8, 0.8))
+      sweep["layer"].append(layer)
+      sweep["link"].append(link)
+      sweep["rho"].append(r)
+      sweep["lo"].append(r - 0.2)
+      sweep["hi"].append(r + 0.2)
+  meta = {"layers": n_l, "heads": n_h, "max_c1_err_f64": 1.5e-15, "headline_diff": [0.05, -0.1, 0.2],
+          "headline_layer": 15, "model": "SmolLM2-135M-Instruct"}
+  return {"meta": meta, "tables": {"heads": heads, "accuracy": acc, "rules": rules,
+                                   "sweep": sweep}, "quick": False}
 
 
 @pytest.fixture(scope="module")

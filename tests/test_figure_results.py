@@ -97,3 +97,14 @@ def test_correlation_table_rows_pooled_then_within_trials():
 
 def test_head_columns_are_layer_major_from_zero():
   assert figures.head_columns(2, 3) == {"layer": [0, 0, 0, 1, 1, 1], "head": [0, 1, 2, 0, 1, 2]}
+
+
+def test_a_figure_says_which_results_it_draws_from(tmp_path, capsys):
+  """A quick figure keeps its own experiment runs; one stderr line names the files it reads,
+  so a user who just ran ``python -m icl_kd.experiments E4 --quick`` sees which numbers
+  the figure shows."""
+  _save(str(tmp_path), "E4", quick=True, seed=0)
+  figures.experiment_results("E4", results_dir=str(tmp_path), seed=0, quick=True, figure="F8")
+  err = capsys.readouterr().err
+  assert "[figures] F8 draws from" in err and os.path.join(str(tmp_path), "E4.json") in err
+  assert "quick run" in err

@@ -4,7 +4,7 @@ Each figure runs at most once (``python -m figures --quick FIG`` in process, on
 first use, with this module's own compilation cache) into one temporary
 directory; the data tests read the saved JSON/CSV, not the images. One figure
 also runs as a command in fresh processes with a persistent cache (cold, then
-warm). The figures drawn from experiment results (F6, F7, F9, F10, F11) rerun their
+warm). The figures drawn from experiment results (F6, F7, F9, F10, F11, F12) rerun their
 experiments in quick mode, which their own test files already cover with
 smaller configurations: their builds are marked ``slow`` (``pytest -m slow``).
 """
@@ -37,7 +37,7 @@ IDS = list(figures.FIGURES)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SLOW = {"F6", "F7", "F9", "F10", "F11"}   # quick runs of experiments tested in their own files
+SLOW = {"F6", "F7", "F9", "F10", "F11", "F12"}   # quick experiment runs, tested in their own files
 _FIGURE_CACHE = {}
 
 

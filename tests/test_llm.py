@@ -294,3 +294,55 @@ def test_teacher_forced_equals_greedy_decoding(model):
   pos = np.arange(p.answer_start - 1, p.answer_start - 1 + p.n_answer)
   np.testing.assert_allclose(tf.logprob[0], lp[pos, p.ids[pos + 1]].sum(), atol=1e-3)
   assert np.all((tf.sink_share >= 0) & (tf.sink_share + tf.demo_share <= 1 + 1e-6))
+
+
+def test_states_batch_reads_the_heads_of_the_chosen_layers(model, c1_prompt):
+  """LayerStates against llm.head_inputs (rotated) and NumPy (un-rotated: no RoPE), the
+  teacher-forced log-probability against the full logits, one compile for two layers."""
+  ids, _, out = c1_prompt
+  t = len(ids)
+  padded = np.zeros((1, llm.bucket_length(t)), np.int32)
+  padded[0, :t] = ids
+  st = model.states_batch(padded, (3, 7), read_pos=np.array([[t - 2]]),
+                          targets=np.array([[ids[t - 1]]]), stat_pos=np.array([t - 1]))
+  for slot, layer in enumerate((3, 7)):
+    x = jnp.asarray(out.hidden_states[layer])
+    ref = llm.head_inputs(model.params, model.config, layer, x)
+    np.testing.assert_allclose(np.asarray(st.hidden[0, slot, :t]), np.asarray(x), rtol=0, atol=0)
+    np.testing.assert_allclose(np.asarray(st.anchors[0, slot, :, :t]), np.asarray(ref.anchors),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(st.values[0, slot, :, :t]), np.asarray(ref.values),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(st.queries[0, slot]), np.asarray(ref.queries[:, t - 1]),
+                               rtol=1e-5, atol=1e-5)
+    xn = np.asarray(x, np.float64)
+    lp = jax.tree_util.tree_map(lambda w: np.asarray(w[layer], np.float64), model.params.layers)
+    xn = xn / np.sqrt(np.mean(xn ** 2, axis=1, keepdims=True) + 1e-5) * lp.attn_norm
+    k = (xn @ lp.w_k.T).reshape(t, 3, 64).swapaxes(0, 1)
+    np.testing.assert_allclose(np.asarray(st.anchors_unrotated[0, slot, :, :t]), k, rtol=1e-4,
+                               atol=1e-4 * np.abs(k).max())
+    # position 0 has angle 0: rotated and un-rotated keys agree there
+    np.testing.assert_allclose(np.asarray(st.anchors[0, slot, :, 0]),
+                               np.asarray(st.anchors_unrotated[0, slot, :, 0]), rtol=1e-6)
+  lg = np.asarray(model.logits(ids), np.float64)
+  lp_ref = lg[t - 2, ids[t - 1]] - np.logaddexp.reduce(lg[t - 2])
+  np.testing.assert_allclose(float(st.target_logprob[0, 0]), lp_ref, atol=1e-3)
+
+
+def test_encode_lines_spans_and_scores_with_states(model):
+  lines = ["hot -> cold\n", "big -> small\n", "fast -> slow\n"]
+  prompt, spans = icl_tasks.encode_lines(model, lines)
+  assert prompt.ids[0] == model.sink_id and spans[0][0] == 1 and spans[-1][1] == len(prompt.ids)
+  for (a, b), line in zip(spans, lines):
+    assert model.decode(prompt.ids[a:b]) == line
+  with pytest.raises(ValueError, match="newline"):
+    icl_tasks.encode_lines(model, ["hot -> cold"])
+  # the states path scores as the plain path does
+  prompts = [icl_tasks.encode_prompt(model, [("hot", "cold"), ("big", "small")], x, y)
+             for x, y in (("fast", "slow"), ("up", "down"), ("wet", "dry"))]
+  ref = icl_tasks.score_prompts(model, prompts, batch=2)
+  c, lp, taken = icl_tasks.score_prompts_with_states(model, prompts, (5,), lambda i, st: i,
+                                                     batch=2)
+  np.testing.assert_array_equal(c, ref.correct)
+  np.testing.assert_allclose(lp, ref.logprob, atol=1e-4)
+  assert taken == [0, 1, 2]

@@ -59,3 +59,16 @@ def test_readme_block_runs(finished, block, x64):
   assert rc == 0, f"README python block {block} (JAX_ENABLE_X64={x64}) failed:\n{err[-4000:]}"
   assert "Traceback" not in err, err[-4000:]
   assert "Float64TruncatedWarning" not in err, err[-4000:]
+
+
+def test_the_readme_shows_the_committed_results_tables():
+  """Every table ``python -m icl_kd.experiments.report`` makes from the committed result
+  summaries (results/*/*.json) appears verbatim in README.md: the README's numbers are
+  those of the committed runs."""
+  from icl_kd.experiments import report
+  found = report.sections(str(ROOT / "results"))
+  assert {"e1_rules_gaussian", "e1_correlations", "e6_correlations", "chain_trained",
+          "llm_selection", "llm_chain", "llm_sweep"} <= set(found)
+  text = README.read_text()
+  for name, (src, md) in found.items():
+    assert md in text, f"README.md does not show the table {name} made from {src}"

@@ -19,6 +19,7 @@ EXPERIMENTS = {
     "E3": "icl_kd.experiments.e3_weight_norm",
     "E4": "icl_kd.experiments.e4_layers",
     "E6": "icl_kd.experiments.e6_interference",
+    "chain": "icl_kd.experiments.chain",
     "real": "icl_kd.experiments.real",
     "llm": "icl_kd.experiments.llm",
 }

@@ -121,21 +121,222 @@ def within_trial_spearman(a, b, *, seed: int, n_boot: int = 1000,
   return Correlation(float(per.mean()), float(lo), float(hi), a.size)
 
 
+class LinkStat(NamedTuple):
+  """A within-group Spearman rho with a percentile bootstrap interval over clusters.
+
+  Attributes:
+    rho: the mean over groups of the within-group Spearman correlation.
+    lo, hi: the bootstrap interval (clusters resampled with replacement).
+    groups: the number of groups whose correlation is defined (non-constant sides).
+  """
+  rho: float
+  lo: float
+  hi: float
+  groups: int
+
+
+def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+  stats = stats[np.isfinite(stats)]
+  if not stats.size:
+    return float("nan"), float("nan")
+  alpha = (1 - level) / 2
+  lo, hi = np.quantile(stats, [alpha, 1 - alpha])
+  return float(lo), float(hi)
+
+
+def group_spearman(x, y, *, groups, units=None) -> dict:
+  """Spearman(x, y) within each group, averaged over ``units`` (e.g. heads) inside the group.
+
+  Args:
+    x, y: (n,) paired values (e.g. one row per (candidate set, head)).
+    groups: (n,) the group of each row (e.g. a (task, trial)); ranks are taken within it.
+    units: (n,) or None: rows of one group are split by unit, Spearman is taken per
+      (group, unit) and averaged over the group's units (undefined ones left out).
+
+  Returns:
+    dict group label -> rho of the group (only groups where it is defined).
+  """
+  x, y, groups = np.asarray(x, float), np.asarray(y, float), np.asarray(groups)
+  if x.shape != y.shape or x.ndim != 1 or groups.shape != x.shape:
+    raise ValueError(f"x, y and groups must be 1-D of equal length, got {x.shape}, {y.shape} "
+                     f"and {groups.shape}")
+  units = np.zeros(len(x), int) if units is None else np.asarray(units)
+  out = {}
+  for g in np.unique(groups):
+    in_g = groups == g
+    per = [spearman(x[in_g & (units == u)], y[in_g & (units == u)])
+           for u in np.unique(units[in_g])]
+    per = [r for r in per if np.isfinite(r)]
+    if per:
+      out[g.item() if hasattr(g, "item") else g] = float(np.mean(per))
+  return out
+
+
+def cluster_spearman(x, y, *, groups, clusters, units=None, seed: int, n_boot: int = 1000,
+                     level: float = 0.95) -> LinkStat:
+  """Within-group Spearman averaged over groups, bootstrap over clusters (e.g. tasks).
+
+  rho = mean over groups g of rho_g (:func:`group_spearman`). The interval resamples
+  clusters with replacement, each bringing all of its groups (a task's trials are not
+  independent of each other), and takes the percentile interval of the mean.
+
+  Args:
+    x, y: (n,) values. groups: (n,) group labels. clusters: (n,) the cluster of each row
+      (constant within a group). units: see :func:`group_spearman`.
+    seed: NumPy seed of the bootstrap. n_boot: resamples. level: interval level.
+  """
+  per = group_spearman(x, y, groups=groups, units=units)
+  groups, clusters = np.asarray(groups), np.asarray(clusters)
+  if not per:
+    return LinkStat(float("nan"), float("nan"), float("nan"), 0)
+  labels = list(per)
+  rho_g = np.array([per[g] for g in labels])
+  cluster_of = {}
+  for g, c in zip(groups.tolist(), clusters.tolist()):
+    cluster_of.setdefault(g, c)
+  cl = np.array([cluster_of[g] for g in labels])
+  names = np.unique(cl)
+  members = [np.flatnonzero(cl == c) for c in names]
+  rng = np.random.default_rng(seed)
+  stats = np.empty(n_boot)
+  for b in range(n_boot):
+    pick = rng.integers(0, len(names), len(names))
+    stats[b] = rho_g[np.concatenate([members[i] for i in pick])].mean()
+  lo, hi = _percentile_interval(stats, level)
+  return LinkStat(float(rho_g.mean()), lo, hi, len(labels))
+
+
+class PairedDifference(NamedTuple):
+  """A paired difference (rule A minus rule B) averaged over groups, bootstrap over clusters.
+
+  Attributes:
+    mean: the mean over groups of the per-group difference.
+    lo, hi: percentile bootstrap interval (clusters resampled).
+    detectable: the smallest true mean difference the design detects with 80% power at
+      two-sided level 0.05 (:func:`minimum_detectable_difference` on the cluster means).
+    clusters: the number of clusters.
+  """
+  mean: float
+  lo: float
+  hi: float
+  detectable: float
+  clusters: int
+
+
+def paired_difference(diff, *, clusters, seed: int, n_boot: int = 1000,
+                      level: float = 0.95) -> PairedDifference:
+  """:class:`PairedDifference` of per-group differences ``diff`` (n,), clustered by ``clusters``."""
+  diff, clusters = np.asarray(diff, float), np.asarray(clusters)
+  names = np.unique(clusters)
+  members = [np.flatnonzero(clusters == c) for c in names]
+  rng = np.random.default_rng(seed)
+  stats = np.empty(n_boot)
+  for b in range(n_boot):
+    pick = rng.integers(0, len(names), len(names))
+    stats[b] = diff[np.concatenate([members[i] for i in pick])].mean()
+  lo, hi = _percentile_interval(stats, level)
+  cluster_means = np.array([diff[m].mean() for m in members])
+  return PairedDifference(float(diff.mean()), lo, hi,
+                          minimum_detectable_difference(cluster_means), len(names))
+
+
+def student_t_cdf(t: float, df: float) -> float:
+  """P(T <= t) for Student's t with ``df`` degrees of freedom (regularised incomplete beta)."""
+  import jax.scipy.special as jsp
+  x = df / (df + t * t)
+  tail = 0.5 * float(jsp.betainc(df / 2.0, 0.5, jnp.asarray(x, jnp.float64)))
+  return 1.0 - tail if t > 0 else tail
+
+
+def student_t_quantile(p: float, df: float) -> float:
+  """The p-quantile of Student's t (bisection on :func:`student_t_cdf`, to 1e-10)."""
+  if not 0 < p < 1 or not df > 0:
+    raise ValueError(f"need 0 < p < 1 and df > 0, got p = {p} and df = {df}")
+  lo, hi = -1e3, 1e3
+  for _ in range(200):
+    mid = 0.5 * (lo + hi)
+    if student_t_cdf(mid, df) < p:
+      lo = mid
+    else:
+      hi = mid
+    if hi - lo < 1e-10:
+      break
+  return 0.5 * (lo + hi)
+
+
+def minimum_detectable_difference(cluster_means, *, alpha: float = 0.05,
+                                  power: float = 0.8) -> float:
+  """Smallest true mean difference a paired design detects with the given power.
+
+      MDD = (t_{1 - alpha/2, C-1} + t_{power, C-1}) * sd(cluster means) / sqrt(C)
+
+  the two-sided one-sample t-test on the C cluster means of the paired difference (the
+  unit of resampling); its standard deviation is the observed one. NaN for C < 2.
+  """
+  m = np.asarray(cluster_means, float)
+  c = m.size
+  if c < 2:
+    return float("nan")
+  q = student_t_quantile(1 - alpha / 2, c - 1) + student_t_quantile(power, c - 1)
+  return float(q * m.std(ddof=1) / np.sqrt(c))
+
+
+class UsageError(ValueError):
+  """A bad value of a command-line flag or of a Config size, found before any work: the CLI
+  prints it as one line and exits with status 2."""
+
+
 class Flag(NamedTuple):
   """A command-line flag that overrides one field of an experiment's ``Config``.
 
   Attributes:
     name: the flag, e.g. ``"--trials"``.
     field: the ``Config`` field it sets.
-    type: parses the flag's text.
+    type: parses the flag's text (for a tuple field: each comma-separated item).
     help: what the field means (the defaults are appended).
     choices: allowed values, or None.
+    minimum: the smallest allowed value (of each item of a tuple), or None.
   """
   name: str
   field: str
   type: Callable
   help: str
   choices: tuple | None = None
+  minimum: float | None = None
+
+
+def _show(v) -> str:
+  return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(
+      v, tuple) else str(v)
+
+
+def _parse_flag(flag: Flag, tuple_field: bool):
+  """argparse ``type`` of a flag: parses (a comma-separated list for a tuple field) and checks
+  ``minimum``, so a bad size is a one-line usage error naming the flag (exit status 2)."""
+  def parse(text: str):
+    parts = text.split(",") if tuple_field else [text]
+    try:
+      values = [flag.type(p.strip()) for p in parts if p.strip() or not tuple_field]
+    except (TypeError, ValueError) as e:
+      raise argparse.ArgumentTypeError(f"expected {getattr(flag.type, '__name__', 'a value')}"
+                                       f"{' list' if tuple_field else ''}, got {text!r} "
+                                       f"({e})") from None
+    if tuple_field and not values:
+      raise argparse.ArgumentTypeError(f"expected a non-empty comma-separated list, got {text!r}")
+    if flag.minimum is not None:
+      bad = [v for v in values if not v >= flag.minimum]
+      if bad:
+        raise argparse.ArgumentTypeError(f"must be >= {flag.minimum:g}, got {text!r}")
+    return tuple(values) if tuple_field else values[0]
+  parse.__name__ = getattr(flag.type, "__name__", "value")
+  return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """An ArgumentParser whose usage errors are one line on stderr (exit status 2)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(module) -> argparse.ArgumentParser:
@@ -143,17 +344,18 @@ def build_parser(module) -> argparse.ArgumentParser:
 
   Every experiment takes ``--quick``, ``--out DIR``, ``--seed S`` and the
   runtime flags of :func:`icl_kd.runtime.add_runtime_arguments`; each of its
-  ``FLAGS`` overrides one ``Config`` field when given.
+  ``FLAGS`` overrides one ``Config`` field when given, checked as it is parsed.
   """
-  p = argparse.ArgumentParser(
+  p = OneLineParser(
       prog=f"python -m icl_kd.experiments {module.NAME}", description=module.DESCRIPTION,
       epilog="Writes the summary table to stdout and the results under --out; exit code 0 "
              "when the run completed, 1 when a needed package is missing, 2 on bad usage.")
   p.add_argument("--quick", action="store_true",
-                 help="tiny sizes (about a minute on a CPU); the outputs are marked "
-                      "\"quick\": true and are not the experiment's result")
+                 help="tiny sizes (about a minute on a CPU); the tables say QUICK RUN and the "
+                      "outputs are marked \"quick\": true: they are not the experiment's result")
   p.add_argument("--out", default=os.path.join("results", module.NAME), metavar="DIR",
-                 help="output folder, created if missing (default %(default)s)")
+                 help="output folder, created if missing; checked writable before any work "
+                      "(default %(default)s)")
   runtime.add_runtime_arguments(p)
   full, quick = module.Config(), module.QUICK
   for f in getattr(module, "FLAGS", ()):
@@ -161,17 +363,15 @@ def build_parser(module) -> argparse.ArgumentParser:
     small = getattr(quick, f.field)
     shown = f"default {_show(default)}" + ("" if small == default else
                                           f"; --quick: {_show(small)}")
-    p.add_argument(f.name, dest=f.field, type=f.type, default=None, choices=f.choices,
+    p.add_argument(f.name, dest=f.field, type=_parse_flag(f, isinstance(default, tuple)),
+                   default=None, choices=f.choices,
+                   metavar=None if f.choices else f.field.upper(),
                    help=f"{f.help} ({shown})")
   return p
 
 
-def _show(v) -> str:
-  return ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else str(v)
-
-
 def config_from_args(module, args: argparse.Namespace):
-  """``QUICK`` or ``Config()`` with the given flags applied (and ``progress`` from --no-progress)."""
+  """``QUICK`` or ``Config()`` with the given flags applied (``progress`` from --no-progress)."""
   config = module.QUICK if args.quick else module.Config()
   changes = {f.field: getattr(args, f.field) for f in getattr(module, "FLAGS", ())
              if getattr(args, f.field, None) is not None}
@@ -180,27 +380,81 @@ def config_from_args(module, args: argparse.Namespace):
   return config._replace(**changes)
 
 
-def run_info(module, config, *, seed: int, quick: bool) -> dict:
-  """What every saved summary starts with: the experiment, quick or not, the seed, the config."""
-  return {"experiment": module.NAME, "quick": bool(quick), "seed": int(seed),
-          "config": config_dict(config)}
+def check_output_dir(out: str) -> str:
+  """Creates ``out`` if missing and checks that a file can be written in it; raises
+  :class:`UsageError` (naming --out) otherwise. Called before any work."""
+  try:
+    os.makedirs(out, exist_ok=True)
+    probe = os.path.join(out, f".write-test-{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    raise UsageError(f"--out {out!r} is not a writable folder ({e.strerror or e})") from None
+  return out
+
+
+def versions() -> dict:
+  """The versions a result depends on: icl_kd, Python, jax, jaxlib, numpy, flax, optax."""
+  import platform
+
+  import icl_kd
+  out = {"icl_kd": icl_kd.__version__, "python": platform.python_version()}
+  for name in ("jax", "jaxlib", "numpy", "flax", "optax"):
+    try:
+      out[name] = __import__(name).__version__
+    except (ImportError, AttributeError):
+      out[name] = None
+  return out
+
+
+def run_info(module, config, *, seed: int, quick: bool, command: str | None = None,
+             seconds: float | None = None) -> dict:
+  """What every saved summary starts with: the experiment, quick or not, the seed, the config,
+  ``icl_kd_version``, ``versions`` (:func:`versions`), the ``command`` that reruns it
+  (default: the flags that reproduce ``config`` are in ``config``; the command says
+  ``--quick`` and ``--seed``) and the wall time ``seconds`` of the run."""
+  import icl_kd
+  name = getattr(module, "NAME", "?")
+  if command is None:
+    command = (f"python -m icl_kd.experiments {name}" + (" --quick" if quick else "")
+               + f" --seed {int(seed)}")
+  return {"experiment": name, "quick": bool(quick), "seed": int(seed),
+          "config": config_dict(config), "icl_kd_version": icl_kd.__version__,
+          "versions": versions(), "command": command,
+          "wall_seconds": None if seconds is None else float(seconds)}
+
+
+QUICK_BANNER = ("=== QUICK RUN (--quick): tiny sizes for trying the command; these numbers are "
+                "not the experiment's result ===")
 
 
 def run_cli(module, argv=None):
-  """Parses ``argv``, fixes the runtime, runs, prints the summary and saves; returns the results.
+  """Parses ``argv``, checks every size and --out, fixes the runtime, runs, prints and saves.
 
-  The CLI, not the library, turns on float64 (the decompositions run in
-  float64) and the persistent compilation cache; ``--seed`` makes the key.
+  Bad usage (a flag's value, a Config size the module's ``check_config`` refuses, an
+  --out that cannot be written) is found before any work and raised as
+  :class:`UsageError` (``main`` prints it on one line and returns 2). The CLI, not the
+  library, turns on float64 and the persistent compilation cache; ``--seed`` makes the
+  key. A quick run's printed tables start and end with :data:`QUICK_BANNER`.
   """
-  args = build_parser(module).parse_args(sys.argv[1:] if argv is None else list(argv))
-  runtime.configure(x64=True, fast_compile="off", compile_cache=args.compile_cache)
+  import time
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = build_parser(module).parse_args(argv)
   config = config_from_args(module, args)
+  if hasattr(module, "check_config"):
+    module.check_config(config)
+  check_output_dir(args.out)
+  runtime.configure(x64=True, fast_compile="off", compile_cache=args.compile_cache)
+  t0 = time.perf_counter()
   results = module.run(config, key=jax.random.key(args.seed))
+  seconds = time.perf_counter() - t0
   text, _ = module.summary(results)
-  print(text)
-  os.makedirs(args.out, exist_ok=True)
-  paths = module.save(results, args.out,
-                      info=run_info(module, config, seed=args.seed, quick=args.quick))
+  print("\n".join([QUICK_BANNER, text, QUICK_BANNER]) if args.quick else text)
+  command = " ".join(["python -m icl_kd.experiments", module.NAME] + argv)
+  paths = module.save(results, args.out, info=run_info(module, config, seed=args.seed,
+                                                        quick=args.quick, command=command,
+                                                        seconds=seconds))
   print(f"saved {' and '.join(str(p) for p in paths)}")
   return results
 
@@ -209,10 +463,14 @@ def main(module, argv=None) -> int:
   """``python -m icl_kd.experiments NAME ...`` for one experiment module.
 
   Returns 0 when the run completed, 1 when an optional package it needs is
-  missing (the message says which); argparse exits with 2 on bad usage.
+  missing (the message says which), 2 on bad usage (argparse's own errors, and
+  :class:`UsageError`: one line on stderr, before any work).
   """
   try:
     run_cli(module, argv)
+  except UsageError as e:
+    print(f"python -m icl_kd.experiments {module.NAME}: error: {e}", file=sys.stderr)
+    return 2
   except ModuleNotFoundError as e:
     print(f"[{module.NAME}] {e}", file=sys.stderr)
     return 1
@@ -301,54 +559,37 @@ def train_regression_model(model, *, key, d: int, n_demos: int, n_queries: int, 
   return result.params, result.losses
 
 
+INPUTS = ("gaussian", "ball")
+"""Input distributions of the synthetic experiments: N(0, I_d), or uniform on the unit ball
+(bounded support, as docs/THEORY.md assumes: every moment of the distillation kernels exists)."""
+
+
+def regression_inputs(key, n: int, d: int, *, inputs: str, dtype=jnp.float32) -> jax.Array:
+  """(n, d) base inputs: N(0, I_d) (``inputs="gaussian"``) or uniform on the unit ball ("ball")."""
+  if inputs == "gaussian":
+    return jax.random.normal(key, (n, d), dtype)
+  if inputs == "ball":
+    from icl_kd import distributions
+    return distributions.uniform_ball(d, dtype=dtype).sample(n, key=key)
+  raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+
+
 def to_float64(tree):
   """Casts every float leaf to float64 (needs x64 enabled)."""
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
-# -- the theory's kernels on the heads of one layer (E1, E6) --------------------------------
+# -- the heads of one layer as AttentionParams (E1, E6, chain) --------------------------------
 
 
-def theory_kernels(params: AttentionParams, *, tau, use_values: bool = True) -> tuple:
-  """The distillation kernels of the heads of one layer, one per head (docs/THEORY.md C5).
-
-      use_values=True:  k_V(e, e') = <W^V e, W^V e'> exp(<W^K e, W^K e'> / tau)
-      use_values=False: k_x(e, e') = <e, e'>         exp(<W^K e, W^K e'> / tau)
-
-  Args:
-    params: AttentionParams of one head (w_k (d_k, d)) or of the H heads of one layer
-      (leading head axis: w_k (H, d_k, d), w_v (H, d_v, d)). W^Q is not used.
-    tau: the softmax temperature of the layer.
-    use_values: k_V (True) or k_x (False).
-
-  Returns:
-    A tuple of :class:`icl_kd.mmd.DistillationKernel`; the MMD^2 of their sum
-    kernel (the sum of the heads' MMD^2) is what the ``mmd_kv``/``mmd_kx`` rules use.
-  """
+def head_params(params: AttentionParams) -> tuple:
+  """The heads of one layer, one AttentionParams each (``params`` of one head, w_k (d_k, d), or
+  of H heads stacked on a leading axis, w_k (H, d_k, d))."""
   if params.w_k.ndim == 2:
-    return (mmd.distillation_kernel(params, tau=tau, use_values=use_values),)
+    return (params,)
   if params.w_k.ndim != 3:
     raise ValueError(f"params.w_k must have shape (d_k, d) or (H, d_k, d), got {params.w_k.shape}")
-  return tuple(mmd.distillation_kernel(AttentionParams(*(p[h] for p in params)), tau=tau,
-                                       use_values=use_values)
-               for h in range(params.w_k.shape[0]))
-
-
-def as_kernels(kernel) -> tuple:
-  """``kernel`` as a non-empty tuple of one-pair kernels (one kernel, or a sequence of them)."""
-  kernels = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel,)
-  if not kernels:
-    raise ValueError("kernel must be a kernel or a non-empty sequence of kernels, got an empty one")
-  for k in kernels:
-    if not callable(k):
-      raise TypeError(f"kernel must be callable on one pair (x, y) -> scalar, got "
-                      f"{type(k).__name__}")
-  return kernels
-
-
-def summed_mmd2(x: jax.Array, y: jax.Array, *, kernel) -> jax.Array:
-  """Biased MMD^2 of the sum kernel, sum_h MMD_{k_h}^2(x, y), via :func:`icl_kd.mmd.mmd2`."""
-  return sum(mmd.mmd2(x, y, kernel=k, estimator="biased") for k in as_kernels(kernel))
+  return tuple(AttentionParams(*(p[h] for p in params)) for h in range(params.w_k.shape[0]))
 
 
 # -- C1 on every head of a trained transformer (E2, E4) -------------------------------------

@@ -58,12 +58,19 @@ class Config(NamedTuple):
 QUICK = Config(train_steps=150, n_test=32, n_orders=4, n_perturb=4, n_boot=200)
 
 FLAGS = (
-    _common.Flag("--steps", "train_steps", int, "training steps of the transformer"),
-    _common.Flag("--layers", "n_layers", int, "transformer layers"),
-    _common.Flag("--heads", "n_heads", int, "attention heads per layer"),
-    _common.Flag("--test-prompts", "n_test", int, "test prompts measured"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the transformer", minimum=1),
+    _common.Flag("--layers", "n_layers", int, "transformer layers", minimum=1),
+    _common.Flag("--heads", "n_heads", int, "attention heads per layer", minimum=1),
+    _common.Flag("--test-prompts", "n_test", int, "test prompts measured", minimum=2),
 )
 
+
+
+def check_config(cfg: Config) -> None:
+  """Raises :class:`icl_kd.experiments._common.UsageError` naming the flag of a bad size."""
+  if cfg.d_model % cfg.n_heads:
+    raise _common.UsageError(f"--heads {cfg.n_heads} must divide the model width "
+                             f"d_model = {cfg.d_model}")
 
 class Results(NamedTuple):
   """Per prompt (n_test,) and per (layer, head) arrays.

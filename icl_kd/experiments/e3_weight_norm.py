@@ -57,15 +57,12 @@ class Config(NamedTuple):
 QUICK = Config(n_test=128, n_c4=16, n_fresh=128, weight_decays=(0.0, 1.0, 10.0), train_steps=200)
 
 
-def _floats(text: str) -> tuple:
-  return tuple(float(v) for v in text.split(","))
-
-
 FLAGS = (
-    _common.Flag("--steps", "train_steps", int, "training steps per weight decay"),
-    _common.Flag("--train-prompts", "n_train", int, "fixed training prompts (small: it overfits)"),
-    _common.Flag("--decays", "weight_decays", _floats,
-                 "comma-separated weight decays on W^K, W^V, e.g. 0,0.1,1"),
+    _common.Flag("--steps", "train_steps", int, "training steps per weight decay", minimum=1),
+    _common.Flag("--train-prompts", "n_train", int, "fixed training prompts (small: it overfits)",
+                 minimum=1),
+    _common.Flag("--decays", "weight_decays", float,
+                 "comma-separated weight decays on W^K, W^V, e.g. 0,0.1,1", minimum=0.0),
 )
 
 

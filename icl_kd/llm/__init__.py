@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ from icl_kd.llm.heads import HeadInputs, head_decompose, head_inputs, partition_
 from icl_kd.llm.loader import SMOLLM_INSTALL, LlamaConfig, bundled_path, read_gguf
 from icl_kd.llm.model import ForwardOutput, LlamaParams, Scored, forward, score
 
-__all__ = ["Llama", "LlamaConfig", "LlamaParams", "ForwardOutput", "HeadInputs", "Scored",
+__all__ = ["Llama", "LayerStates", "LlamaConfig", "LlamaParams", "ForwardOutput", "HeadInputs",
+           "Scored",
            "SMOLLM_INSTALL", "bucket_length", "bundled_path", "forward", "head_decompose",
            "head_inputs", "heads", "load", "loader", "model", "partition_shares", "read_gguf",
            "score"]
@@ -55,6 +57,47 @@ def _hidden(params, config, ids):
 
 
 _hidden_jit = jax.jit(jax.vmap(_hidden, in_axes=(None, None, 0)), static_argnums=1)
+
+
+class LayerStates(NamedTuple):
+  """What the heads of some layers read, for a batch of B sequences of T tokens.
+
+  Attributes (leading axes (B, L_sel)):
+    hidden: (B, L_sel, T, d) the layers' inputs (before RMSNorm).
+    anchors, values: (B, L_sel, H_kv, T, d_head) rotated keys and values.
+    queries: (B, L_sel, H, d_head) the rotated queries at the position ``stat_pos``.
+    anchors_unrotated: (B, L_sel, H_kv, T, d_head) the keys without RoPE.
+    queries_unrotated: (B, L_sel, H, d_head) the queries without RoPE at ``stat_pos``.
+    greedy, target_logprob: (B, A) the argmax next token and log p(target) at the read
+      positions (teacher forcing), as :class:`Scored`.
+  """
+  hidden: jax.Array
+  anchors: jax.Array
+  values: jax.Array
+  queries: jax.Array
+  anchors_unrotated: jax.Array
+  queries_unrotated: jax.Array
+  greedy: jax.Array
+  target_logprob: jax.Array
+
+
+def _states(params, config, layers, ids, read_pos, targets, stat_pos):
+  x = jnp.take(params.embed, ids, axis=0)
+  x, inputs, _, _ = model._layers(params, config, x)                       # noqa: SLF001
+  logp = jax.nn.log_softmax(model.final_logits(params, config, x[read_pos]), axis=-1)  # (A, V)
+  sel = jnp.asarray(layers)
+  lps = jax.tree_util.tree_map(lambda w: w[sel], params.layers)
+  h = inputs[sel]                                                          # (L_sel, T, d)
+  rot = jax.vmap(lambda lp, xx: heads.layer_head_inputs(lp, config, xx)[:3])(lps, h)
+  unrot = jax.vmap(lambda lp, xx: heads.layer_head_inputs(lp, config, xx, rotary=False)[:3])(
+      lps, h)
+  return LayerStates(h, rot[0], rot[1], rot[2][:, :, stat_pos], unrot[0],
+                     unrot[2][:, :, stat_pos], jnp.argmax(logp, axis=-1),
+                     jnp.take_along_axis(logp, targets[:, None], axis=1)[:, 0])
+
+
+_states_jit = jax.jit(jax.vmap(_states, in_axes=(None, None, None, 0, 0, 0, 0)),
+                      static_argnums=(1, 2))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -121,6 +164,25 @@ class Llama:
     return _score_jit(self.params, self.config, jnp.asarray(ids, jnp.int32),
                       jnp.asarray(read_pos, jnp.int32), jnp.asarray(targets, jnp.int32),
                       jnp.asarray(stat_pos, jnp.int32))
+
+  def states_batch(self, ids, layers: tuple, read_pos=None, targets=None,
+                   stat_pos=None) -> "LayerStates":
+    """:class:`LayerStates` of a batch ids (B, T) (T a bucket) at the layers ``layers`` (a
+    tuple of ints, static), with teacher-forced scores at ``read_pos`` (B, A) of
+    ``targets`` (B, A) (default: position 0, target 0) and the queries at ``stat_pos`` (B,)
+    (default: ``read_pos[:, 0]``). Jitted once per shape."""
+    ids = jnp.asarray(ids, jnp.int32)
+    if read_pos is None:
+      read_pos = jnp.zeros((ids.shape[0], 1), jnp.int32)
+      targets = jnp.zeros((ids.shape[0], 1), jnp.int32)
+    read_pos = jnp.asarray(read_pos, jnp.int32)
+    stat_pos = read_pos[:, 0] if stat_pos is None else jnp.asarray(stat_pos, jnp.int32)
+    bad = [l for l in layers if not 0 <= int(l) < self.config.num_layers]
+    if bad or not layers:
+      raise ValueError(f"layers must be a non-empty tuple of ints in [0, "
+                       f"{self.config.num_layers}), got {layers}")
+    return _states_jit(self.params, self.config, tuple(int(l) for l in layers), ids, read_pos,
+                       jnp.asarray(targets, jnp.int32), stat_pos)
 
   def hidden_batch(self, ids) -> jax.Array:
     """Layer inputs and the last output of a batch ids (B, T): (B, L + 1, T, d)."""

@@ -59,7 +59,8 @@ class HeadInputs(NamedTuple):
   tau: float
 
 
-def head_inputs(params: LlamaParams, config: LlamaConfig, layer: int, x) -> HeadInputs:
+def head_inputs(params: LlamaParams, config: LlamaConfig, layer: int, x, *,
+                rotary: bool = True) -> HeadInputs:
   """The theory's objects of every head of ``layer`` from the layer's input x (T, d).
 
   Computed in x's dtype with the weights cast to it: pass float64 layer inputs
@@ -71,13 +72,20 @@ def head_inputs(params: LlamaParams, config: LlamaConfig, layer: int, x) -> Head
   if x.ndim != 2 or x.shape[1] != config.hidden_size:
     raise ValueError(f"x must have shape (T, {config.hidden_size}), got {x.shape}")
   lp = jax.tree_util.tree_map(lambda w: w[layer], params.layers)
-  return layer_head_inputs(lp, config, x)
+  return layer_head_inputs(lp, config, x, rotary=rotary)
 
 
-def layer_head_inputs(lp, config: LlamaConfig, x) -> HeadInputs:
-  """:func:`head_inputs` from one layer's weights ``lp`` (LayerParams without the L axis)."""
+def layer_head_inputs(lp, config: LlamaConfig, x, *, rotary: bool = True) -> HeadInputs:
+  """:func:`head_inputs` from one layer's weights ``lp`` (LayerParams without the L axis).
+
+  ``rotary=False`` gives the un-rotated keys W^K_g x_hat_j and queries W^Q_h x_hat_t (the
+  same projections without RoPE: the rotation by angle 0), a sensitivity variant; the
+  heads of the model read the rotated ones.
+  """
   lp = jax.tree_util.tree_map(lambda w: jnp.asarray(w).astype(x.dtype), lp)
   cos, sin = rope_tables(x.shape[0], config, x.dtype)
+  if not rotary:
+    cos, sin = jnp.ones_like(cos), jnp.zeros_like(sin)
   q, k, v = qkv(lp, config, x, cos, sin)
   kv = jnp.arange(config.num_heads) // config.group_size
   return HeadInputs(jnp.swapaxes(k, 0, 1), jnp.swapaxes(v, 0, 1), jnp.swapaxes(q, 0, 1), kv,
@@ -90,6 +98,21 @@ def lifted_params(head_dim: int, dtype) -> AttentionParams:
   return AttentionParams(w_q=jnp.concatenate([zero, zero, eye], axis=1),
                          w_k=jnp.concatenate([eye, zero, zero], axis=1),
                          w_v=jnp.concatenate([zero, eye, zero], axis=1))
+
+
+def lifted_kv_params(head_dim: int, dtype) -> AttentionParams:
+  """The same coordinate projections on the tokens [z; v; q] of a key/value head: W^K picks
+  z, W^V picks v, W^Q picks q. Demonstration tokens are lifted as [z; v; 0] and a query
+  as [0; 0; q] (:func:`lift`), so that C5's kernels k_V, k_x read (z, v) only."""
+  return lifted_params(head_dim, dtype)
+
+
+def lift(anchors=None, values=None, queries=None) -> jax.Array:
+  """Tokens [z; v; q] (..., 3 d_head) from any of anchors, values, queries (..., d_head);
+  the missing parts are zeros (demonstrations: [z; v; 0]; a query: [0; 0; q])."""
+  ref = next(a for a in (anchors, values, queries) if a is not None)
+  zero = jnp.zeros_like(ref)
+  return jnp.concatenate([zero if a is None else a for a in (anchors, values, queries)], axis=-1)
 
 
 def lifted_tokens(inputs: HeadInputs, head) -> jax.Array:

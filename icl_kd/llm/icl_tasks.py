@@ -188,6 +188,44 @@ def encode_prompt(model, demos, query: str, answer: str) -> EncodedPrompt:
   return EncodedPrompt(ids, 1 + len(p_ids), 1 + len(d_ids), len(ans))
 
 
+def encode_lines(model, lines) -> tuple[EncodedPrompt, list]:
+  """The text of ``lines`` (each ending in a newline) after the sink, as an
+  :class:`EncodedPrompt` whose "answer" is the last token, and each line's token span.
+
+  Used to read lines in context (the lines of a pool, a target sample or the queries,
+  a few at a time, so that each takes positions a demonstration takes in a prompt).
+
+  Returns:
+    (prompt, spans): spans[i] = (start, end), the positions of line i's tokens in
+    ``prompt.ids`` (position 0 is the sink).
+
+  Raises:
+    ValueError: a line does not end in a newline, or the tokens of a prefix of the lines
+      are not a prefix of the tokens of all of them (a token spanning two lines).
+  """
+  if not lines or any(not line.endswith("\n") for line in lines):
+    raise ValueError(f"lines must be a non-empty list of strings ending in a newline, got "
+                     f"{lines!r}")
+  full = np.asarray([model.sink_id] + model.encode("".join(lines)), np.int32)
+  n = len(full)
+  return EncodedPrompt(full, n - 1, n - 1, 1), line_spans(model, lines)
+
+
+def line_spans(model, lines) -> list:
+  """The token span (start, end) of each line of ``"".join(lines)`` after the sink (position
+  0), checked: the tokens of every prefix of the lines are a prefix of all lines' tokens."""
+  ids = model.encode("".join(lines))
+  spans, start = [], 0
+  for i in range(len(lines)):
+    pre = model.encode("".join(lines[:i + 1]))
+    if ids[:len(pre)] != pre:
+      raise ValueError(f"the tokens of the first {i + 1} lines are not a prefix of all lines' "
+                       f"tokens: {lines!r}")
+    spans.append((1 + start, 1 + len(pre)))
+    start = len(pre)
+  return spans
+
+
 class PromptScores(NamedTuple):
   """Teacher-forced results of n prompts (float64 NumPy).
 
@@ -220,22 +258,30 @@ def _stats(scores, demo_end):
   return logz, ent, sink, demo
 
 
-def score_prompts(model, prompts, *, batch: int = 8, progress=None) -> PromptScores:
-  """Teacher-forced exact match, gold log-probability and per-head statistics of prompts.
+class Batch(NamedTuple):
+  """One padded batch of prompts (see :func:`batches`).
 
-  Prompts are grouped by padded length bucket and run ``batch`` at a time (one
-  compile per bucket and answer width).
+  Attributes:
+    part: indices of the batch's real prompts (its first rows).
+    full: ``part`` filled up to the batch size with copies of its last index.
+    ids: (B, T) token ids, T the length bucket; read: (B, W) the answer positions
+      (repeated to the width W); targets: (B, W) the gold tokens; mask: (B, W) the real
+      answer positions (answer and newline).
   """
-  n = len(prompts)
-  if n == 0:
-    raise ValueError("prompts must not be empty")
-  cfg = model.config
-  correct, logprob = np.zeros(n, bool), np.zeros(n)
-  logz, ent, sink, demo = (np.zeros((n, cfg.num_layers, cfg.num_heads)) for _ in range(4))
+  part: np.ndarray
+  full: np.ndarray
+  ids: np.ndarray
+  read: np.ndarray
+  targets: np.ndarray
+  mask: np.ndarray
+
+
+def batches(prompts, batch: int):
+  """The prompts grouped by length bucket in padded batches of ``batch`` (one compile per
+  bucket and answer width), as :class:`Batch` es."""
   width = max(p.n_answer for p in prompts) + 1
   width = 1 << (width - 1).bit_length()
   buckets = np.array([bucket_length(len(p.ids)) for p in prompts])
-  done = 0
   for b in sorted(set(buckets.tolist())):
     idx = np.flatnonzero(buckets == b)
     for s in range(0, len(idx), batch):
@@ -253,20 +299,79 @@ def score_prompts(model, prompts, *, batch: int = 8, progress=None) -> PromptSco
         read[r] = np.concatenate([pos, np.repeat(pos[-1:], width - k)])
         tgt[r] = ids[r, read[r] + 1]
         mask[r, :k] = True
-      stat = read[:, 0]
-      out = model.score_batch(ids, read, tgt, stat)
-      g, tl = np.asarray(out.greedy), np.asarray(out.target_logprob, np.float64)
-      de = np.array([prompts[i].demo_end for i in full], np.int32)
-      lz, en, sk, dm = (np.asarray(a, np.float64) for a in _stats(out.scores, jnp.asarray(de)))
-      for r, i in enumerate(part):
-        k = int(mask[r].sum())
-        correct[i] = bool(np.all(g[r, :k] == tgt[r, :k]))
-        logprob[i] = float(tl[r, :prompts[i].n_answer].sum())
-        logz[i], ent[i], sink[i], demo[i] = lz[r], en[r], sk[r], dm[r]
-      done += len(part)
-      if progress is not None:
-        progress.update(done)
+      yield Batch(part, full, ids, read, tgt, mask)
+
+
+def _answers(prompts, b: Batch, greedy, target_logprob):
+  """(correct, logprob) of the batch's real prompts from the teacher-forced read-out."""
+  g, tl = np.asarray(greedy), np.asarray(target_logprob, np.float64)
+  correct, logprob = [], []
+  for r, i in enumerate(b.part):
+    k = int(b.mask[r].sum())
+    correct.append(bool(np.all(g[r, :k] == b.targets[r, :k])))
+    logprob.append(float(tl[r, :prompts[i].n_answer].sum()))
+  return correct, logprob
+
+
+def score_prompts(model, prompts, *, batch: int = 8, progress=None) -> PromptScores:
+  """Teacher-forced exact match, gold log-probability and per-head statistics of prompts.
+
+  Prompts are grouped by padded length bucket and run ``batch`` at a time (one
+  compile per bucket and answer width).
+  """
+  n = len(prompts)
+  if n == 0:
+    raise ValueError("prompts must not be empty")
+  cfg = model.config
+  correct, logprob = np.zeros(n, bool), np.zeros(n)
+  logz, ent, sink, demo = (np.zeros((n, cfg.num_layers, cfg.num_heads)) for _ in range(4))
+  done = 0
+  for b in batches(prompts, batch):
+    out = model.score_batch(b.ids, b.read, b.targets, b.read[:, 0])
+    de = np.array([prompts[i].demo_end for i in b.full], np.int32)
+    lz, en, sk, dm = (np.asarray(a, np.float64) for a in _stats(out.scores, jnp.asarray(de)))
+    c, lp = _answers(prompts, b, out.greedy, out.target_logprob)
+    for r, i in enumerate(b.part):
+      correct[i], logprob[i] = c[r], lp[r]
+      logz[i], ent[i], sink[i], demo[i] = lz[r], en[r], sk[r], dm[r]
+    done += len(b.part)
+    if progress is not None:
+      progress.update(done)
   return PromptScores(correct, logprob, logz, ent, sink, demo)
+
+
+def score_prompts_with_states(model, prompts, layers: tuple, extract, *, batch: int = 8,
+                              progress=None) -> tuple[np.ndarray, np.ndarray, list]:
+  """Teacher-forced exact match and gold log-probability, and what ``extract`` takes from
+  each prompt's :class:`icl_kd.llm.LayerStates` at ``layers``.
+
+  Args:
+    model: a loaded :class:`icl_kd.llm.Llama`.
+    prompts: EncodedPrompts.
+    layers: the layers whose head inputs are read (a tuple of ints).
+    extract: (prompt index, LayerStates of that one prompt (NumPy, no batch axis)) ->
+      anything small; called once per prompt, so the states of a batch are never kept.
+    batch: prompts per compiled call.
+
+  Returns:
+    (correct (n,) bool, logprob (n,), [extract(i, ...) for every prompt i]).
+  """
+  n = len(prompts)
+  if n == 0:
+    raise ValueError("prompts must not be empty")
+  correct, logprob, taken = np.zeros(n, bool), np.zeros(n), [None] * n
+  done = 0
+  for b in batches(prompts, batch):
+    st = model.states_batch(b.ids, layers, b.read, b.targets)
+    arrays = [np.asarray(a) for a in st]
+    c, lp = _answers(prompts, b, st.greedy, st.target_logprob)
+    for r, i in enumerate(b.part):
+      correct[i], logprob[i] = c[r], lp[r]
+      taken[i] = extract(int(i), type(st)(*(a[r] for a in arrays)))
+    done += len(b.part)
+    if progress is not None:
+      progress.update(done)
+  return correct, logprob, taken
 
 
 def greedy_answer(model, demos, query: str, *, max_new_tokens: int = 8) -> str:
