@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, Real
 
-from icl_kd import _checks
+from icl_kd import _checks, generators
 from icl_kd.dual import HIGHEST, DualWeights
 
 
@@ -78,9 +78,11 @@ def init_params(d: int, d_k: int | None = None, d_v: int | None = None, *, key: 
   d_v = d if d_v is None else d_v
   kq, kk, kv = jax.random.split(key, 3)
   std = scale / jnp.sqrt(d)
-  return AttentionParams(std * jax.random.normal(kq, (d_k, d), dtype),
-                         std * jax.random.normal(kk, (d_k, d), dtype),
-                         std * jax.random.normal(kv, (d_v, d), dtype))
+  # generators.normal is jax.random.normal for JAX's own keys (a sweep's keys choose their
+  # generator's transform: icl_kd.generators)
+  return AttentionParams(std * generators.normal(kq, (d_k, d), dtype),
+                         std * generators.normal(kk, (d_k, d), dtype),
+                         std * generators.normal(kv, (d_v, d), dtype))
 
 
 def check_params(params: AttentionParams) -> AttentionParams:

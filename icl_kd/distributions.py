@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
-from icl_kd import _checks
+from icl_kd import _checks, generators
 from icl_kd.dual import HIGHEST
 from icl_kd.mmd import _check_finite
 
@@ -82,10 +82,10 @@ class UniformBall:
     _checks.check_key(key)
     k_dir, k_rad = jax.random.split(key)
     dtype = self.shift.dtype
-    g = jax.random.normal(k_dir, (n, self.d), dtype)                        # (n, d)
+    g = generators.normal(k_dir, (n, self.d), dtype)                        # (n, d)
     norms = jnp.linalg.norm(g, axis=1)                                      # (n,)
     direction = g / jnp.maximum(norms, jnp.finfo(dtype).tiny)[:, None]      # (n, d)
-    r = self.radius * jax.random.uniform(k_rad, (n,), dtype) ** (1.0 / self.d)  # (n,)
+    r = self.radius * generators.uniform(k_rad, (n,), dtype) ** (1.0 / self.d)  # (n,)
     return _transform(direction * r[:, None], self.shift, self.scale, self.rotation)
 
   def support_radius(self) -> Float[Array, ""]:

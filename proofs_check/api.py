@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_kd import runtime
+from icl_kd import generators, runtime
 from icl_kd.claims import (ALIASES, CLAIMS, CONVENTIONS, Claim, Outcome, Registry, check_values,
                            checks, with_convention)
 from proofs_check import sweep, verdicts
@@ -186,39 +186,44 @@ def _host(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def _evaluated(group: list[Claim], dtype, stats: dict, seed: int) -> tuple[dict, dict]:
-  """Every fixed instance the report needs, evaluated with one compiled program per bucket.
+def _evaluated(group: list[Claim], dtype, stats: sweep.Sweep, seed: int, mesh,
+               generator: str) -> tuple[dict, dict]:
+  """Every fixed instance the report needs, evaluated without a program per claim.
 
-  Returns ({claim id: (instance, check) of its worst instance}, {claim id: [checks of its
-  witnesses]}).
+  The worst instances are re-evaluated by the sweep's own compiled program of
+  their bucket (the very numbers the sweep reduced, no new compile) and drawn
+  by one vmapped draw per bucket; the witnesses (fixed arrays) by one vmapped
+  evaluation per group and bucket. Returns ({claim id: (instance, check)},
+  {claim id: [checks of its witnesses]}).
   """
   head = group[0]
-  wanted: dict[int, list] = {}           # bucket -> [(kind, claim id, payload, instance)]
+  worst_by_bucket: dict[int, list[tuple[str, int]]] = {}
   for c in group:
-    st = stats[c.id]
-    if st.worst_index:
-      b, idx = st.worst_index
-      wanted.setdefault(b, []).append(("worst", c.id, None, None))
+    if stats[c.id].worst_index:
+      b, idx = stats[c.id].worst_index
+      worst_by_bucket.setdefault(b, []).append((c.id, idx))
+  worst = {}
+  for b, items in sorted(worst_by_bucket.items()):
+    idxs = [idx for _, idx in items]
+    drawn = _host(sweep.instances(head, seed, b, idxs, dtype, generator))
+    chunk = stats.chunks.get(b) or min(c.chunk for c in group)
+    evaluated = sweep.evaluate_indices(group, b, dtype, seed, idxs, chunk, mesh, generator)
+    for j, (cid, _) in enumerate(items):
+      worst[cid] = ({k: v[j] for k, v in drawn.items()}, evaluated[j][cid])
+  witnessed = {c.id: [None] * len(c.witnesses) for c in group}
+  by_bucket: dict[int, list] = {}
+  for c in group:
     for j, w in enumerate(c.witnesses):
-      wanted.setdefault(w.bucket, []).append(("witness", c.id, j, w.instance(dtype)))
-  worst, witnessed = {}, {c.id: [None] * len(c.witnesses) for c in group}
-  for b, items in sorted(wanted.items()):
-    insts = []
-    for kind, cid, _, inst in items:
-      if kind == "worst":
-        _, idx = stats[cid].worst_index
-        inst = sweep.instance_of(head, seed, b, idx, dtype)
-      insts.append(inst)
-    out = sweep.evaluate_instances(group, b, dtype, insts)
-    for (kind, cid, j, _), inst, checks_ in zip(items, insts, out):
-      if kind == "worst":
-        worst[cid] = (_host(inst), _host(checks_[cid]))
-      else:
-        witnessed[cid][j] = _host(checks_[cid])
+      by_bucket.setdefault(w.bucket, []).append((c.id, j, w.instance(dtype)))
+  for b, items in sorted(by_bucket.items()):
+    out = sweep.evaluate_instances(group, b, dtype, [inst for _, _, inst in items])
+    for (cid, j, _), checks_ in zip(items, out):
+      witnessed[cid][j] = checks_[cid]
   return worst, witnessed
 
 
-def _adversarial(claim: Claim, st: verdicts.Stats, seed: int, dtype, steps: int) -> dict | None:
+def _adversarial(claim: Claim, st: verdicts.Stats, seed: int, dtype, steps: int,
+                 generator: str) -> dict | None:
   """The adversarial search from the sweep's worst instances, over every bucket they are in.
 
   ``starts`` counts them all and ``initial_max_ratio`` is their largest ratio, so the line a
@@ -230,7 +235,8 @@ def _adversarial(claim: Claim, st: verdicts.Stats, seed: int, dtype, steps: int)
     by_bucket.setdefault(int(b), []).append(int(idx))
   results = []
   for b, idxs in sorted(by_bucket.items()):
-    starts = [sweep.instance_of(claim, seed, b, i, dtype) for i in idxs]
+    drawn = _host(sweep.instances(claim, seed, b, idxs, dtype, generator))
+    starts = [{k: jnp.asarray(v[j]) for k, v in drawn.items()} for j in range(len(idxs))]
     results.append(adversarial.search(claim, starts, b, steps=steps))
   if not results:
     return None
@@ -241,10 +247,13 @@ def _adversarial(claim: Claim, st: verdicts.Stats, seed: int, dtype, steps: int)
               buckets=sorted(by_bucket))
 
 
-def _result(claim: Claim, st: verdicts.Stats, *, seed: int, dtype, dtype_name: str,
+def _result(claim: Claim, st: verdicts.Stats, *, ctype, dtype, dtype_name: str,
             convention: str, worst, witness_checks, adversarial: dict | None) -> ClaimResult:
-  ctype = claim.check_type
   form = ctype.form
+  if form is checks.EventForm and claim.delta is None:
+    raise ValueError(f"claim {claim.id!r} returns {ctype.__name__}, whose verdict tests an "
+                     f"event rate against delta: give the claim delta= (a probability in (0, "
+                     f"1)), got None")
   buckets = claim.buckets
   witnesses = tuple(
       checks.witness_result(w, float(checks.log_ratio(c)), w.closed_form(buckets[w.bucket]),
@@ -258,7 +267,7 @@ def _result(claim: Claim, st: verdicts.Stats, *, seed: int, dtype, dtype_name: s
     inst, worst_check = worst
     b, idx = st.worst_index
     worst_inst = WorstInstance(b, idx, list(buckets[b]), check_values(worst_check), inst)
-  out_type = claim.output
+  out_type = worst_check if worst_check is not None else claim.output
   events_type = type(out_type.events)
   extras_type = type(out_type.extras)
   events = (events_type(**{k: st.extra_events.get(k, 0) for k in events_type._fields})
@@ -284,7 +293,8 @@ def _result(claim: Claim, st: verdicts.Stats, *, seed: int, dtype, dtype_name: s
 def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int | None = None,
           seed: int = 0, dtype: str = "float64", chunk: int | None = None,
           checkpoint: str | None = None, adversarial: int = 0, progress: bool = False,
-          convention: str = "eq12", registry: Registry | None = None) -> Report:
+          convention: str = "eq12", registry: Registry | None = None,
+          generator: str = generators.DEFAULT) -> Report:
   """Checks the chosen claims on many random instances; returns a typed :class:`Report`.
 
   Args:
@@ -307,6 +317,8 @@ def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int |
       the C5/C6 claims (docs/THEORY.md, C5).
     registry: the claims ids and globs select from (default :data:`icl_kd.claims.CLAIMS`;
       ``CLAIMS.with_claims(mine)`` adds yours).
+    generator: the instance generator (:data:`icl_kd.generators.GENERATORS`; default the
+      newest, :data:`icl_kd.generators.DEFAULT`); every report records it.
   Returns:
     A :class:`proofs_check.report.Report`; ``report.ok`` is False when a row whose
     role fails the run fails.
@@ -321,14 +333,14 @@ def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int |
   jdtype = _dtype(dtype)
   if convention not in CONVENTIONS:
     raise UsageError("convention", f"must be one of {CONVENTIONS}, got {convention!r}")
+  if generator not in generators.GENERATORS:
+    raise UsageError("generator", f"must be one of {generators.GENERATORS}, got {generator!r}")
   registry = _registry_of(claims, registry)
   chosen = select(claims, registry)
-  for cid in chosen:                      # a malformed claim fails here, before any work
-    registry[cid].check_type
   if checkpoint:
     _check_manifest(checkpoint, dict(seed=seed, dtype=dtype, instances=instances, chunk=chunk,
-                                     convention=convention, format=sweep.CHECKPOINT_FORMAT),
-                    chosen)
+                                     convention=convention, format=sweep.CHECKPOINT_FORMAT,
+                                     generator=generator), chosen)
   mesh = sweep.make_mesh()
   groups: dict[str, list[Claim]] = {}
   for cid in chosen:
@@ -340,22 +352,24 @@ def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int |
     n = instances if instances is not None else max(c.default_instances for c in group)
     t0 = time.perf_counter()
     stats = sweep.sweep(group, instances=n, seed=seed, dtype=jdtype, dtype_name=dtype,
-                        checkpoint=checkpoint, progress=progress, mesh=mesh, chunk=chunk)
+                        checkpoint=checkpoint, progress=progress, mesh=mesh, chunk=chunk,
+                        generator=generator)
     loaded += stats.loaded_chunks
     computed += stats.computed_chunks
-    worst, witnessed = _evaluated(group, jdtype, stats, seed)
+    worst, witnessed = _evaluated(group, jdtype, stats, seed, mesh, generator)
     shared = (time.perf_counter() - t0) / len(group)
     for claim in group:
       t1 = time.perf_counter()
       adv = None
-      if adversarial and claim.project is not None and claim.check_type.form.searchable:
-        adv = _adversarial(claim, stats[claim.id], seed, jdtype, adversarial)
-      res = _result(claim, stats[claim.id], seed=seed, dtype=jdtype, dtype_name=dtype,
+      ctype = stats.check_types.get(claim.id) or claim.check_type
+      if adversarial and claim.project is not None and ctype.form.searchable:
+        adv = _adversarial(claim, stats[claim.id], seed, jdtype, adversarial, generator)
+      res = _result(claim, stats[claim.id], ctype=ctype, dtype=jdtype, dtype_name=dtype,
                     convention=convention, worst=worst.get(claim.id),
                     witness_checks=witnessed[claim.id], adversarial=adv)
       results[claim.id] = _replace(res, seconds=shared + time.perf_counter() - t1)
   results = {cid: results[cid] for cid in chosen}
-  env = dict(version=_version(), jax_version=jax.__version__,
+  env = dict(version=_version(), generator=generator, jax_version=jax.__version__,
              platform=jax.devices()[0].platform, device_count=jax.device_count(),
              process_count=jax.process_count(), python=_platform.python_version(), chunk=chunk,
              checkpoint=checkpoint)
@@ -405,7 +419,7 @@ class ReplayLine(NamedTuple):
 
 
 def _instance_arrays(claim: Claim, saved: dict, bucket_index: int, dtype, seed: int,
-                     index: int | None) -> dict:
+                     index: int | None, generator: str) -> dict:
   """The saved arrays with the sampler's shapes and dtypes (empty arrays included).
 
   An array the sampler draws but the report lacks (a report written before the
@@ -420,7 +434,7 @@ def _instance_arrays(claim: Claim, saved: dict, bucket_index: int, dtype, seed: 
   if missing:
     if index is None:
       raise UsageError("report", f"the saved instance of {claim.id} lacks arrays {missing}")
-    fresh = sweep.instance_of(claim, seed, bucket_index, index, dtype)
+    fresh = sweep.instance_of(claim, seed, bucket_index, index, dtype, generator)
   out = {}
   for name, spec in like.items():
     if name in saved:
@@ -453,6 +467,7 @@ def replay(report: Report | dict | str, claims: str | Sequence[str | Claim] = "*
   if not isinstance(report, Report):
     report = Report.from_json(report)
   dtype = _dtype(report.dtype)
+  generator = report.generator
   registry = _registry_of(claims, registry)
   chosen = set(select(claims, registry)) if claims != "*" else set(registry)
   chosen |= {a for a, target in ALIASES.items() if target in chosen}
@@ -471,7 +486,7 @@ def replay(report: Report | dict | str, claims: str | Sequence[str | Claim] = "*
       return sweep.evaluate_instances([claim], b, dtype, [inst])[0][claim.id]
     if r.worst_instance is not None:
       w = r.worst_instance
-      inst = _instance_arrays(claim, w.arrays, w.bucket, dtype, report.seed, w.index)
+      inst = _instance_arrays(claim, w.arrays, w.bucket, dtype, report.seed, w.index, generator)
       values = check_values(evaluate(inst, w.bucket))
       got = form.worst_of(values)
       lines.append(ReplayLine(cid, "worst", form.worst_label, r.worst, got,
@@ -483,7 +498,7 @@ def replay(report: Report | dict | str, claims: str | Sequence[str | Claim] = "*
     if r.adversarial:
       a = r.adversarial
       b = int(a["bucket"])
-      inst = _instance_arrays(claim, a["instance"], b, dtype, report.seed, None)
+      inst = _instance_arrays(claim, a["instance"], b, dtype, report.seed, None, generator)
       values = check_values(evaluate(inst, b))
       got = form.worst_of(values)
       lines.append(ReplayLine(cid, "adversarial", form.worst_label, float(a["max_ratio"]), got,

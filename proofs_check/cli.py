@@ -17,12 +17,10 @@ import sys
 import tempfile
 import textwrap
 
-from icl_kd import runtime
+from icl_kd import generators, runtime
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 FLAGS = {"report": "--replay"}   # API argument -> the CLI flag that sets it, where they differ
-FAST_COMPILE_MAX_INSTANCES = runtime.FAST_COMPILE_MAX_INSTANCES
-DEFAULT_RUN = 10 ** 6   # the size --fast-compile auto and the device count assume for the default run
 set_cpu_compile_flags = runtime.set_cpu_compile_flags   # kept for existing callers
 
 
@@ -61,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "ratio next to its closed form; exit 0 when all agree")
   p.add_argument("--list", action="store_true",
                  help="list the claims (theory number, kind, tests, figure) and exit")
-  p.add_argument("--fast-compile", choices=("auto", "on", "off"), default="auto",
-                 help="compile with XLA's backend optimisation level 0 on CPU: faster compiles, "
-                      "slower runs, other rounding; auto = on when --instances is at most "
-                      "300,000 (the default run compiles at the full level, once, into the "
-                      "compile cache); on large runs every CPU core is a device")
+  p.add_argument("--generator", choices=generators.GENERATORS, default=generators.DEFAULT,
+                 help="the instance generator (default %(default)s, the newest); every report "
+                      "records it and --replay uses the report's, so a report made with an "
+                      f"older one ({generators.V1}: the reports before version 0.2.0) "
+                      "regenerates its instances exactly")
   p.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() first, detecting the cluster from the "
                       "environment (SLURM, Open MPI, Kubernetes, TPU pods)")
@@ -255,7 +253,7 @@ def _run(args) -> int:
   report = api.check(args.claims, instances=args.instances, seed=args.seed, dtype=args.dtype,
                      chunk=args.chunk, checkpoint=args.checkpoint, adversarial=args.adversarial,
                      progress=not args.no_progress and first, convention=args.convention,
-                     registry=registry)
+                     registry=registry, generator=args.generator)
   if args.claims_from:
     report = dataclasses.replace(report, environment=dict(
         report.environment, claims_from=[api.claims_spec(s) for s in args.claims_from]))
@@ -286,13 +284,11 @@ def main(argv=None) -> int:
     except (ValueError, AttributeError) as e:
       print(f"python -m proofs_check: error: {e}", file=sys.stderr)
       return EXIT_USAGE
-  # the default run is large (>= 1e5 instances for each of a dozen claims): full XLA
-  # optimisation, compiled once into the persistent cache, and every core as a device
-  size = args.instances if args.instances is not None else (1 if args.replay else DEFAULT_RUN)
-  large = size > FAST_COMPILE_MAX_INSTANCES
-  runtime.configure(x64=x64, fast_compile=args.fast_compile, instances=size,
-                    compile_cache=args.compile_cache,
-                    cpu_devices=(os.cpu_count() or 1) if large else None)
+  # Every run compiles at XLA's full optimisation level (level 0 rounds differently, and a
+  # report's numbers must not depend on how it was compiled), once, into the persistent
+  # cache; every CPU core is a device (the numbers do not depend on the device count).
+  runtime.configure(x64=x64, fast_compile="off", compile_cache=args.compile_cache,
+                    cpu_devices=None if args.replay else (os.cpu_count() or 1))
   multi = [args.coordinator, args.num_processes, args.process_id]
   if args.distributed or any(v is not None for v in multi):
     from proofs_check import sweep

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_kd import runtime
+from icl_kd import generators, runtime
 from icl_kd.claims import ROLES, THEORY_NUMBERS, WitnessResult, checks
 
 
@@ -200,6 +200,12 @@ class Report:
   chunks_loaded: int = 0
   chunks_computed: int = 0
   environment: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def generator(self) -> str:
+    """The instance generator the report's instances were drawn with (a report written before
+    generators had versions used :data:`icl_kd.generators.V1`)."""
+    return self.environment.get("generator", generators.V1)
 
   @property
   def ok(self) -> bool:

@@ -1,16 +1,18 @@
 """Chunked, sharded, resumable sweeps of one claim over many instances.
 
 Instance i of bucket b is generated from ``fold_in(fold_in(claim_key, b), i)``
-(keys of :mod:`proofs_check.rng`: Threefry keys, counter-hash bits), so it is a
-pure function of (seed, claim group, bucket, i): it does not depend on chunking,
-sharding, the process count or resumption, and :func:`instance_of` regenerates
-it alone. Each chunk
-is a fixed-size batch (padded at the end; one compile per bucket) whose
-instance indices are sharded over a 1-D mesh of all devices, each device
-running the same micro-batched program on its shard; per-instance results
-come back to the host and are reduced there in float64, in chunk order.
-Memory therefore stays flat as the instance count grows, and the report is
-bitwise the same for any device count.
+(keys of :mod:`icl_kd.generators`, whose version every report records: Threefry
+keys, counter-hash bits), so it is a pure function of (seed, generator, claim
+group, bucket, i): it does not depend on chunking, sharding, the process count
+or resumption, and :func:`instance_of` regenerates it alone. Each chunk is a
+fixed-size batch (padded at the end) whose instance indices are sharded over a
+1-D mesh of all devices: one program per (group, bucket), compiled once for the
+whole mesh (``jax.shard_map``), in which every device runs the same
+micro-batched block on its shard (micro-batches of :data:`MICRO_BATCH`
+whatever the chunk, so an instance's numbers do not depend on the chunk size);
+per-instance results come back to the host and are reduced there in float64,
+in chunk order. Memory therefore stays flat as the instance count grows, and
+the report is bitwise the same for any device count.
 
 Checkpoints: one append-only log per claim group and bucket
 (:class:`ChunkLog`), one checksummed record per chunk; a kill loses at most the
@@ -37,20 +39,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from icl_kd import runtime
-from icl_kd.claims import Claim
-from proofs_check import rng, verdicts
+from icl_kd import generators, runtime
+from icl_kd.claims import Claim, checks
+from proofs_check import verdicts
 
 Progress = runtime.Progress  # the project's one progress bar
 
 
-def claim_key(seed: int, claim_id: str) -> jax.Array:
+def claim_key(seed: int, claim_id: str, generator: str = generators.DEFAULT) -> jax.Array:
   """A key per claim group that does not depend on which other claims run.
 
-  A key of the sweep's generator (:mod:`proofs_check.rng`: Threefry keys,
-  counter-hash bits).
+  A key of ``generator`` (:mod:`icl_kd.generators`: Threefry keys, counter-hash
+  bits; the generator's transforms make the numbers).
   """
-  return jax.random.fold_in(rng.key(seed), zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
+  return jax.random.fold_in(generators.key(seed, generator),
+                            zlib.crc32(claim_id.encode()) & 0x7FFFFFFF)
 
 
 def bucket_counts(total: int, num_buckets: int) -> list[int]:
@@ -94,55 +97,51 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("instances",))
 
 
-def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype) -> dict:
+def bucket_key(seed: int, claim: Claim, bucket: int,
+               generator: str = generators.DEFAULT) -> jax.Array:
+  """The key of one bucket of a claim's group; instance i's key is ``fold_in(it, i)``."""
+  return jax.random.fold_in(claim_key(seed, claim.group_id, generator), bucket)
+
+
+def instance_of(claim: Claim, seed: int, bucket: int, index: int, dtype,
+                generator: str = generators.DEFAULT) -> dict:
   """Regenerates one instance exactly as the sweep drew it."""
-  key = jax.random.fold_in(jax.random.fold_in(claim_key(seed, claim.group_id), bucket), index)
+  key = jax.random.fold_in(bucket_key(seed, claim, bucket, generator), index)
   return claim.sample(key, claim.buckets[bucket], dtype)
 
 
-def instances(claim: Claim, seed: int, bucket: int, indices, dtype) -> dict:
+@functools.lru_cache(maxsize=None)
+def _drawer(sample, cfg, dtype) -> Callable:
+  return jax.jit(jax.vmap(lambda bkey, i: sample(jax.random.fold_in(bkey, i), cfg, dtype),
+                          in_axes=(None, 0)))
+
+
+def instances(claim: Claim, seed: int, bucket: int, indices, dtype,
+              generator: str = generators.DEFAULT) -> dict:
   """The instances ``indices`` of one bucket, exactly as the sweep draws them, stacked.
 
   What a figure or an experiment uses to show the very instances the checker
-  checks (one vmapped draw; each equals :func:`instance_of` of its index).
+  checks, and what the report draws its worst instances with (one compiled,
+  vmapped draw per group and bucket; each equals :func:`instance_of` of its index).
   """
-  bkey = jax.random.fold_in(claim_key(seed, claim.group_id), bucket)
   idx = jnp.asarray(np.asarray(indices), jnp.uint32)
-  cfg = claim.buckets[bucket]
-  return jax.jit(jax.vmap(lambda i: claim.sample(jax.random.fold_in(bkey, i), cfg, dtype)))(idx)
+  return _drawer(claim.sample, claim.buckets[bucket], dtype)(
+      bucket_key(seed, claim, bucket, generator), idx)
 
 
-MICRO_BATCH = 256  # instances vmapped at once inside a device (fixed: see batch_fn)
-
-
-def _micro(chunk: int) -> int:
-  return min(MICRO_BATCH, chunk)
+MICRO_BATCH = 256  # instances vmapped at once inside a device, whatever the chunk size
 
 
 def padded_size(chunk: int, n_dev: int) -> int:
   """Instances computed per chunk: whole micro-batches on every device (>= chunk)."""
-  mb = _micro(chunk)
-  per_device = -(-(-(-chunk // n_dev)) // mb) * mb
+  per_device = -(-(-(-chunk // n_dev)) // MICRO_BATCH) * MICRO_BATCH
   return per_device * n_dev
 
 
-def batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
-  """A single-device program evaluating every claim of a group on a block of indices.
-
-  ``batch_fn(claims, bucket, dtype, chunk)(bucket_key, indices)`` returns, per
-  claim id, the checks of the instances ``indices`` (uint32) of bucket
-  ``bucket``, drawn from ``bucket_key``: the compiled program of one chunk of
-  :func:`sweep` (used to profile it, see ``benchmarks/profile_c1.py``).
-
-  The block is mapped (``lax.map``) over micro-batches of a fixed size, each
-  ``vmap``-ed, and the same executable runs on every device's shard (see
-  :func:`_run_sharded`). An instance's numbers are therefore bitwise the same
-  whatever the device count; a multi-partition SPMD program was measured to
-  round some of them differently on CPU.
-  """
+def _block(claims, bucket: int, dtype) -> Callable:
+  """The per-device body: draw and evaluate the instances ``indices`` of one bucket."""
   cfg = claims[0].buckets[bucket]
   sample, prepare = claims[0].sample, claims[0].prepare
-  mb = _micro(chunk)
 
   def one(bkey, i):
     inst = sample(jax.random.fold_in(bkey, i), cfg, dtype)
@@ -150,11 +149,37 @@ def batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int) -> Callable:
     return {c.id: c.compute(inst, cfg, shared) for c in claims}
 
   def block(bkey, indices):                                        # (per_device,)
-    blocks = indices.reshape(-1, mb)                               # (blocks, mb)
+    blocks = indices.reshape(-1, MICRO_BATCH)                      # (blocks, MICRO_BATCH)
     out = jax.lax.map(lambda ix: jax.vmap(lambda i: one(bkey, i))(ix), blocks)
     return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+  return block
 
-  return jax.jit(block)
+
+def batch_fn(claims: list[Claim], bucket: int, dtype, chunk: int | None = None) -> Callable:
+  """A single-device program evaluating every claim of a group on a block of indices.
+
+  ``batch_fn(claims, bucket, dtype)(bucket_key, indices)`` returns, per claim id,
+  the checks of the instances ``indices`` (uint32, a multiple of
+  :data:`MICRO_BATCH`) of bucket ``bucket``, drawn from ``bucket_key``: what each
+  device runs on its shard in one chunk of :func:`sweep` (used to profile it, see
+  ``benchmarks/profile_c1.py``). ``chunk`` is accepted for older callers and unused.
+  """
+  del chunk
+  return jax.jit(_block(claims, bucket, dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def sharded_fn(claims: tuple, bucket: int, dtype, mesh: Mesh) -> Callable:
+  """The program of one chunk over the whole mesh: one compile for every device.
+
+  ``jax.shard_map`` runs :func:`batch_fn`'s block on each device's shard of the
+  indices (the bucket key replicated), so each device computes exactly what the
+  single-device block computes on those indices: the numbers are bitwise the
+  same for any device count (tested with 1, 2 and 4 devices).
+  """
+  spec = PartitionSpec("instances")
+  return jax.jit(jax.shard_map(_block(claims, bucket, dtype), mesh=mesh,
+                               in_specs=(PartitionSpec(), spec), out_specs=spec))
 
 
 EVAL_BATCH = 8   # fixed instances (worst, witnesses, replays) are evaluated in batches of this
@@ -194,28 +219,46 @@ def evaluate_instances(claims: list[Claim], bucket: int, dtype, instances: list[
   return out
 
 
-def _run_sharded(fn: Callable, bkey, start: int, size: int, mesh: Mesh) -> dict:
-  """Runs ``fn`` on the indices start..start+size laid out on the 1-D mesh.
+def _run_sharded(fn: Callable, bkey, indices_host: np.ndarray, mesh: Mesh) -> dict:
+  """Runs the mesh program ``fn`` on the given instance indices (a multiple of the mesh size).
 
-  The index array is sharded with ``NamedSharding(mesh, P("instances"))``; the
-  program is dispatched on each addressable shard (asynchronously, so the
-  devices run in parallel) and the results are concatenated in index order.
+  The index array is sharded with ``NamedSharding(mesh, P("instances"))`` and
+  the bucket key replicated; the result comes back in index order, gathered
+  from every process on multi-host runs.
   """
   sharding = NamedSharding(mesh, PartitionSpec("instances"))
-  host = np.arange(start, start + size, dtype=np.uint32)
-  indices = jax.make_array_from_callback((size,), sharding, lambda sl: host[sl])
-  shards = sorted(indices.addressable_shards, key=lambda s: s.index[0].start or 0)
-  outs = [fn(jax.device_put(bkey, s.device), s.data) for s in shards]
-  local = jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *outs)
-  return _gather(local)
+  host = np.asarray(indices_host, np.uint32)
+  indices = jax.make_array_from_callback(host.shape, sharding, lambda sl: host[sl])
+  key = jax.device_put(bkey, NamedSharding(mesh, PartitionSpec()))
+  return _gather(fn(key, indices))
 
 
 def _gather(tree):
-  """Concatenates every process's block (in process order) on multi-host runs."""
+  """The full arrays on the host (all-gathered across processes on multi-host runs)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     tree = multihost_utils.process_allgather(tree, tiled=True)
   return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def evaluate_indices(claims: list[Claim], bucket: int, dtype, seed: int, indices,
+                     chunk: int, mesh: Mesh, generator: str = generators.DEFAULT) -> list:
+  """The checks of the given instance indices of one bucket, by the sweep's own program.
+
+  The indices are padded (with the first) to the chunk's padded size, so the
+  program is the one the sweep compiled for that bucket: no new compile, and the
+  very numbers the sweep reduced. Returns one dict {claim id: check} per index.
+  """
+  indices = [int(i) for i in indices]
+  size = padded_size(chunk, mesh.devices.size)
+  fn = sharded_fn(tuple(claims), bucket, dtype, mesh)
+  bkey = bucket_key(seed, claims[0], bucket, generator)
+  out = []
+  for start in range(0, len(indices), size):
+    part = indices[start:start + size]
+    values = _run_sharded(fn, bkey, np.asarray(part + [part[0]] * (size - len(part))), mesh)
+    out += [jax.tree_util.tree_map(lambda a, i=i: a[i], values) for i in range(len(part))]
+  return out
 
 
 # -- checkpoint ----------------------------------------------------------------------
@@ -313,15 +356,23 @@ def saved_chunks(directory: str, group: str) -> int:
 
 
 class Sweep(dict):
-  """The merged Stats by claim id, with how many chunks were loaded from the checkpoint."""
+  """The merged Stats by claim id, with how many chunks were loaded from the checkpoint.
+
+  Also: ``chunks`` (bucket -> instances per chunk, the size the bucket's program was
+  compiled for) and ``check_types`` (claim id -> the check type its evaluation
+  returned, empty when every chunk came from the checkpoint).
+  """
   loaded_chunks: int = 0
   computed_chunks: int = 0
+  chunks: dict = {}
+  check_types: dict = {}
 
 
 def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtype_name: str,
           checkpoint: str | None = None, progress: bool = True,
           mesh: Mesh | None = None, chunk: int | None = None,
-          stop_after_chunks: int | None = None) -> Sweep:
+          stop_after_chunks: int | None = None,
+          generator: str = generators.DEFAULT) -> Sweep:
   """Evaluates ``instances`` instances of each claim of one group; returns merged Stats by id.
 
   Args:
@@ -333,6 +384,7 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
       checkpointing and of host reduction, independent of the device count.
     stop_after_chunks: compute at most this many new chunks, then raise
       KeyboardInterrupt (used to test resumption).
+    generator: the instance generator (:mod:`icl_kd.generators`).
   Returns:
     A :class:`Sweep`: Stats by claim id, and ``loaded_chunks`` / ``computed_chunks``.
   """
@@ -353,15 +405,16 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
   bar = Progress(", ".join(ids), instances, progress)
   merged: dict[str, verdicts.Stats] = {cid: verdicts.Stats() for cid in ids}
   done, computed, loaded = 0, 0, 0
-  gkey = claim_key(seed, group)
+  chunks, check_types = {}, {}
   try:
     for b, n_b in enumerate(counts):
       if n_b == 0:
         continue
       c = min(size, n_b)                                           # instances per chunk
+      chunks[b] = c
       padded = padded_size(c, n_dev)                               # computed per chunk
       fn = None
-      bkey = jax.random.fold_in(gkey, b)
+      bkey = bucket_key(seed, claims[0], b, generator)
       log = logs.get(b)
       for j, start in enumerate(range(0, n_b, c)):
         valid = min(c, n_b - start)
@@ -372,11 +425,15 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
         else:
           if stop_after_chunks is not None and computed >= stop_after_chunks:
             raise KeyboardInterrupt(f"stopped after {computed} new chunks")
-          fn = fn or batch_fn(claims, b, dtype, c)
-          values = _run_sharded(fn, bkey, start, padded, mesh)
+          fn = fn or sharded_fn(tuple(claims), b, dtype, mesh)
+          values = _run_sharded(fn, bkey, np.arange(start, start + padded), mesh)
           stats = {}
           for cl in claims:
             check = jax.tree_util.tree_map(lambda v: v[:valid], values[cl.id])
+            try:
+              check_types[cl.id] = checks.check_type_of(check)
+            except TypeError as e:
+              raise TypeError(f"claim {cl.id!r}: {e}") from None
             stats[cl.id] = verdicts.reduce_chunk(check, bucket=b, start=start,
                                                  dtype_name=dtype_name)
           if log is not None and writer:
@@ -391,4 +448,5 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
       log.close()
   out = Sweep(merged)
   out.loaded_chunks, out.computed_chunks = loaded, computed
+  out.chunks, out.check_types = chunks, check_types
   return out

@@ -1,6 +1,6 @@
 """Sweeps at scale: the instance generator, the checkpoint log, and multi-process runs.
 
-- The generator (proofs_check/rng.py) is pinned to a NumPy re-implementation
+- The generators (icl_kd/generators.py) are pinned to a NumPy re-implementation
   of its formula, its draws are tested for their distribution, and instance i
   regenerated alone equals the sweep's instance i.
 - The checkpoint log: an interrupted run, with a torn last record, resumes to
@@ -23,7 +23,8 @@ import pytest
 from scipy import stats as sps
 
 from icl_kd.claims import CLAIMS
-from proofs_check import rng, sweep
+from icl_kd import generators
+from proofs_check import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,12 +48,12 @@ def _np_words(k0, k1, count):
 
 @pytest.mark.parametrize("k0,k1", [(0, 0), (1, 2), (0xFFFFFFFF, 0x12345678)])
 def test_counter_hash_matches_its_formula(k0, k1):
-  ours = rng.counter_hash_words(jnp.asarray([k0, k1], jnp.uint32), 1000)
+  ours = generators.counter_hash_words(jnp.asarray([k0, k1], jnp.uint32), 1000)
   np.testing.assert_array_equal(np.asarray(ours, np.uint64), _np_words(k0, k1, 1000))
 
 
 def test_random_bits_of_every_width_come_from_the_words():
-  key = jax.random.fold_in(rng.key(3), 7)
+  key = jax.random.fold_in(generators.key(3), 7)
   k0, k1 = (int(v) for v in jax.random.key_data(key))
   words = _np_words(k0, k1, 20)
   np.testing.assert_array_equal(np.asarray(jax.random.bits(key, (4, 5), jnp.uint32)).ravel(),
@@ -69,7 +70,7 @@ def test_generator_draws_are_uniform_gaussian_and_independent():
   Within one key (consecutive words), across keys of consecutive instances
   (fold_in i), and Gaussians through jax.random.normal.
   """
-  base = jax.random.fold_in(rng.key(0), 1)
+  base = jax.random.fold_in(generators.key(0, generators.V1), 1)
   u = np.asarray(jax.random.uniform(base, (200_000,), jnp.float32), np.float64)
   assert sps.kstest(u, "uniform").pvalue > 1e-3
   keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(50_000, dtype=jnp.uint32))
@@ -114,6 +115,56 @@ def test_instance_i_is_a_pure_function_of_seed_group_bucket_index():
   # another seed gives another instance
   other = sweep.instance_of(claim, 5, b, idx, jnp.float64)
   assert not np.allclose(np.asarray(other["demos"]), np.asarray(alone["demos"]))
+
+
+@pytest.mark.parametrize("gen", generators.GENERATORS)
+def test_every_generator_draws_the_laws_it_states_in_float64(gen):
+  """What the samplers draw through icl_kd.generators, in float64, under each generator.
+
+  n = 400,000 normals and uniforms (fixed seed). Moments: |mean| < 5 SE, |var - 1| < 5 SE,
+  skewness and excess kurtosis within 5 SE (SE = sqrt(6/n), sqrt(24/n)): false alarms below
+  1e-5 each. Kolmogorov-Smirnov against N(0, 1) and U(-3, 5): p > 1e-3 (false-alarm rate 1e-3
+  each). Independence: lag-1 correlations within a key and across consecutive instance keys
+  below 4.5/sqrt(n) (< 1e-5). The normal's largest |z| stays within the stated tail
+  (V2: 5.42, the float32 inverse CDF's end; V1: float64's, about 8.3).
+  """
+  n = 400_000
+  base = jax.random.fold_in(generators.key(11, gen), 3)
+  z = np.asarray(jax.jit(lambda k: generators.normal(k, (n,), jnp.float64))(base))
+  u = np.asarray(jax.jit(lambda k: generators.uniform(k, (n,), jnp.float64, -3.0, 5.0))(base))
+  assert z.dtype == u.dtype == np.float64
+  se = 1 / np.sqrt(n)
+  assert abs(z.mean()) < 5 * se and abs(z.var() - 1) < 5 * np.sqrt(2) * se
+  assert abs(sps.skew(z)) < 5 * np.sqrt(6 / n) and abs(sps.kurtosis(z)) < 5 * np.sqrt(24 / n)
+  assert sps.kstest(z, "norm").pvalue > 1e-3
+  assert sps.kstest(u, "uniform", args=(-3.0, 8.0)).pvalue > 1e-3
+  assert u.min() >= -3.0 and u.max() < 5.0
+  assert np.abs(z).max() <= (5.43 if gen == generators.V2 else 8.5)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n // 4, dtype=jnp.uint32))
+  first = np.asarray(jax.jit(jax.vmap(lambda k: generators.normal(k, (2,), jnp.float64)))(keys))
+  for a, b in [(z[:-1], z[1:]), (first[:, 0], first[:, 1]), (first[:-1, 0], first[1:, 0])]:
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4.5 / np.sqrt(a.size)
+
+
+def test_generators_agree_in_float32_and_differ_in_float64():
+  """V2 draws in float32 exactly what V1 draws (the same bits, JAX's float32 transforms); in
+  float64 it is those float32 draws cast, V1 JAX's float64 ones. JAX's own keys pass through
+  to jax.random unchanged."""
+  k1 = jax.random.fold_in(generators.key(2, generators.V1), 5)
+  k2 = jax.random.fold_in(generators.key(2, generators.V2), 5)
+  np.testing.assert_array_equal(jax.random.key_data(k1), jax.random.key_data(k2))
+  for f in (lambda k, dt: generators.normal(k, (64,), dt),
+            lambda k, dt: generators.uniform(k, (64,), dt, 0.5, 1.5)):
+    np.testing.assert_array_equal(np.asarray(f(k1, jnp.float32)), np.asarray(f(k2, jnp.float32)))
+    assert not np.array_equal(np.asarray(f(k1, jnp.float64)), np.asarray(f(k2, jnp.float64)))
+  np.testing.assert_array_equal(np.asarray(generators.normal(k2, (64,), jnp.float64)),
+                                np.asarray(generators.normal(k2, (64,), jnp.float32),
+                                           np.float64))
+  jk = jax.random.key(9)
+  np.testing.assert_array_equal(np.asarray(generators.normal(jk, (8,), jnp.float64)),
+                                np.asarray(jax.random.normal(jk, (8,), jnp.float64)))
+  with pytest.raises(ValueError, match="generator must be one of"):
+    generators.key(0, "no-such-generator")
 
 
 # --- checkpoint log -----------------------------------------------------------------------

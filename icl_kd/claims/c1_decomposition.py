@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd import attention
+from icl_kd import attention, generators
 from icl_kd.attention import AttentionParams
 from icl_kd.claims.base import Claim
 from icl_kd.claims.checks import IdentityCheck, identity_tolerance
@@ -75,9 +75,9 @@ def scaled_prompt(key, bucket, dtype, *, max_abs_score, tau=1.0,
   n, m, d, d_k, d_v = tuple(bucket)[:5]
   k_par, k_demo, k_pre, k_q = jax.random.split(key, 4)
   params = icl_kd.init_params(d, d_k, d_v, key=k_par, dtype=dtype)
-  demos = jax.random.normal(k_demo, (n, d), dtype) * token_scale
-  prefix = jax.random.normal(k_pre, (m, d), dtype) * token_scale
-  query = jax.random.normal(k_q, (d,), dtype) * token_scale
+  demos = generators.normal(k_demo, (n, d), dtype) * token_scale
+  prefix = generators.normal(k_pre, (m, d), dtype) * token_scale
+  query = generators.normal(k_q, (d,), dtype) * token_scale
   tau = jnp.asarray(tau, dtype)
   context = jnp.concatenate([demos, prefix, query[None]])                  # (N + M + 1, d)
   raw = jnp.dot(jnp.dot(context, params.w_k.T), jnp.dot(params.w_q, query)) / tau
@@ -93,12 +93,12 @@ def sample_prompt(key, bucket: PromptBucket, dtype) -> dict:
   positive random features of the C2 autodiff check.
   """
   k_prompt, k_scale, k_tau, k_omega = jax.random.split(key, 4)
-  log10_scale = jax.random.uniform(k_scale, (), dtype, -3.0, 3.0)
-  tau = jnp.exp(jax.random.uniform(k_tau, (), dtype, math.log(0.25), math.log(4.0)))
+  log10_scale = generators.uniform(k_scale, (), dtype, -3.0, 3.0)
+  tau = jnp.exp(generators.uniform(k_tau, (), dtype, math.log(0.25), math.log(4.0)))
   p = scaled_prompt(k_prompt, bucket, dtype, max_abs_score=10.0 ** log10_scale, tau=tau)
   return dict(w_q=p.params.w_q, w_k=p.params.w_k, w_v=p.params.w_v, demos=p.demos,
               prefix=p.prefix, query=p.query, tau=p.tau,
-              omega=jax.random.normal(k_omega, (32, bucket.d_k), dtype))
+              omega=generators.normal(k_omega, (32, bucket.d_k), dtype))
 
 
 def prompt_params(inst: dict) -> AttentionParams:

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd import bounds, distributions, mmd
+from icl_kd import bounds, distributions, generators, mmd
 from icl_kd.attention import AttentionParams
 from icl_kd.claims.base import Claim
 from icl_kd.claims.checks import ConjectureEventCheck, ConsistencyCheck, EventCheck
@@ -102,13 +102,13 @@ def sample(key, bucket: SampleBucket, dtype) -> dict:
   n, d = bucket.n, bucket.d
   ks = jax.random.split(key, 8)
   params = icl_kd.init_params(d, key=ks[0], dtype=dtype,
-                              scale=jax.random.uniform(ks[1], (), dtype, 0.3, 1.5))
+                              scale=generators.uniform(ks[1], (), dtype, 0.3, 1.5))
   ball = distributions.uniform_ball(d, dtype=dtype)
   return dict(w_q=params.w_q, w_k=params.w_k, w_v=params.w_v, x=ball.sample(n, key=ks[2]),
               x_pop=ball.sample(POPULATION, key=ks[3]),
               anchors_x=ball.sample(8, key=ks[4]),
-              coeffs=jax.random.normal(ks[5], (8, d), dtype),
-              radius_frac=jax.random.uniform(ks[6], (), dtype, 0.1, 1.0),
+              coeffs=generators.normal(ks[5], (8, d), dtype),
+              radius_frac=generators.uniform(ks[6], (), dtype, 0.1, 1.0),
               sign_key=jax.random.key_data(ks[7]))
 
 

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd import bounds, counterexamples, distributions
+from icl_kd import bounds, counterexamples, distributions, generators
 from icl_kd.attention import AttentionParams
 from icl_kd.claims.base import Claim, Outcome, convention_factor
 from icl_kd.claims.checks import (ConjectureCheck, ConsistencyIdentityCheck, CorrectedCheck,
@@ -67,9 +67,9 @@ def pair_distributions(key, d: int, dtype):
   ``shift``, its radius ``scale``).
   """
   k_dir, k_len, k_scale = jax.random.split(key, 3)
-  direction = jax.random.normal(k_dir, (d,), dtype)
-  shift = direction / jnp.linalg.norm(direction) * jax.random.uniform(k_len, (), dtype, 0.0, 2.0)
-  scale = jax.random.uniform(k_scale, (), dtype, 0.5, 1.5)
+  direction = generators.normal(k_dir, (d,), dtype)
+  shift = direction / jnp.linalg.norm(direction) * generators.uniform(k_len, (), dtype, 0.0, 2.0)
+  scale = generators.uniform(k_scale, (), dtype, 0.5, 1.5)
   return (distributions.uniform_ball(d, dtype=dtype),
           distributions.uniform_ball(d, shift=shift, scale=scale, dtype=dtype))
 
@@ -86,7 +86,7 @@ def sample_pair(key, bucket: PairBucket, dtype) -> dict:
   n, m, d, d_k, d_v = tuple(bucket)[:5]
   ks = jax.random.split(key, 7)
   params = icl_kd.init_params(d, d_k, d_v, key=ks[0], dtype=dtype,
-                              scale=jax.random.uniform(ks[1], (), dtype, 0.3, 2.0))
+                              scale=generators.uniform(ks[1], (), dtype, 0.3, 2.0))
   p, q = pair_distributions(ks[2], d, dtype)
   return dict(w_q=params.w_q, w_k=params.w_k, w_v=params.w_v,
               x_p=p.sample(n, key=ks[3]), x_q=q.sample(m, key=ks[4]),

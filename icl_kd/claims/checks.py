@@ -121,6 +121,59 @@ ROLES = (PAPER, CORRECTED, CONSISTENCY, CONJECTURE, MEASUREMENT)
 """Every role, in the order the report's summary counts them."""
 
 
+# -- exact sums: the mean and standard deviation do not depend on the chunking ----------
+
+EXACT_SHIFT = 1127
+"""Every finite float64 x is an integer multiple of 2^-1127 (its mantissa has 53 bits, its
+exponent is >= -1074): sums are kept as the exact integer x 2^1127, so they do not depend
+on how the instances were split into chunks or merged."""
+
+
+def exact_sum(values) -> int:
+  """The exact sum of finite float64 ``values``, times 2^EXACT_SHIFT, as a Python int.
+
+  Vectorised: each value is m 2^e with a 53-bit integer m (``numpy.frexp``); the
+  mantissas are split into 27- and 26-bit halves, summed exactly in int64 per
+  exponent, and the few per-exponent sums are combined in Python integers.
+  """
+  v = np.asarray(values, np.float64).ravel()
+  v = v[v != 0.0]
+  if v.size == 0:
+    return 0
+  if not np.all(np.isfinite(v)):
+    raise ValueError("exact_sum takes finite values only")
+  mant, exp = np.frexp(v)                                   # v = mant 2^exp, 0.5 <= |mant| < 1
+  m = np.rint(mant * 2.0 ** 53).astype(np.int64)            # v = m 2^(exp - 53), exactly
+  shift = exp.astype(np.int64) - 53 + EXACT_SHIFT           # >= 1 for every finite float64
+  hi, lo = m >> 26, m - ((m >> 26) << 26)                   # m = hi 2^26 + lo (floor split)
+  order = np.argsort(shift, kind="stable")
+  shift, hi, lo = shift[order], hi[order], lo[order]
+  starts = np.flatnonzero(np.r_[True, shift[1:] != shift[:-1]])
+  sum_hi, sum_lo = np.add.reduceat(hi, starts), np.add.reduceat(lo, starts)
+  total = 0
+  for s_, h, l_ in zip(shift[starts].tolist(), sum_hi.tolist(), sum_lo.tolist()):
+    total += ((h << 26) + l_) << s_
+  return total
+
+
+def exact_moments(total: int, total_sq: int, n: int) -> tuple[float, float]:
+  """(mean, standard deviation) of n values from their exact sums (correctly rounded)."""
+  from fractions import Fraction
+  if n == 0:
+    return math.nan, math.nan
+  scale = 1 << EXACT_SHIFT
+  mean = Fraction(total, scale * n)
+  var = Fraction(total_sq, scale * n) - mean * mean
+  return float(mean), math.sqrt(max(float(var), 0.0))
+
+
+def _sums(values: np.ndarray) -> tuple[int, int | None]:
+  """Exact sum and exact sum of squares (None when a square overflows float64)."""
+  with np.errstate(over="ignore"):
+    sq = values * values
+  return exact_sum(values), (exact_sum(sq) if np.all(np.isfinite(sq)) else None)
+
+
 # -- mergeable statistics -------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -134,8 +187,9 @@ class Stats:
   worst_index: tuple = ()           # (bucket, index) of the worst instance
   worst_error: float = math.nan     # identity: the error at the worst instance
   min_slack: float = math.inf       # ratio forms: min (rhs - lhs) / rhs
-  sum_value: float = 0.0            # identity: errors; ratio: ratios; value: values
-  sum_sq_value: float = 0.0
+  sum_value: int = 0                # exact sum x 2^EXACT_SHIFT: identity: errors; ratio:
+                                    # ratios; value: values (see exact_sum)
+  sum_sq_value: int | None = 0      # the same of their squares; None once a square overflowed
   events: int = 0                   # event form: number of `violated` events
   sample: list = dataclasses.field(default_factory=list)
   extra_events: dict = dataclasses.field(default_factory=dict)   # check.events counts
@@ -162,8 +216,10 @@ class Stats:
     d.pop("nonfinite", None)
     d.setdefault("vacuous", 0)
     d["worst_index"] = tuple(d["worst_index"])
-    for k in ("worst", "worst_error", "min_slack", "sum_value", "sum_sq_value"):
+    for k in ("worst", "worst_error", "min_slack"):
       d[k] = runtime.from_jsonable_float(d[k])
+    d["sum_value"] = int(d["sum_value"])
+    d["sum_sq_value"] = None if d["sum_sq_value"] is None else int(d["sum_sq_value"])
     d["top"] = [[runtime.from_jsonable_float(t[0]), int(t[1]), int(t[2])] for t in d["top"]]
     d["sample"] = [runtime.from_jsonable_float(x) for x in d["sample"]]
     d["extra_samples"] = {k: [runtime.from_jsonable_float(x) for x in v]
@@ -189,7 +245,8 @@ def merge(a: Stats, b: Stats) -> Stats:
                out_of_range=a.out_of_range + b.out_of_range, vacuous=a.vacuous + b.vacuous,
                worst=w.worst, worst_index=w.worst_index, worst_error=w.worst_error,
                min_slack=min(a.min_slack, b.min_slack), sum_value=a.sum_value + b.sum_value,
-               sum_sq_value=a.sum_sq_value + b.sum_sq_value, events=a.events + b.events,
+               sum_sq_value=(None if a.sum_sq_value is None or b.sum_sq_value is None
+                             else a.sum_sq_value + b.sum_sq_value), events=a.events + b.events,
                sample=a.sample + b.sample,
                extra_events={k: a.extra_events.get(k, 0) + b.extra_events.get(k, 0)
                              for k in sorted(set(a.extra_events) | set(b.extra_events))},
@@ -284,13 +341,12 @@ class Verdict:
 
 
 def _moments(st: Stats, n: int) -> dict[str, Any]:
-  with np.errstate(over="ignore", invalid="ignore"):
-    mean = np.float64(st.sum_value) / n if n else np.float64(np.nan)
-    var = np.float64(st.sum_sq_value) / n - mean * mean if n else np.float64(np.nan)
-  out: dict[str, Any] = {"mean": float(mean),
-                         "std": float(np.sqrt(var)) if np.isfinite(var) and var > 0 else
-                         (0.0 if np.isfinite(var) else math.nan),
-                         "out_of_range": st.out_of_range}
+  """Mean and standard deviation from the exact sums: the same numbers however the
+  instances were chunked, merged or spread over devices (NaN std once a square overflowed)."""
+  mean, std = exact_moments(st.sum_value, st.sum_sq_value or 0, n)
+  if st.sum_sq_value is None:
+    std = math.nan
+  out: dict[str, Any] = {"mean": mean, "std": std, "out_of_range": st.out_of_range}
   if st.sample:
     q = np.quantile(np.asarray(st.sample), [0.5, 0.9, 0.99])
     out.update(median=float(q[0]), q90=float(q[1]), q99=float(q[2]))
@@ -374,8 +430,7 @@ class IdentityForm(_Form):
     st.violations = int(np.sum(informative & (score > 1.0)))
     if informative.any():
       st.worst_error = float(err[_first_worst(score)])
-    st.sum_value = float(np.sum(np.where(informative, err, 0.0)))
-    st.sum_sq_value = float(np.sum(np.where(informative, err, 0.0) ** 2))
+    st.sum_value, st.sum_sq_value = _sums(err[informative])
     st = _finish(st, check, ok, score, err, bucket=bucket, start=start, take=take)
     if not informative.any():                      # only vacuous instances: no worst instance
       st.worst, st.worst_index = -math.inf, ()
@@ -449,9 +504,7 @@ class RatioForm(_Form):
     if ok.any():
       capped = np.minimum(lr[ok], LOG_CAP)
       st.min_slack = float(np.min(-np.expm1(capped)))          # (rhs - lhs) / rhs
-      ratio = np.exp(capped)
-      with np.errstate(over="ignore"):
-        st.sum_value, st.sum_sq_value = float(np.sum(ratio)), float(np.sum(ratio * ratio))
+      st.sum_value, st.sum_sq_value = _sums(np.exp(capped))
     if hasattr(check, "violated"):
       st.events = int(np.sum(ok & np.asarray(check.violated).reshape(n).astype(bool)))
     order = [int(i) for i in np.argsort(-score, kind="stable") if ok[i]][:TOP_K]
@@ -571,9 +624,7 @@ class ValueForm(_Form):
     take = max(0, min(n, keep - start))
     v = np.asarray(check.value, np.float64).reshape(n)
     ok = np.isfinite(v)
-    st.sum_value = float(np.sum(v[ok]))
-    with np.errstate(over="ignore"):
-      st.sum_sq_value = float(np.sum(v[ok] ** 2))
+    st.sum_value, st.sum_sq_value = _sums(v[ok])
     return _finish(st, check, ok, np.where(ok, v, -np.inf), v, bucket=bucket, start=start,
                    take=take)
 
