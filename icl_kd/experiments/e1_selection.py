@@ -263,7 +263,7 @@ def trial_data(key, cfg: Config) -> Trial:
 TRAIN_SHIFTS = (0.0, 1.0, 2.0, 3.0)
 
 
-def training_prompts(key, cfg: Config, *, n_prompts: int | None = None, shift_lengths=None
+def training_prompts(key, cfg, *, n_prompts: int | None = None, shift_lengths=None
                      ) -> tasks.RegressionPrompts:
   """A batch of prompts whose demonstrations and queries share one mean shift (float32).
 
@@ -292,8 +292,9 @@ def trial_keys(key, cfg: Config):
   return k_model, jax.random.split(k_trials, cfg.n_trials), k_boot, k_ref
 
 
-def make_model(cfg: Config) -> models.SoftmaxAttentionLayer:
-  """The one-head softmax-attention layer E1 trains, on tokens (x, y) of width d + 1."""
+def make_model(cfg) -> models.SoftmaxAttentionLayer:
+  """The one-head softmax-attention layer E1 trains, on tokens (x, y) of width d + 1
+  (``cfg`` needs the field d: E1's Config or E6's)."""
   return models.SoftmaxAttentionLayer(d_k=cfg.d + 1, d_v=1, tau=MODEL_TAU, init_scale=0.5)
 
 
