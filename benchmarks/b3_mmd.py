@@ -56,6 +56,7 @@ NAME = "B3"
 D = 64
 BANDWIDTH = math.sqrt(D)
 TARGET = 10.0
+GPU_TARGET_S = 0.5e-3   # GPU: the float32 unbiased MMD^2 at n = m = 4096 within 0.5 ms
 BASELINE_MAX_N = 8192
 
 
@@ -190,6 +191,10 @@ def compare(n: int, seed: int, *, quick: bool, repeats: int, base_repeats: int
     if judged:
       target = f">={TARGET:g}x" + (" (judged at n=4096 only)" if quick else "")
     met = None if (not judged or quick) else t_cd.median / t.median >= TARGET
+    if harness.has_gpu() and fn is ours and not f64 and n == 4096:
+      # on a GPU: the float32 estimate at n = 4096 within GPU_TARGET_S
+      target, met = f"<= {GPU_TARGET_S * 1e3:g} ms on GPU", (None if quick
+                                                             else t.median <= GPU_TARGET_S)
     extra = dict(agreement=agree, xla_cost=cost, block_size=block,
                  speedup_vs_cdist=t_cd.median / t.median,
                  speedup_vs_numpy=t_np.median / t.median)

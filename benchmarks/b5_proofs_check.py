@@ -12,11 +12,13 @@ identical (every number but the seconds).
 The quick mode runs ``--claims thm3.1 --instances 5000`` instead of the
 default claims and instance counts.
 
-Target (full mode): the cold default run completes within COLD_TARGET_S on
-the machine, and a run that has not finished after TIMEOUT_S is killed and
-reported as missed ("no result"), never waited on forever: a stalled claim
-group (e.g. a kernel that hangs when two CPU devices run it at once) shows
-up here as a missed target rather than as a benchmark that never ends.
+Targets (full mode, a 2-core CPU): the cold default run within COLD_TARGET_S
+with at most MAX_SLOW_COMPILES XLA compilations of 0.1 s or more, and the warm
+one within WARM_TARGET_S. A run that has not finished after TIMEOUT_S is
+killed and reported as missed ("no result"), never waited on forever: a
+stalled claim group (e.g. a kernel that hangs when two CPU devices run it at
+once) shows up here as a missed target rather than as a benchmark that never
+ends.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from benchmarks import harness
 
 NAME = "B5"
 QUICK_ARGS = ["--claims", "thm3.1", "--instances", "5000"]
-COLD_TARGET_S = 600.0    # the default job, cold, on a 2-core CPU: within 10 minutes
+COLD_TARGET_S = 60.0     # the default job, cold (every program compiled), on a 2-core CPU
+WARM_TARGET_S = 15.0     # the same with the compile cache warm
+MAX_SLOW_COMPILES = 40   # XLA compilations of >= 0.1 s in the cold run
 TIMEOUT_S = 3600.0       # a run still going after an hour is a hang
 
 
@@ -89,16 +93,23 @@ def _one(args, cache, tmp, state, quick, reports) -> harness.Row:
     report = json.load(f)
   reports[state] = report
   timing = harness.Timing(wall, wall, wall, 0.0, 1, inner["compile_s"])
-  cold_target = not quick and state == "cold"
+  slow = inner["slow_compiles"]
+  if quick:
+    target, met, why = "-", None, ""
+  elif state == "cold":
+    target = f"cold run <= {COLD_TARGET_S:.0f} s, <= {MAX_SLOW_COMPILES} compilations >= 0.1 s"
+    met = wall <= COLD_TARGET_S and slow <= MAX_SLOW_COMPILES
+    why = f"{wall:.1f} s wall, {slow} compilations >= 0.1 s ({inner['backend_s']:.1f} s)"
+  else:
+    target, met = f"warm run <= {WARM_TARGET_S:.0f} s", wall <= WARM_TARGET_S
+    why = f"{wall:.1f} s wall ({inner['compile_s']:.1f} s tracing, lowering, cache loads)"
   return harness.Row(
-      NAME, label, ours=timing,
-      target=f"cold run <= {COLD_TARGET_S:.0f} s" if cold_target else "-",
-      met=(wall <= COLD_TARGET_S) if cold_target else None,
-      why=f"{wall:.0f} s wall" if cold_target else "",
+      NAME, label, ours=timing, target=target, met=met, why=why,
       extra=dict(cache=state, wall_s=wall, wall_in_process_s=inner["wall_s"],
                  compile_s=inner["compile_s"],
                  compile_share=inner["compile_s"] / inner["wall_s"],
-                 xla_compilations=inner["backend_compiles"], exit_code=proc.returncode,
+                 xla_compilations=inner["backend_compiles"], slow_compilations=slow,
+                 backend_compile_s=inner["backend_s"], exit_code=proc.returncode,
                  xla_flags=inner["xla_flags"], devices=report.get("device_count"),
                  passed=report.get("passed"), load_average_before=load,
                  claims={cid: dict(instances=c["instances"], seconds=c["seconds"],
@@ -120,6 +131,7 @@ def _child(out_path: str, argv: list[str]) -> int:
     wall = time.perf_counter() - t0
   with open(out_path, "w") as f:
     json.dump(dict(wall_s=wall, compile_s=log.seconds, backend_compiles=log.backend_compiles,
+                   slow_compiles=log.slow_compiles, backend_s=log.backend_seconds,
                    xla_flags=os.environ.get("XLA_FLAGS", "")), f)
   return code
 

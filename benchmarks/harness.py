@@ -345,11 +345,16 @@ _ACTIVE: list["CompileLog"] = []
 _REGISTERED = False
 
 
+SLOW_COMPILE_S = 0.1   # a compilation that takes at least this long is counted as "slow"
+
+
 def _on_duration(event: str, duration: float, **_) -> None:
   if event in COMPILE_EVENTS:
     for rec in _ACTIVE:
       rec.seconds += duration
       rec.backend_compiles += event == COMPILE_EVENTS[2]
+      rec.slow_compiles += event == COMPILE_EVENTS[2] and duration >= SLOW_COMPILE_S
+      rec.backend_seconds += duration if event == COMPILE_EVENTS[2] else 0.0
 
 
 class CompileLog:
@@ -357,12 +362,16 @@ class CompileLog:
 
   Uses ``jax.monitoring`` duration events, so it also sees compilations done
   deep inside library code (e.g. each bucket of a ``proofs_check`` sweep).
-  ``backend_compiles`` counts XLA compilations.
+  ``backend_compiles`` counts XLA compilations (a persistent-cache load is not one),
+  ``slow_compiles`` those that took at least :data:`SLOW_COMPILE_S`, and
+  ``backend_seconds`` their total time.
   """
 
   def __init__(self):
     self.seconds = 0.0
     self.backend_compiles = 0
+    self.slow_compiles = 0
+    self.backend_seconds = 0.0
 
   def __enter__(self) -> "CompileLog":
     global _REGISTERED

@@ -186,15 +186,24 @@ def _host(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def _evaluated(group: list[Claim], dtype, stats: sweep.Sweep, seed: int, mesh,
-               generator: str) -> tuple[dict, dict]:
-  """Every fixed instance the report needs, evaluated without a program per claim.
+def _output_types(claim: Claim, stats: sweep.Sweep) -> tuple:
+  """(check type, extras type, events type) of the claim's evaluation: as the sweep saw them,
+  or, when every chunk came from a checkpoint, from tracing one instance."""
+  if claim.id in stats.output_types:
+    return stats.output_types[claim.id]
+  out = claim.output
+  return claim.check_type, type(out.extras), type(out.events)
 
-  The worst instances are re-evaluated by the sweep's own compiled program of
-  their bucket (the very numbers the sweep reduced, no new compile) and drawn
-  by one vmapped draw per bucket; the witnesses (fixed arrays) by one vmapped
-  evaluation per group and bucket. Returns ({claim id: (instance, check)},
-  {claim id: [checks of its witnesses]}).
+
+def _evaluated(group: list[Claim], dtype, stats: sweep.Sweep, seed: int,
+               generator: str) -> tuple[dict, dict]:
+  """Every fixed instance the report needs, without a program per claim.
+
+  The worst instances' checks come from the sweep itself (each chunk's reduction
+  keeps its worst row: the very numbers the sweep reduced); their arrays are
+  drawn by one vmapped draw per bucket. The witnesses (fixed arrays) are
+  evaluated by one vmapped program per group and bucket. Returns ({claim id:
+  (instance, check)}, {claim id: [checks of its witnesses]}).
   """
   head = group[0]
   worst_by_bucket: dict[int, list[tuple[str, int]]] = {}
@@ -204,12 +213,12 @@ def _evaluated(group: list[Claim], dtype, stats: sweep.Sweep, seed: int, mesh,
       worst_by_bucket.setdefault(b, []).append((c.id, idx))
   worst = {}
   for b, items in sorted(worst_by_bucket.items()):
-    idxs = [idx for _, idx in items]
-    drawn = _host(sweep.instances(head, seed, b, idxs, dtype, generator))
-    chunk = stats.chunks.get(b) or min(c.chunk for c in group)
-    evaluated = sweep.evaluate_indices(group, b, dtype, seed, idxs, chunk, mesh, generator)
+    drawn = _host(sweep.instances(head, seed, b, [idx for _, idx in items], dtype, generator))
     for j, (cid, _) in enumerate(items):
-      worst[cid] = ({k: v[j] for k, v in drawn.items()}, evaluated[j][cid])
+      claim = next(c for c in group if c.id == cid)
+      ctype, extras_type, events_type = _output_types(claim, stats)
+      check = checks.check_from_values(ctype, stats[cid].worst_values, extras_type, events_type)
+      worst[cid] = ({k: v[j] for k, v in drawn.items()}, check)
   witnessed = {c.id: [None] * len(c.witnesses) for c in group}
   by_bucket: dict[int, list] = {}
   for c in group:
@@ -356,12 +365,12 @@ def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int |
                         generator=generator)
     loaded += stats.loaded_chunks
     computed += stats.computed_chunks
-    worst, witnessed = _evaluated(group, jdtype, stats, seed, mesh, generator)
+    worst, witnessed = _evaluated(group, jdtype, stats, seed, generator)
     shared = (time.perf_counter() - t0) / len(group)
     for claim in group:
       t1 = time.perf_counter()
       adv = None
-      ctype = stats.check_types.get(claim.id) or claim.check_type
+      ctype = _output_types(claim, stats)[0]
       if adversarial and claim.project is not None and ctype.form.searchable:
         adv = _adversarial(claim, stats[claim.id], seed, jdtype, adversarial, generator)
       res = _result(claim, stats[claim.id], ctype=ctype, dtype=jdtype, dtype_name=dtype,
@@ -369,7 +378,8 @@ def check(claims: str | Claim | Sequence[str | Claim] = "*", *, instances: int |
                     witness_checks=witnessed[claim.id], adversarial=adv)
       results[claim.id] = _replace(res, seconds=shared + time.perf_counter() - t1)
   results = {cid: results[cid] for cid in chosen}
-  env = dict(version=_version(), generator=generator, jax_version=jax.__version__,
+  env = dict(version=_version(), generator=generator, compile_level=_compile_level(),
+             jax_version=jax.__version__,
              platform=jax.devices()[0].platform, device_count=jax.device_count(),
              process_count=jax.process_count(), python=_platform.python_version(), chunk=chunk,
              checkpoint=checkpoint)
@@ -399,6 +409,14 @@ def counterexamples() -> list[CounterexampleRow]:
 def _replace(r: ClaimResult, **kw) -> ClaimResult:
   import dataclasses
   return dataclasses.replace(r, **kw)
+
+
+def _compile_level() -> str:
+  """XLA's CPU backend optimisation level the run compiled at: "default" unless XLA_FLAGS
+  sets it (the CLI never does: the level changes rounding, and so report numbers)."""
+  import re
+  m = re.search(r"xla_backend_optimization_level=(\d+)", os.environ.get("XLA_FLAGS", ""))
+  return m.group(1) if m else "default"
 
 
 def _version() -> str:

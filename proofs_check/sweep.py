@@ -178,8 +178,11 @@ def sharded_fn(claims: tuple, bucket: int, dtype, mesh: Mesh) -> Callable:
   same for any device count (tested with 1, 2 and 4 devices).
   """
   spec = PartitionSpec("instances")
+  # check_vma=False: the block is purely per-device (no collective), and claims' loops start
+  # from constant carries that the varying-axes type check would otherwise reject
   return jax.jit(jax.shard_map(_block(claims, bucket, dtype), mesh=mesh,
-                               in_specs=(PartitionSpec(), spec), out_specs=spec))
+                               in_specs=(PartitionSpec(), spec), out_specs=spec,
+                               check_vma=False))
 
 
 EVAL_BATCH = 8   # fixed instances (worst, witnesses, replays) are evaluated in batches of this
@@ -239,26 +242,6 @@ def _gather(tree):
     from jax.experimental import multihost_utils
     tree = multihost_utils.process_allgather(tree, tiled=True)
   return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def evaluate_indices(claims: list[Claim], bucket: int, dtype, seed: int, indices,
-                     chunk: int, mesh: Mesh, generator: str = generators.DEFAULT) -> list:
-  """The checks of the given instance indices of one bucket, by the sweep's own program.
-
-  The indices are padded (with the first) to the chunk's padded size, so the
-  program is the one the sweep compiled for that bucket: no new compile, and the
-  very numbers the sweep reduced. Returns one dict {claim id: check} per index.
-  """
-  indices = [int(i) for i in indices]
-  size = padded_size(chunk, mesh.devices.size)
-  fn = sharded_fn(tuple(claims), bucket, dtype, mesh)
-  bkey = bucket_key(seed, claims[0], bucket, generator)
-  out = []
-  for start in range(0, len(indices), size):
-    part = indices[start:start + size]
-    values = _run_sharded(fn, bkey, np.asarray(part + [part[0]] * (size - len(part))), mesh)
-    out += [jax.tree_util.tree_map(lambda a, i=i: a[i], values) for i in range(len(part))]
-  return out
 
 
 # -- checkpoint ----------------------------------------------------------------------
@@ -359,13 +342,14 @@ class Sweep(dict):
   """The merged Stats by claim id, with how many chunks were loaded from the checkpoint.
 
   Also: ``chunks`` (bucket -> instances per chunk, the size the bucket's program was
-  compiled for) and ``check_types`` (claim id -> the check type its evaluation
-  returned, empty when every chunk came from the checkpoint).
+  compiled for) and ``output_types`` (claim id -> (check type, extras type, events
+  type) of what its evaluation returned; empty when every chunk came from the
+  checkpoint).
   """
   loaded_chunks: int = 0
   computed_chunks: int = 0
   chunks: dict = {}
-  check_types: dict = {}
+  output_types: dict = {}
 
 
 def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtype_name: str,
@@ -405,7 +389,7 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
   bar = Progress(", ".join(ids), instances, progress)
   merged: dict[str, verdicts.Stats] = {cid: verdicts.Stats() for cid in ids}
   done, computed, loaded = 0, 0, 0
-  chunks, check_types = {}, {}
+  chunks, output_types = {}, {}
   try:
     for b, n_b in enumerate(counts):
       if n_b == 0:
@@ -431,7 +415,8 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
           for cl in claims:
             check = jax.tree_util.tree_map(lambda v: v[:valid], values[cl.id])
             try:
-              check_types[cl.id] = checks.check_type_of(check)
+              output_types[cl.id] = (checks.check_type_of(check), type(check.extras),
+                                     type(check.events))
             except TypeError as e:
               raise TypeError(f"claim {cl.id!r}: {e}") from None
             stats[cl.id] = verdicts.reduce_chunk(check, bucket=b, start=start,
@@ -448,5 +433,5 @@ def sweep(claims: Claim | list[Claim], *, instances: int, seed: int, dtype, dtyp
       log.close()
   out = Sweep(merged)
   out.loaded_chunks, out.computed_chunks = loaded, computed
-  out.chunks, out.check_types = chunks, check_types
+  out.chunks, out.output_types = chunks, output_types
   return out

@@ -378,3 +378,30 @@ def test_b5_reports_a_hung_run_as_a_missed_target(monkeypatch):
   assert calls == [b5.TIMEOUT_S]
   assert len(rows) == 1 and rows[0].met is False
   assert "no result after" in rows[0].reason() and "rademacher" in rows[0].extra["last_progress"]
+
+
+def test_gpu_script_runs_its_steps_on_the_cpu_with_check(tmp_path):
+  """benchmarks/gpu.sh --check: every step of the GPU run on the CPU at small sizes, nothing
+  installed: the benchmark report (quick B3), the main job cold then warm on one compile cache,
+  and their wall times; the script refuses an unknown argument."""
+  import json as _json
+  import subprocess as _sp
+  script = os.path.join(ROOT, "benchmarks", "gpu.sh")
+  env = dict(os.environ, PYTHON=sys.executable)
+  env.pop("XLA_FLAGS", None)
+  res = _sp.run(["bash", script, "--check", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+  names = sorted(os.listdir(tmp_path))
+  assert any(n.endswith("-quick.json") and n.startswith("cpu-") for n in names), names
+  bench = _json.load(open(tmp_path / next(n for n in names if n.endswith("-quick.json"))))
+  assert {r["bench"] for r in bench["rows"]} >= {"B3"}
+  times = _json.load(open(tmp_path / next(n for n in names if n.endswith("-times.json"))))
+  assert set(times) == {"cold", "warm"} and all(t["exit"] == 0 for t in times.values())
+  cold = _json.load(open(tmp_path / next(n for n in names if n.endswith("-cold.json"))))
+  warm = _json.load(open(tmp_path / next(n for n in names if n.endswith("-warm.json"))))
+  assert cold["platform"] == "cpu" and cold["compile_level"] == "default"
+  assert {k: v["worst"] for k, v in cold["claims"].items()} == \
+      {k: v["worst"] for k, v in warm["claims"].items()}
+  bad = _sp.run(["bash", script, "--bogus"], cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 2 and "unknown argument" in bad.stderr

@@ -271,3 +271,88 @@ def test_process_flags_go_together():
                        timeout=200)
   assert res.returncode == 2
   assert "--coordinator, --num-processes and --process-id go together" in res.stderr
+
+
+# --- versioned generators: an old report replays and reruns exactly ------------------------
+
+OLD_REPORT = os.path.join(ROOT, "tests", "data", "report-generator-1.json")
+"""Made at the commit before generators had versions, by
+``XLA_FLAGS=--xla_backend_optimization_level=0 python -m proofs_check --claims
+thm3.1,kd-step,thm4.1-bound,thm4.2-literal --instances 64 --chunk 64 --json ...`` (the test
+suite's compile level): its JSON has no ``generator`` field."""
+
+
+def test_a_report_made_before_versioned_generators_replays_and_reruns_exactly():
+  import proofs_check
+  from proofs_check.report import Report
+  raw = json.load(open(OLD_REPORT))
+  assert "generator" not in raw
+  report = Report.from_json(raw)
+  assert report.generator == generators.V1                  # what it was made with
+  lines = proofs_check.replay(report)
+  assert len(lines) >= 4 and all(ln.agrees for ln in lines), lines
+  claims = ",".join(raw["claims"])
+  # its instances regenerate from the report's generator: the saved worst arrays are the
+  # instance (bucket, index) drawn anew under V1 (the same bits; the arrays to a few ulps, as
+  # the instance regenerated alone in test_instance_i_is_a_pure_function...)
+  for cid, old in raw["claims"].items():
+    w = old["worst_instance"]
+    inst = sweep.instance_of(CLAIMS[cid], raw["seed"], w["bucket"], w["index"], jnp.float64,
+                             report.generator)
+    for name, arr in w["arrays"].items():
+      np.testing.assert_allclose(np.asarray(inst[name]),
+                                 np.asarray(arr).reshape(w["shapes"][name]),
+                                 rtol=8 * np.finfo(np.float64).eps, atol=0, err_msg=(cid, name))
+  # rerun with its generator: the same verdicts and counts; a bound's worst instance and ratio
+  # (a genuine ratio) are the same; an identity's worst is rounding-level (which instance is
+  # worst depends on how the program was compiled: the old one vectorised over micro-batches
+  # of the chunk's size, the new one over 256), so it is compared by verdict
+  again = proofs_check.check(",".join(raw["claims"]), instances=64, chunk=64,
+                             generator=generators.V1)
+  for cid, old in raw["claims"].items():
+    new = again.claims[cid]
+    assert new.violations == old["violations"] and new.verdict == old["verdict"], cid
+    if old["worst_label"] == "lhs/rhs":
+      assert new.worst_instance.index == old["worst_instance"]["index"], cid
+      assert new.check_form.agree(old["worst"], new.worst, "float64"), (cid, old["worst"])
+    else:
+      assert new.worst <= 1.0 and old["worst"] <= 1.0
+  # the newest generator draws other float64 instances from the same seed
+  newer = proofs_check.check("thm3.1", instances=64, chunk=64)
+  assert newer.environment["generator"] == generators.DEFAULT != generators.V1
+  first = sweep.instance_of(CLAIMS["thm3.1"], 0, 0, 0, jnp.float64, generators.V1)
+  assert not np.array_equal(np.asarray(first["demos"]),
+                            np.asarray(sweep.instance_of(CLAIMS["thm3.1"], 0, 0, 0,
+                                                         jnp.float64)["demos"]))
+
+
+def test_report_numbers_do_not_depend_on_chunking_devices_or_spelling():
+  """The same (claims, seed, instances, dtype, convention, generator) give the same report
+  numbers: instances spelled out or left to the claim's default, any chunk size, 1 or 4
+  devices (CLI), the compile cache on or off."""
+  import proofs_check
+  from icl_kd.claims import IdentityCheck, define
+
+  from typing import NamedTuple
+
+  class Size(NamedTuple):
+    n: int
+
+  def sample(key, b, dtype):
+    return dict(x=generators.normal(key, (b.n,), dtype))
+
+  def evaluate(inst, b):
+    s = jnp.sum(inst["x"])
+    return IdentityCheck(jnp.abs(s - b.n * jnp.mean(inst["x"])) / jnp.sum(jnp.abs(inst["x"])),
+                         jnp.asarray(1e-12, inst["x"].dtype))
+  claim = define("sum-mean", statement="sum == n mean", sample=sample, evaluate=evaluate,
+                 buckets=(Size(5), Size(9)), instances=700, chunk=128)
+
+  def numbers(report):
+    return {cid: {k: v for k, v in r.to_json().items() if k != "seconds"}
+            for cid, r in report.claims.items()}
+  base = numbers(proofs_check.check([claim, "thm3.1"], instances=700))
+  assert numbers(proofs_check.check([claim], chunk=96))["sum-mean"] == base["sum-mean"]
+  assert numbers(proofs_check.check([claim]))["sum-mean"] == base["sum-mean"]   # default count
+  assert numbers(proofs_check.check("thm3.1", instances=700, chunk=64))["thm3.1"] == \
+      base["thm3.1"]

@@ -191,6 +191,7 @@ class Stats:
                                     # ratios; value: values (see exact_sum)
   sum_sq_value: int | None = 0      # the same of their squares; None once a square overflowed
   events: int = 0                   # event form: number of `violated` events
+  worst_values: dict = dataclasses.field(default_factory=dict)   # the worst instance's check
   sample: list = dataclasses.field(default_factory=list)
   extra_events: dict = dataclasses.field(default_factory=dict)   # check.events counts
   extra_samples: dict = dataclasses.field(default_factory=dict)  # check.extras first values
@@ -215,6 +216,7 @@ class Stats:
     d = dict(d)
     d.pop("nonfinite", None)
     d.setdefault("vacuous", 0)
+    d["worst_values"] = _json_values(d.get("worst_values", {}))
     d["worst_index"] = tuple(d["worst_index"])
     for k in ("worst", "worst_error", "min_slack"):
       d[k] = runtime.from_jsonable_float(d[k])
@@ -244,6 +246,7 @@ def merge(a: Stats, b: Stats) -> Stats:
   return Stats(count=a.count + b.count, violations=a.violations + b.violations,
                out_of_range=a.out_of_range + b.out_of_range, vacuous=a.vacuous + b.vacuous,
                worst=w.worst, worst_index=w.worst_index, worst_error=w.worst_error,
+               worst_values=w.worst_values,
                min_slack=min(a.min_slack, b.min_slack), sum_value=a.sum_value + b.sum_value,
                sum_sq_value=(None if a.sum_sq_value is None or b.sum_sq_value is None
                              else a.sum_sq_value + b.sum_sq_value), events=a.events + b.events,
@@ -370,6 +373,8 @@ def _finish(st: Stats, check, ok: np.ndarray, score: np.ndarray, kept: np.ndarra
   if ok.any():
     idx = _first_worst(score)
     st.worst, st.worst_index = float(score[idx]), (bucket, start + idx)
+    st.worst_values = check_values(jax.tree_util.tree_map(
+        lambda a: np.broadcast_to(np.asarray(a), (n,))[idx], check))
   st.sample = [float(x) for x, good in zip(kept[:take], ok[:take]) if good]
   for key, v in _fields(check.events).items():
     st.extra_events[key] = int(np.sum(np.asarray(v).reshape(n).astype(bool)))
@@ -433,7 +438,7 @@ class IdentityForm(_Form):
     st.sum_value, st.sum_sq_value = _sums(err[informative])
     st = _finish(st, check, ok, score, err, bucket=bucket, start=start, take=take)
     if not informative.any():                      # only vacuous instances: no worst instance
-      st.worst, st.worst_index = -math.inf, ()
+      st.worst, st.worst_index, st.worst_values = -math.inf, (), {}
     return st
 
   @staticmethod
@@ -832,6 +837,30 @@ def check_values(check) -> dict[str, Any]:
     else:
       out[name] = float(v)
   return out
+
+
+def _json_values(values: dict) -> dict:
+  """check_values read back from JSON: non-finite floats restored."""
+  out = {}
+  for k, v in values.items():
+    out[k] = (_json_values(v) if isinstance(v, dict)
+              else v if isinstance(v, bool) else runtime.from_jsonable_float(v))
+  return out
+
+
+def check_from_values(check_type, values: dict, extras_type=None, events_type=None):
+  """A typed check rebuilt from :func:`check_values` (host floats and bools), with its
+  ``extras`` and ``events`` NamedTuples when their types are given."""
+  kw = {k: v for k, v in values.items() if k not in ("extras", "events")}
+  extras = values.get("extras") or {}
+  events = values.get("events") or {}
+  if extras and extras_type is not None and hasattr(extras_type, "_fields"):
+    kw["extras"] = extras_type(**{k: np.float64(extras[k]) for k in extras_type._fields})
+  if events and events_type is not None and hasattr(events_type, "_fields"):
+    kw["events"] = events_type(**{k: np.bool_(events[k]) for k in events_type._fields})
+  return check_type(**{k: (v if isinstance(v, (tuple, np.generic)) else
+                           (np.bool_(v) if isinstance(v, bool) else np.float64(v)))
+                       for k, v in kw.items()})
 
 
 def log_ratio(check):
