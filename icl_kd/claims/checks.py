@@ -164,7 +164,13 @@ def exact_moments(total: int, total_sq: int, n: int) -> tuple[float, float]:
   scale = 1 << EXACT_SHIFT
   mean = Fraction(total, scale * n)
   var = Fraction(total_sq, scale * n) - mean * mean
-  return float(mean), math.sqrt(max(float(var), 0.0))
+
+  def as_float(fr) -> float:          # beyond float64's range: +-inf, as a float sum would give
+    try:
+      return float(fr)
+    except OverflowError:
+      return math.inf if fr > 0 else -math.inf
+  return as_float(mean), math.sqrt(max(as_float(var), 0.0))
 
 
 def _sums(values: np.ndarray) -> tuple[int, int | None]:
