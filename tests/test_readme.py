@@ -41,10 +41,11 @@ def test_blocks_that_set_x64_run_once():
 
 
 def test_readme_has_the_api_examples():
-  """The API example and the MMD/bounds example at least (a renamed fence would hide them)."""
+  """The ten-line API example and the claim module at least (a renamed fence would hide
+  them; the MMD and bounds examples are on the site's library page, run by test_docs)."""
   assert len(BLOCKS) >= 2
   assert any("icl_kd.decompose(" in b for b in BLOCKS)
-  assert any("bounds.distillation_bias(" in b for b in BLOCKS)
+  assert any(b.startswith("# my_claims.py") for b in BLOCKS)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,15 @@ def test_readme_block_runs(finished, block, x64):
   assert "Float64TruncatedWarning" not in err, err[-4000:]
 
 
-def test_the_readme_shows_the_committed_results_tables():
+def test_the_site_shows_the_committed_results_tables():
   """Every table ``python -m icl_kd.experiments.report`` makes from the committed result
-  summaries (results/*/*.json) appears verbatim in README.md: the README's numbers are
-  those of the committed runs."""
+  summaries (results/*/*.json) appears verbatim on the documentation site's pages of the
+  experiments (docs/verdicts.md, docs/real-models.md): their numbers are those of the
+  committed runs."""
   from icl_kd.experiments import report
   found = report.sections(str(ROOT / "results"))
   assert {"e1_rules_gaussian", "e1_correlations", "e6_correlations", "chain_trained",
           "llm_selection", "llm_chain", "llm_sweep"} <= set(found)
-  text = README.read_text()
+  text = "".join((ROOT / "docs" / page).read_text() for page in ("verdicts.md", "real-models.md"))
   for name, (src, md) in found.items():
-    assert md in text, f"README.md does not show the table {name} made from {src}"
+    assert md in text, f"the site does not show the table {name} made from {src}"

@@ -1,12 +1,13 @@
-"""The README's tables, generated from the committed result summaries (``results/*/*.json``).
+"""The experiments' tables of the documentation site, from the committed result summaries.
 
     python -m icl_kd.experiments.report [--results results]
 
-prints every table the README quotes (E1, E6, E7 on the trained layer, and the
-language-model selection, interference and chain), each preceded by a comment
-line naming the file it was made from. ``tests/test_readme.py`` checks that
-every one of them appears verbatim in README.md, so a rerun whose numbers differ
-from the README's is seen by diffing this output, or by that test.
+prints every table the site's experiment pages quote (E1, E6, E7 on the trained
+layer in docs/verdicts.md; the language-model selection, interference and chain
+in docs/real-models.md), each preceded by a comment line naming the file
+(``results/*/*.json``) it was made from. ``tests/test_readme.py`` checks that
+every one of them appears verbatim on those pages, so a rerun whose numbers
+differ from the site's is seen by diffing this output, or by that test.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def sections(results: str = "results") -> dict:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m icl_kd.experiments.report",
-                              description="Print the README's tables from the result summaries.")
+                              description="Print the experiment pages' tables from the result summaries.")
   p.add_argument("--results", default="results", metavar="DIR",
                  help="the folder of the runs' summaries (default %(default)s)")
   args = p.parse_args(argv)
