@@ -44,14 +44,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd import _checks, bounds, kd, selection
+from icl_kd import _checks, bounds, kd, selection, tolerances
 from icl_kd import mmd as mmd_lib
 from icl_kd.attention import AttentionParams, check_params
 from icl_kd.dual import HIGHEST, DualWeights
 
 READINGS = ("gaussian", "softmax", "normalised", "tv")
 """The literal readings of Theorem 4.1 measured on every (set, head), in this order
-(``bounds.CLAIM_READINGS``: ``thm4.1-literal-<reading>``)."""
+(the readings of :data:`icl_kd.bounds.READINGS`; their claims are ``thm4.1-literal-<reading>``)."""
 
 CONVENTION = "eq12"
 """The convention of every bias here (c = 2, the paper's Eq. 12); literal ratios under
@@ -250,9 +250,9 @@ def chain_measures(params: AttentionParams, s, t, queries, *, tau, eta, support,
                        log_target_output=log_out, log_bias_floor=log_floor)
 
 
-BOUND_SLACK = 1e-9
+BOUND_SLACK = tolerances.bound_slack(jnp.float64)
 """A bound holds on an instance when lhs <= rhs (1 + BOUND_SLACK) (float64 rounding; the
-rule of docs/THEORY.md's "bound" kind)."""
+rule of docs/THEORY.md's "bound" kind, :func:`icl_kd.tolerances.bound_slack`)."""
 
 
 def bound_violated(log_lhs, log_rhs) -> jax.Array:

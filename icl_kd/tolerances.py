@@ -18,23 +18,23 @@ import jax
 import jax.numpy as jnp
 
 
-def _base(dtype) -> float:
+_RULES = {"float64": (1e-12, 1e-9), "float32": (1e-5, 1e-4)}   # (identity base, bound slack)
+
+
+def _rule(dtype) -> tuple[float, float]:
   dt = jnp.dtype(dtype)
-  if dt == jnp.float64:
-    return 1e-12
-  if dt == jnp.float32:
-    return 1e-5
-  raise ValueError(f"dtype must be float32 or float64, got {dt}")
+  if dt.name not in _RULES:
+    raise ValueError(f"dtype must be float32 or float64, got {dt}")
+  return _RULES[dt.name]
+
+
+def _base(dtype) -> float:
+  return _rule(dtype)[0]
 
 
 def bound_slack(dtype) -> float:
   """Relative rounding allowance of a bound: lhs <= rhs (1 + slack); 1e-9 float64, 1e-4 float32."""
-  dt = jnp.dtype(dtype)
-  if dt == jnp.float64:
-    return 1e-9
-  if dt == jnp.float32:
-    return 1e-4
-  raise ValueError(f"dtype must be float32 or float64, got {dt}")
+  return _rule(dtype)[1]
 
 
 def identity_tolerance(dtype, max_abs_score) -> jax.Array:

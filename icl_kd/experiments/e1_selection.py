@@ -609,8 +609,6 @@ def arrays(results: Results) -> dict:
   return out
 
 
-result_arrays = arrays
-
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E1.json`` (info and summary), ``E1.npz`` (arrays), ``E1_model.npz`` under ``out``."""

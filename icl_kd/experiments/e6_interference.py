@@ -316,8 +316,6 @@ def arrays(results: Results) -> dict:
   return out
 
 
-result_arrays = arrays
-
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``E6.json`` (info and summary), ``E6.npz`` (arrays), ``E6_model.npz`` under ``out``."""
