@@ -360,6 +360,17 @@ def test_b6_counter_counts_one_compile_per_shape():
   assert counter.count == 2
 
 
+def test_b6_child_runs_the_property_test_in_a_fresh_process():
+  """The child process configures itself as the suite does (type-check hook before icl_kd) and
+  reports one compile per bucket the dev-profile property test drew (8 examples, <= 8 buckets)."""
+  rows = b6_compiles.run(quick=True, seed=0)
+  assert [r.bench for r in rows] == ["B6", "B6"]
+  for r in rows:
+    assert 1 <= r.extra["buckets"] <= 8 and r.extra["compiles"] == r.extra["buckets"], r.extra
+    assert r.met
+  assert rows[0].extra["calls"] == 8 and rows[1].extra["calls"] == 3 * rows[1].extra["buckets"]
+
+
 def test_b5_reports_a_hung_run_as_a_missed_target(monkeypatch):
   """A default run that does not finish is killed after TIMEOUT_S and becomes one MISSED row
   (no warm run after it), not a benchmark that waits forever."""
