@@ -15,8 +15,8 @@ Target: ours >= 100x faster than the loop on CPU, at the default settings of
 ``python -m proofs_check`` on a large run (full XLA optimisation, compiled once
 into the persistent cache, one device per CPU core: the "default" row, run in
 a child process). The same comparison is repeated on one device in this
-process, and with XLA's CPU backend optimisation level 0 (``--fast-compile
-on``; on a tenth of the instances). Each row also times the sweep with a
+process, and with XLA's CPU backend optimisation level 0 (the level the test
+suite compiles at; on a tenth of the instances). Each row also times the sweep with a
 trivial evaluation, which gives the sampler's share of the per-instance cost
 (``sampler_share``). A quick run's rows carry a caveat: their size is too
 small for the ratio to mean anything.

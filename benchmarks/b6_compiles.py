@@ -13,8 +13,8 @@ raises, the ``ci`` Hypothesis profile):
    fresh values (quick mode: only over the buckets the property test drew,
    and the property test uses the ``dev`` profile).
 
-The child compiles with XLA's CPU backend optimisation level 0 (as
-``python -m proofs_check`` does): the count does not depend on it, the time
+The child compiles with XLA's CPU backend optimisation level 0 (as the test
+suite does, ``tests/conftest.py``): the count does not depend on it, the time
 spent compiling does.
 
 Target: compilations <= distinct buckets in both (one compile per bucket,
