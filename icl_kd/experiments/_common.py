@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from icl_kd import decompose, mmd, models, runtime, tasks, train
+from icl_kd import decompose, models, runtime, tasks, train
 from icl_kd.attention import AttentionParams
 
 
@@ -144,6 +144,19 @@ def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]
   return float(lo), float(hi)
 
 
+def _cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, *, seed: int, n_boot: int,
+                            level: float) -> tuple[float, float]:
+  """Percentile interval of mean(values) when whole clusters are resampled with replacement."""
+  names = np.unique(clusters)
+  members = [np.flatnonzero(clusters == c) for c in names]
+  rng = np.random.default_rng(seed)
+  stats = np.empty(n_boot)
+  for b in range(n_boot):
+    pick = rng.integers(0, len(names), len(names))
+    stats[b] = values[np.concatenate([members[i] for i in pick])].mean()
+  return _percentile_interval(stats, level)
+
+
 def group_spearman(x, y, *, groups, units=None) -> dict:
   """Spearman(x, y) within each group, averaged over ``units`` (e.g. heads) inside the group.
 
@@ -195,14 +208,7 @@ def cluster_spearman(x, y, *, groups, clusters, units=None, seed: int, n_boot: i
   for g, c in zip(groups.tolist(), clusters.tolist()):
     cluster_of.setdefault(g, c)
   cl = np.array([cluster_of[g] for g in labels])
-  names = np.unique(cl)
-  members = [np.flatnonzero(cl == c) for c in names]
-  rng = np.random.default_rng(seed)
-  stats = np.empty(n_boot)
-  for b in range(n_boot):
-    pick = rng.integers(0, len(names), len(names))
-    stats[b] = rho_g[np.concatenate([members[i] for i in pick])].mean()
-  lo, hi = _percentile_interval(stats, level)
+  lo, hi = _cluster_bootstrap_mean(rho_g, cl, seed=seed, n_boot=n_boot, level=level)
   return LinkStat(float(rho_g.mean()), lo, hi, len(labels))
 
 
@@ -227,15 +233,9 @@ def paired_difference(diff, *, clusters, seed: int, n_boot: int = 1000,
                       level: float = 0.95) -> PairedDifference:
   """:class:`PairedDifference` of per-group differences ``diff`` (n,), clustered by ``clusters``."""
   diff, clusters = np.asarray(diff, float), np.asarray(clusters)
+  lo, hi = _cluster_bootstrap_mean(diff, clusters, seed=seed, n_boot=n_boot, level=level)
   names = np.unique(clusters)
-  members = [np.flatnonzero(clusters == c) for c in names]
-  rng = np.random.default_rng(seed)
-  stats = np.empty(n_boot)
-  for b in range(n_boot):
-    pick = rng.integers(0, len(names), len(names))
-    stats[b] = diff[np.concatenate([members[i] for i in pick])].mean()
-  lo, hi = _percentile_interval(stats, level)
-  cluster_means = np.array([diff[m].mean() for m in members])
+  cluster_means = np.array([diff[clusters == c].mean() for c in names])
   return PairedDifference(float(diff.mean()), lo, hi,
                           minimum_detectable_difference(cluster_means), len(names))
 
@@ -493,8 +493,8 @@ def save(out_dir: str, name: str, *, arrays: dict, summary: dict, params=None) -
   os.makedirs(out_dir, exist_ok=True)
   npz = os.path.join(out_dir, f"{name}.npz")
   js = os.path.join(out_dir, f"{name}.json")
-  np.savez(npz, **{k: np.asarray(v) for k, v in arrays.items()})
-  runtime.write_json(js, summary, indent=2)
+  np.savez_compressed(npz, **{k: np.asarray(v) for k, v in arrays.items()})
+  runtime.write_json(js, summary, indent=2, flag="--out")
   paths = [npz, js]
   if params is not None:
     meta = {k: summary[k] for k in ("experiment", "quick", "seed", "config") if k in summary}

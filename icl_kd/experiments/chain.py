@@ -44,7 +44,6 @@ and bounded inputs on the unit ball where every moment of the kernels exists);
 from __future__ import annotations
 
 import math
-import os
 import sys
 import textwrap
 from typing import NamedTuple
@@ -188,7 +187,6 @@ def links(sets: ChainSets, *, model: str, construction: str, seed: int, n_boot: 
   """Every :class:`Link` of one model and construction (see the module docstring)."""
   from icl_kd import selection
   n, n_l, n_g, n_k, n_e = sets.mmd2.shape
-  n_h = sets.rel_output_gap.shape[2]
   out = []
 
   def add(link, kernel, estimator, layer, stat):
@@ -452,13 +450,7 @@ def arrays(results: Results) -> dict:
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``chain.json`` (info and summary) and ``chain.npz`` (the per-set arrays)."""
-  from icl_kd import runtime
-  os.makedirs(out, exist_ok=True)
-  npz = os.path.join(out, f"{NAME}.npz")
-  np.savez_compressed(npz, **arrays(res))
-  js = runtime.write_json(os.path.join(out, f"{NAME}.json"), {**info, **summary(res)[1]},
-                          indent=1, flag="--out")
-  return [npz, js]
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]})
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import textwrap
 import time
@@ -1149,12 +1148,7 @@ def arrays(res: Results) -> dict:
 
 def save(res: Results, out: str, *, info: dict) -> list[str]:
   """Writes ``llm.json`` (info, then :func:`summary`'s fields) and ``llm.npz`` under ``out``."""
-  os.makedirs(out, exist_ok=True)
-  npz = os.path.join(out, f"{NAME}.npz")
-  np.savez_compressed(npz, **arrays(res))
-  js = runtime.write_json(os.path.join(out, f"{NAME}.json"), {**info, **summary(res)[1]},
-                          flag="--out")
-  return [npz, js]
+  return _common.save(out, NAME, arrays=arrays(res), summary={**info, **summary(res)[1]})
 
 
 def main(argv=None) -> int:
