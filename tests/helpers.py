@@ -2,6 +2,8 @@
 
 - Instance builders: the prompt and the tolerance are the claims layer's own
   (``icl_kd.claims``): one definition for the checker, the figures and the tests.
+- ``np_mmd2``: MMD^2 from scratch in NumPy, the reference the MMD estimators, the
+  selection rules and the chain are compared with.
 - The code blocks of the README and of the documentation site: parsed from
   markdown (with their ``docs-test: skip`` markers) and run in fresh processes
   (``tests/test_readme.py``, ``tests/test_docs.py``).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from icl_kd import claims
 
@@ -26,6 +29,19 @@ def make_instance(seed, n: int, m: int, d: int, d_k: int, d_v: int, dtype, log10
 
 
 c1_tolerance = claims.identity_tolerance   # docs/THEORY.md, C1
+
+
+def np_mmd2(x, y, gram, estimator):
+  """MMD^2 from scratch: the V-statistic ("biased"), or the U-statistic (diagonals left out).
+
+  ``gram(a, b)`` is the kernel matrix; with one point on the x side the x-x term is 0.
+  """
+  kxx, kyy, kxy = gram(x, x), gram(y, y), gram(x, y)
+  n, m = len(x), len(y)
+  if estimator == "biased":
+    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+  wxx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) if n > 1 else 0.0
+  return wxx + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
 
 
 # -- code blocks of the README and the documentation site ------------------------------------

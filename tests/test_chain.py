@@ -14,18 +14,10 @@ import pytest
 
 from icl_kd import chain, selection
 from icl_kd.attention import AttentionParams
+from tests.helpers import np_mmd2
 
 F64 = jnp.float64
 TAU, ETA, C = 1.3, 0.4, 2.0                  # eq12: c = 2
-
-
-def np_mmd2(x, y, gram, estimator):
-  kxx, kyy, kxy = gram(x, x), gram(y, y), gram(x, y)
-  n, m = len(x), len(y)
-  if estimator == "biased":
-    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
-  return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-          - 2 * kxy.mean())
 
 
 @jax.jit

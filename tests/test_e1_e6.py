@@ -22,6 +22,7 @@ from icl_kd.experiments import _common
 from icl_kd.experiments import e1_selection as e1
 from icl_kd.experiments import e6_interference as e6
 from icl_kd.experiments.__main__ import EXPERIMENTS
+from tests.helpers import np_mmd2
 
 
 # -- independent NumPy references ------------------------------------------------------
@@ -31,15 +32,6 @@ def np_kv_gram(a, b, w_k, w_v, tau=1.0, use_values=True):
   """k_V(a_i, b_j) = <W^V a_i, W^V b_j> exp(<W^K a_i, W^K b_j>/tau) (k_x with use_values=False)."""
   g = (a @ w_v.T) @ (b @ w_v.T).T if use_values else a @ b.T
   return g * np.exp((a @ w_k.T) @ (b @ w_k.T).T / tau)
-
-
-def np_mmd2(x, y, gram, estimator):
-  kxx, kyy, kxy = gram(x, x), gram(y, y), gram(x, y)
-  n, m = len(x), len(y)
-  if estimator == "biased":
-    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
-  wxx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) if n > 1 else 0.0
-  return wxx + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
 
 
 def np_term_scale(x, y, gram):

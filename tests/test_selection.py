@@ -15,22 +15,13 @@ import pytest
 
 from icl_kd import mmd, selection
 from icl_kd.attention import AttentionParams
+from tests.helpers import np_mmd2
 
 F64 = jnp.float64
 
 
 def np_gauss(a, b, h):
   return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * h * h))
-
-
-def np_mmd2(x, y, gram, estimator):
-  """MMD^2 from scratch: V-statistic, or the U-statistic (diagonals left out)."""
-  kxx, kyy, kxy = gram(x, x), gram(y, y), gram(x, y)
-  n, m = len(x), len(y)
-  if estimator == "biased":
-    return kxx.mean() + kyy.mean() - 2 * kxy.mean()
-  wxx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) if n > 1 else 0.0
-  return wxx + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
 
 
 def np_greedy_groups(groups, target, k, gram, estimator):
