@@ -27,9 +27,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from icl_kd import _checks
+from icl_kd import _checks, distributions
 
-X_DISTS = ("gaussian", "uniform")
+X_DISTS = ("gaussian", "uniform", "ball")
 
 
 class Shift(NamedTuple):
@@ -99,10 +99,20 @@ def shift_inputs(x: jax.Array, shift: Shift, *, key) -> jax.Array:
   return x + jnp.asarray(shift.mean, x.dtype) * u[None, :]
 
 
-def _base_inputs(key, n: int, d: int, x_dist: str, dtype) -> jax.Array:
+def base_inputs(key, n: int, d: int, *, x_dist: str = "gaussian", dtype=jnp.float32) -> jax.Array:
+  """(n, d) draws of the base input law P_0 (before any :class:`Shift`).
+
+  ``x_dist``: "gaussian" N(0, I_d); "uniform" U(-1/2, 1/2)^d (von Oswald et al., 2023);
+  "ball" uniform on the unit ball (:func:`icl_kd.distributions.uniform_ball`: bounded
+  inputs, on which every moment of the softmax kernels exists).
+  """
   if x_dist == "gaussian":
     return jax.random.normal(key, (n, d), dtype)
-  return jax.random.uniform(key, (n, d), dtype, minval=-0.5, maxval=0.5)
+  if x_dist == "uniform":
+    return jax.random.uniform(key, (n, d), dtype, minval=-0.5, maxval=0.5)
+  if x_dist == "ball":
+    return distributions.uniform_ball(d, dtype=dtype).sample(n, key=key)
+  raise ValueError(f"x_dist must be one of {X_DISTS}, got {x_dist!r}")
 
 
 class RegressionPrompts(NamedTuple):
@@ -130,8 +140,8 @@ def sample_regression(n_prompts: int, n_demos: int, d: int, *, key, n_queries: i
 
       w ~ N(0, I_d),  x ~ shift(P_0),  y = <w, x> + noise_std * e,  x' ~ query_shift(P_0)
 
-  with P_0 = N(0, I_d) (``x_dist="gaussian"``) or U(-1/2, 1/2)^d (``"uniform"``,
-  von Oswald et al., 2023). The two shifts draw their random directions and
+  with P_0 = N(0, I_d) (``x_dist="gaussian"``), U(-1/2, 1/2)^d (``"uniform"``,
+  von Oswald et al., 2023) or uniform on the unit ball (``"ball"``; :func:`base_inputs`). The two shifts draw their random directions and
   subspaces independently, so equal non-trivial shifts still differ; with
   ``query_shift=None`` the queries share the demonstrations' shift, direction
   and subspace included (prompt and queries from one shifted distribution).
@@ -143,7 +153,7 @@ def sample_regression(n_prompts: int, n_demos: int, d: int, *, key, n_queries: i
     shift, query_shift: :class:`Shift` of the demonstrations and of the queries
       (None: the demonstrations' shift, with the same random draw).
     noise_std: label noise on the demonstrations (>= 0).
-    x_dist: "gaussian" or "uniform".
+    x_dist: "gaussian", "uniform" or "ball".
     dtype: float dtype of the arrays.
 
   Returns:
@@ -162,8 +172,8 @@ def sample_regression(n_prompts: int, n_demos: int, d: int, *, key, n_queries: i
   def one(k):
     kw, kx, kq, ks, kqs, ke = jax.random.split(k, 6)
     w = jax.random.normal(kw, (d,), dtype)                                  # (d,)
-    xs = shift_inputs(_base_inputs(kx, n_demos, d, x_dist, dtype), shift, key=ks)
-    q_base = _base_inputs(kq, n_queries, d, x_dist, dtype)
+    xs = shift_inputs(base_inputs(kx, n_demos, d, x_dist=x_dist, dtype=dtype), shift, key=ks)
+    q_base = base_inputs(kq, n_queries, d, x_dist=x_dist, dtype=dtype)
     if query_shift is None:
       qs = shift_inputs(q_base, shift, key=ks)
     else:

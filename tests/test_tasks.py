@@ -26,6 +26,8 @@ def test_regression_labels_are_linear_in_w(seed, d, x_dist):
                              atol=1e-12)
   if x_dist == "uniform":
     assert np.all(np.abs(xs) <= 0.5)
+  if x_dist == "ball":
+    assert np.all(np.linalg.norm(xs, axis=-1) <= 1 + 1e-12)
 
 
 def test_same_key_same_prompts_and_new_key_new_prompts():
@@ -46,7 +48,9 @@ def test_label_noise_has_the_requested_scale():
   assert abs(resid.std() / 0.3 - 1) < 0.03
 
 
-@pytest.mark.parametrize("x_dist,var", [("gaussian", 1.0), ("uniform", 1.0 / 12.0)])
+# uniform on the unit ball of R^4: each coordinate has variance E|x|^2 / d = (d / (d + 2)) / d
+@pytest.mark.parametrize("x_dist,var", [("gaussian", 1.0), ("uniform", 1.0 / 12.0),
+                                        ("ball", 1.0 / 6.0)])
 def test_input_moments(x_dist, var):
   # 200 x 100 x 4 = 80000 coordinates: the mean has s.e. sqrt(var / 80000) and the
   # variance a relative s.e. <= sqrt(2 / 80000) = 0.5%; 6-sigma bands below.
@@ -139,6 +143,8 @@ def test_bad_inputs_raise():
     tasks.sample_regression(0, 3, 2, key=key)
   with pytest.raises(ValueError, match="x_dist"):
     tasks.sample_regression(1, 3, 2, key=key, x_dist="cauchy")
+  with pytest.raises(ValueError, match="x_dist"):
+    tasks.base_inputs(key, 3, 2, x_dist="cauchy")
   with pytest.raises(ValueError, match="subspace"):
     tasks.sample_regression(1, 3, 2, key=key, shift=tasks.Shift(subspace=3))
   with pytest.raises(ValueError, match="noise_std"):

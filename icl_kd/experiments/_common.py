@@ -566,12 +566,9 @@ INPUTS = ("gaussian", "ball")
 
 def regression_inputs(key, n: int, d: int, *, inputs: str, dtype=jnp.float32) -> jax.Array:
   """(n, d) base inputs: N(0, I_d) (``inputs="gaussian"``) or uniform on the unit ball ("ball")."""
-  if inputs == "gaussian":
-    return jax.random.normal(key, (n, d), dtype)
-  if inputs == "ball":
-    from icl_kd import distributions
-    return distributions.uniform_ball(d, dtype=dtype).sample(n, key=key)
-  raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+  if inputs not in INPUTS:
+    raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+  return tasks.base_inputs(key, n, d, x_dist=inputs, dtype=dtype)
 
 
 def to_float64(tree):
