@@ -38,8 +38,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from icl_kd import bounds
-from icl_kd.claims.checks import (CHECK_TYPES, EventForm, Stats, Witness, WitnessResult,
-                                  check_type_of)
+from icl_kd.claims.checks import EventForm, Stats, Witness, WitnessResult, check_type_of
 
 Instance = dict  # name -> array: one instance of a claim
 

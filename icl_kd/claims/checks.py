@@ -79,8 +79,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_kd import runtime
-from icl_kd.tolerances import (bound_slack, identity_tolerance, informative_score_limit,
-                                ratio_status, ratios_agree)
+from icl_kd.tolerances import bound_slack, identity_tolerance, ratio_status, ratios_agree
 
 SUBSAMPLE = 4096  # per-instance values kept (first instances of each bucket) for quantiles
 TOP_K = 16        # worst instances kept (ratio forms): the adversarial search starts there
